@@ -1,0 +1,5 @@
+"""WSGI entry point: ``gunicorn 'app:create_app()'`` or ``flask --app app run``."""
+
+from sso import create_app
+
+__all__ = ["create_app"]

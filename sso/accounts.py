@@ -1,0 +1,220 @@
+"""People: who may sign in, their stored profile, and the periodic membership re-check.
+
+The user record (``user:<id>``, a Redis hash) holds the last profile read from
+the upstream and the upstream token, encrypted. Every live session carries a
+copy of the profile, so pages and tokens read it without another round trip;
+a re-check rewrites both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sso.audit import Audit
+from sso.config import Settings
+from sso.crypto import DecryptionError, Sealer
+from sso.roles import Rule, evaluate
+from sso.sessions import SessionStore
+from sso.storage import Store, guard
+from sso.upstream.base import (
+    BadCredentials,
+    Connector,
+    Identity,
+    NotAMember,
+    UpstreamError,
+    UpstreamToken,
+)
+
+log = logging.getLogger("keycard.accounts")
+
+RECHECK_BACKOFF = 300  # seconds to wait before asking a failing upstream again
+
+
+@dataclass
+class Profile:
+    """What Keycard knows about a person; the snapshot sessions and tokens use."""
+
+    user_id: str
+    login: str
+    name: str | None
+    email: str | None
+    email_verified: bool
+    avatar_url: str | None
+    orgs: list[str] = field(default_factory=list)
+    teams: list[str] = field(default_factory=list)
+    roles: list[str] = field(default_factory=list)
+    checked_at: int = 0
+
+    @property
+    def groups(self) -> list[str]:
+        return sorted(self.orgs) + sorted(t.replace("/", ":", 1) for t in self.teams)
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.login
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Profile:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class Accounts:
+    """The service behind sign-in completion and membership re-checks."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        settings: Settings,
+        connector: Connector,
+        sealer: Sealer,
+        sessions: SessionStore,
+        audit: Audit,
+        rules: Callable[[], list[Rule]],
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.connector = connector
+        self.sealer = sealer
+        self.sessions = sessions
+        self.audit = audit
+        self.rules = rules
+
+    # -- policy ---------------------------------------------------------------------
+
+    def admit(self, identity: Identity) -> None:
+        """Refuse people outside the allowed organisations (identity is the numeric id)."""
+        if self.settings.allow_any_github_user:
+            return
+        if not self.settings.github_orgs:
+            raise NotAMember(
+                "Keycard has no allowed organisation configured yet, so nobody can sign in. "
+                "An operator must set SSO_GITHUB_ORGS."
+            )
+        if not set(identity.orgs) & set(self.settings.github_orgs):
+            allowed = ", ".join(self.settings.github_orgs)
+            raise NotAMember(
+                f"Your GitHub account {identity.login} is not a member of {allowed}. "
+                "Ask an organisation owner to invite you, then sign in again."
+            )
+
+    def profile_for(self, identity: Identity) -> Profile:
+        roles = evaluate(
+            identity.user_id,
+            identity.login,
+            identity.orgs,
+            identity.teams,
+            self.rules(),
+            self.settings.bootstrap_admins,
+        )
+        return Profile(
+            user_id=identity.user_id,
+            login=identity.login,
+            name=identity.name,
+            email=identity.email,
+            email_verified=identity.email_verified,
+            avatar_url=identity.avatar_url,
+            orgs=list(identity.orgs),
+            teams=list(identity.teams),
+            roles=roles,
+            checked_at=int(time.time()),
+        )
+
+    # -- storage --------------------------------------------------------------------
+
+    @guard
+    def save(self, profile: Profile, token: UpstreamToken | None, *, signed_in: bool) -> None:
+        """Write the user record, the directory and the login index in one transaction."""
+        keys = self.store.keys
+        fields = {"profile": json.dumps(profile.as_dict(), separators=(",", ":"))}
+        if token is not None:
+            fields["token"] = self.sealer.seal(json.dumps(token.__dict__))
+        pipe = self.store.redis.pipeline(transaction=True)
+        pipe.hset(keys.user(profile.user_id), mapping=fields)
+        pipe.expire(keys.user(profile.user_id), self.store.ttl.user_profile)
+        if signed_in:
+            pipe.hset(keys.user(profile.user_id), "last_login", str(int(time.time())))
+            pipe.zadd(keys.users_index(), {profile.user_id: time.time()})
+        pipe.hset(keys.login_index(), profile.login.lower(), profile.user_id)
+        pipe.execute()
+
+    @guard
+    def get(self, user_id: str) -> Profile | None:
+        raw = self.store.redis.hget(self.store.keys.user(user_id), "profile")
+        return Profile.from_dict(json.loads(raw)) if raw else None
+
+    @guard
+    def find_by_login(self, login: str) -> Profile | None:
+        user_id = self.store.redis.hget(self.store.keys.login_index(), login.lower())
+        return self.get(user_id) if user_id else None
+
+    @guard
+    def _token(self, user_id: str) -> UpstreamToken | None:
+        sealed = self.store.redis.hget(self.store.keys.user(user_id), "token")
+        if not sealed:
+            return None
+        try:
+            return UpstreamToken(**json.loads(self.sealer.open(sealed)))
+        except DecryptionError:
+            log.warning("upstream token of user %s cannot be decrypted", user_id)
+            return None
+
+    # -- re-check -------------------------------------------------------------------
+
+    def is_stale(self, profile: dict[str, Any]) -> bool:
+        checked = int(profile.get("checked_at", 0))
+        return time.time() - checked >= self.settings.membership_max_age
+
+    def recheck(self, user_id: str, *, actor: str = "system") -> Profile | None:
+        """Re-read membership upstream. ``None`` means access has ended (sessions are gone).
+
+        When the upstream fails transiently the current profile is kept and the next
+        attempt is postponed: an outage at GitHub must not sign the company out.
+        """
+        lock = f"{self.store.keys.prefix}recheck:{user_id}"
+        if not self.store.redis.set(lock, "1", nx=True, ex=RECHECK_BACKOFF):
+            return self.get(user_id)  # another request is re-checking, or we are backing off
+        current = self.get(user_id)
+        token = self._token(user_id)
+        if current is None or token is None:
+            self.end_access(user_id, reason="profile_missing", actor=actor)
+            return None
+        try:
+            identity = self.connector.refresh(token)
+            self.admit(identity)
+        except (NotAMember, BadCredentials) as exc:
+            self.end_access(user_id, reason=exc.audit_reason, actor=actor, login=current.login)
+            return None
+        except UpstreamError as exc:
+            log.warning("membership re-check of %s postponed: %s", current.login, exc.detail)
+            return current
+        fresh = self.profile_for(identity)
+        self.save(fresh, None, signed_in=False)
+        self.sessions.update_profiles(user_id, fresh.as_dict())
+        self.store.redis.delete(lock)
+        if (fresh.orgs, fresh.teams, fresh.roles) != (current.orgs, current.teams, current.roles):
+            self.audit.record(
+                "membership.changed",
+                actor=actor,
+                subject=fresh.login,
+                before={"groups": current.groups, "roles": current.roles},
+                after={"groups": fresh.groups, "roles": fresh.roles},
+            )
+        return fresh
+
+    def end_access(self, user_id: str, *, reason: str, actor: str, login: str = "") -> int:
+        """Deprovision: end every session of the person (and, later, their tokens)."""
+        ended = self.sessions.end_user_sessions(user_id)
+        self.audit.record(
+            "access.ended", actor=actor, subject=login or user_id, reason=reason, sessions=ended
+        )
+        return ended

@@ -1,0 +1,60 @@
+"""The audit trail: a bounded Redis stream plus one JSON log line per event.
+
+Audit writes must never turn a successful action into a failure, so a Redis
+error here is logged and swallowed (the JSON log line is still written).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from sso.storage import OUTAGE_ERRORS, Store
+
+log = logging.getLogger("keycard.audit")
+
+
+class Audit:
+    def __init__(self, store: Store, max_events: int) -> None:
+        self.store = store
+        self.max_events = max_events
+        self.key = f"{store.keys.prefix}audit"
+
+    def record(
+        self,
+        event: str,
+        *,
+        actor: str = "",
+        subject: str = "",
+        ip: str = "",
+        user_agent: str = "",
+        **details: Any,
+    ) -> None:
+        entry = {
+            "time": round(time.time(), 3),
+            "event": event,
+            "actor": actor,
+            "subject": subject,
+            "ip": ip,
+            "user_agent": user_agent[:200],
+            "details": details,
+        }
+        log.info(json.dumps({"audit": entry}, sort_keys=True))
+        fields = {k: v if isinstance(v, str) else json.dumps(v) for k, v in entry.items()}
+        try:
+            self.store.redis.xadd(self.key, fields, maxlen=self.max_events, approximate=True)
+        except OUTAGE_ERRORS:
+            log.warning("audit event %s not stored: Redis unavailable", event)
+
+    def recent(self, count: int = 100) -> list[dict[str, Any]]:
+        rows = self.store.redis.xrevrange(self.key, count=count)
+        out = []
+        for entry_id, fields in rows:
+            item: dict[str, Any] = dict(fields)
+            item["id"] = entry_id
+            item["time"] = float(item.get("time", 0))
+            item["details"] = json.loads(item.get("details") or "{}")
+            out.append(item)
+        return out

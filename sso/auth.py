@@ -1,0 +1,135 @@
+"""The ``auth`` blueprint: ``/login``, the upstream callback, sign-out."""
+
+from __future__ import annotations
+
+import time
+
+from flask import (
+    Blueprint,
+    Response,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_login import current_user, login_required, login_user
+
+from sso.services import services
+from sso.sessions import ServerSession
+from sso.signin import SignInRefused
+from sso.upstream.base import AccessDenied, UpstreamError
+from sso.users import User
+from sso.web import error_response, safe_next
+
+bp = Blueprint("auth", __name__)
+
+
+def _binding_cookie() -> str:
+    return "__Host-keycard-login" if services().settings.secure_cookies else "keycard_login"
+
+
+def _client() -> dict[str, str]:
+    return {"ip": request.remote_addr or "", "user_agent": request.headers.get("User-Agent", "")}
+
+
+@bp.get("/login")
+def login() -> Response:
+    next_url = safe_next(request.args.get("next"))
+    if current_user.is_authenticated and request.args.get("prompt") != "login":
+        return redirect(next_url)
+    started = services().signin.begin(next_url)
+    response = redirect(started.redirect_url)
+    response.set_cookie(
+        _binding_cookie(),
+        started.binding,
+        max_age=services().settings.login_state_seconds,
+        path="/",
+        secure=services().settings.secure_cookies,
+        httponly=True,
+        samesite="Lax",  # Strict would drop the cookie on the cross-site return from GitHub
+    )
+    return response
+
+
+@bp.get("/auth/github/callback")
+def callback() -> Response:
+    svc = services()
+    try:
+        pending = svc.signin.consume(
+            request.args.get("state"), request.cookies.get(_binding_cookie())
+        )
+    except SignInRefused as exc:
+        svc.audit.record("signin.refused", reason=exc.reason, **_client())
+        return _clear_binding(error_response(400, "Sign-in could not be completed", exc.message,
+                                             code=exc.reason, retry=True))
+    error = request.args.get("error")
+    if error:
+        exc = AccessDenied(
+            "You cancelled the sign-in on GitHub, so you are not signed in."
+            if error == "access_denied"
+            else "GitHub could not complete the sign-in. Please try again.",
+            detail=f"upstream error {error}: {request.args.get('error_description', '')}",
+        )
+        svc.audit.record("signin.refused", reason=exc.audit_reason, upstream_error=error[:64],
+                         **_client())
+        raise exc
+    code = request.args.get("code")
+    if not code:
+        return _clear_binding(error_response(400, "Sign-in could not be completed",
+                                             "GitHub's answer carried no code. Please try again.",
+                                             code="invalid_request", retry=True))
+    try:
+        identity, token = svc.signin.finish(pending, code)
+        svc.accounts.admit(identity)
+    except UpstreamError as exc:
+        svc.audit.record("signin.refused", reason=exc.audit_reason, **_client())
+        raise
+    profile = svc.accounts.profile_for(identity)
+    svc.accounts.save(profile, token, signed_in=True)
+
+    # A fresh id at every sign-in: a cookie planted earlier is never the signed-in one.
+    assert isinstance(session, ServerSession)
+    session.clear()
+    session.regenerate()
+    session.set_profile(profile.user_id, profile.as_dict())
+    session["auth_time"] = int(time.time())
+    login_user(User(profile), fresh=True)
+    svc.audit.record("signin.success", actor=profile.login, subject=profile.login,
+                     user_id=profile.user_id, roles=profile.roles, **_client())
+    return _clear_binding(redirect(safe_next(pending.next_url)))
+
+
+def _clear_binding(response: Response) -> Response:
+    response.delete_cookie(_binding_cookie(), path="/", secure=services().settings.secure_cookies,
+                           httponly=True, samesite="Lax")
+    return response
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    assert isinstance(session, ServerSession)
+    if current_user.is_authenticated:
+        services().audit.record("signout", actor=current_user.login, subject=current_user.login,
+                                **_client())
+    session.end()
+    return redirect(url_for("auth.signed_out"), code=303)
+
+
+@bp.post("/logout/everywhere")
+@login_required
+def logout_everywhere() -> Response:
+    assert isinstance(session, ServerSession)
+    user = current_user.profile
+    ended = services().sessions.end_user_sessions(user.user_id)
+    services().audit.record("signout.everywhere", actor=user.login, subject=user.login,
+                            sessions=ended, **_client())
+    session.end()
+    return redirect(url_for("auth.signed_out"), code=303)
+
+
+@bp.get("/signed-out")
+def signed_out() -> Response:
+    return make_response(render_template("auth/signed_out.html"))
+

@@ -1,0 +1,250 @@
+"""Settings read once from ``SSO_*`` environment variables and validated up front.
+
+Every problem is collected and reported together, each naming the variable and
+what to do, so an operator fixes a bad deployment in one pass.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+#: The OAuth client id the development upstream hands out; production refuses it.
+DEV_UPSTREAM_CLIENT_ID = "keycard-dev"
+DEV_UPSTREAM_CLIENT_SECRET = "keycard-dev-secret"  # noqa: S105 - a public demo value
+
+
+class ConfigError(Exception):
+    """Raised with every configuration problem found, one per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("Keycard cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration; build it with :func:`load_settings`."""
+
+    env: str = "development"
+    issuer: str = "http://127.0.0.1:5000"
+    secret_key: str = ""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "keycard:"
+    github_url: str = "https://github.com"
+    github_api_url: str = "https://api.github.com"
+    github_client_id: str = ""
+    github_client_secret: str = ""
+    github_orgs: tuple[str, ...] = ()
+    allow_any_github_user: bool = False
+    bootstrap_admins: tuple[str, ...] = ()
+    membership_max_age: int = 3600
+    cookie_domain: str | None = None
+    forward_auth_domains: tuple[str, ...] = ()
+    session_idle_seconds: int = 8 * 3600
+    session_absolute_seconds: int = 7 * 24 * 3600
+    login_state_seconds: int = 600
+    upstream_timeout: float = 10.0
+    audit_max_events: int = 100_000
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.issuer.startswith("https://")
+
+    @property
+    def uses_dev_upstream(self) -> bool:
+        return self.github_client_id == DEV_UPSTREAM_CLIENT_ID
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _bool(name: str, value: str, problems: list[str]) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"", "0", "false", "no", "off"}:
+        return False
+    problems.append(f"{name}={value!r} is not a boolean: use true or false.")
+    return False
+
+
+def _int(name: str, value: str | None, default: int, problems: list[str]) -> int:
+    if value is None or value.strip() == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        problems.append(f"{name}={value!r} is not a whole number of seconds.")
+        return default
+    if number <= 0:
+        problems.append(f"{name} must be positive (got {number}).")
+        return default
+    return number
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_url(name: str, value: str, problems: list[str]) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        problems.append(f"{name}={value!r} must be an absolute http(s) URL.")
+    elif parts.query or parts.fragment:
+        problems.append(f"{name}={value!r} must not carry a query or fragment.")
+
+
+def dev_secret_key(instance_dir: Path) -> str:
+    """A development secret that survives restarts, so encrypted data stays readable."""
+    instance_dir.mkdir(parents=True, exist_ok=True)
+    path = instance_dir / "dev-secret-key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, instance_dir: Path | None = None
+) -> Settings:
+    """Read and validate settings; raise :class:`ConfigError` listing every problem."""
+    env = dict(os.environ if environ is None else environ)
+    problems: list[str] = []
+
+    mode = env.get("SSO_ENV", "development").strip() or "development"
+    if mode not in {"development", "production"}:
+        problems.append(f"SSO_ENV={mode!r} must be 'development' or 'production'.")
+    production = mode == "production"
+
+    issuer = env.get("SSO_ISSUER", "").strip().rstrip("/")
+    if not issuer:
+        if production:
+            problems.append("SSO_ISSUER is required in production: set the public https URL.")
+        issuer = "http://127.0.0.1:5000"
+    _check_url("SSO_ISSUER", issuer, problems)
+    issuer_host = urlsplit(issuer).hostname
+    if production and issuer.startswith("http://") and not is_loopback_host(issuer_host):
+        problems.append(
+            f"SSO_ISSUER={issuer!r} uses plain http on a non-loopback host; "
+            "production needs https so cookies and tokens are not sent in clear."
+        )
+
+    secret_key = env.get("SSO_SECRET_KEY", "")
+    if production and not secret_key:
+        problems.append(
+            "SSO_SECRET_KEY is missing: production needs a long random value "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(48))')."
+        )
+    elif secret_key and len(secret_key) < 32:
+        problems.append("SSO_SECRET_KEY is too short: use at least 32 random characters.")
+    if not secret_key and not production:
+        secret_key = dev_secret_key(instance_dir or Path.cwd() / "instance")
+
+    github_url = env.get("SSO_GITHUB_URL", "https://github.com").strip().rstrip("/")
+    github_api_url = env.get("SSO_GITHUB_API_URL", "https://api.github.com").strip().rstrip("/")
+    _check_url("SSO_GITHUB_URL", github_url, problems)
+    _check_url("SSO_GITHUB_API_URL", github_api_url, problems)
+    client_id = env.get("SSO_GITHUB_CLIENT_ID", "").strip()
+    client_secret = env.get("SSO_GITHUB_CLIENT_SECRET", "").strip()
+    if production:
+        if not client_id or not client_secret:
+            problems.append(
+                "SSO_GITHUB_CLIENT_ID and SSO_GITHUB_CLIENT_SECRET are required in production "
+                "(register an OAuth app on GitHub; see the README)."
+            )
+        if client_id == DEV_UPSTREAM_CLIENT_ID or any(
+            is_loopback_host(urlsplit(u).hostname) for u in (github_url, github_api_url)
+        ):
+            problems.append(
+                "SSO_GITHUB_URL / SSO_GITHUB_CLIENT_ID point at the development upstream; "
+                "production must use github.com or your GitHub Enterprise Server."
+            )
+
+    allow_any = _bool(
+        "SSO_ALLOW_ANY_GITHUB_USER", env.get("SSO_ALLOW_ANY_GITHUB_USER", ""), problems
+    )
+    orgs = tuple(o.lower() for o in _split(env.get("SSO_GITHUB_ORGS", "")))
+
+    cookie_domain = env.get("SSO_COOKIE_DOMAIN", "").strip().lstrip(".") or None
+    if cookie_domain and issuer_host and not (
+        issuer_host == cookie_domain or issuer_host.endswith("." + cookie_domain)
+    ):
+        problems.append(
+            f"SSO_COOKIE_DOMAIN={cookie_domain!r} must be the issuer's host "
+            f"({issuer_host}) or a parent domain of it."
+        )
+
+    idle = _int("SSO_SESSION_IDLE_SECONDS", env.get("SSO_SESSION_IDLE_SECONDS"), 8 * 3600, problems)
+    absolute = _int(
+        "SSO_SESSION_MAX_SECONDS", env.get("SSO_SESSION_MAX_SECONDS"), 7 * 24 * 3600, problems
+    )
+    if idle > absolute:
+        problems.append("SSO_SESSION_IDLE_SECONDS cannot exceed SSO_SESSION_MAX_SECONDS.")
+
+    prefix = env.get("SSO_REDIS_PREFIX", "keycard:")
+    if not prefix or any(c.isspace() for c in prefix):
+        problems.append("SSO_REDIS_PREFIX must be non-empty and contain no spaces.")
+
+    timeout_raw = env.get("SSO_GITHUB_TIMEOUT", "10")
+    try:
+        upstream_timeout = float(timeout_raw)
+        if upstream_timeout <= 0:
+            raise ValueError
+    except ValueError:
+        problems.append(f"SSO_GITHUB_TIMEOUT={timeout_raw!r} must be a positive number of seconds.")
+        upstream_timeout = 10.0
+
+    settings = Settings(
+        env=mode,
+        issuer=issuer,
+        secret_key=secret_key,
+        redis_url=env.get("SSO_REDIS_URL", "redis://127.0.0.1:6379/0").strip(),
+        redis_prefix=prefix,
+        github_url=github_url,
+        github_api_url=github_api_url,
+        github_client_id=client_id,
+        github_client_secret=client_secret,
+        github_orgs=orgs,
+        allow_any_github_user=allow_any,
+        bootstrap_admins=tuple(a.lower() for a in _split(env.get("SSO_BOOTSTRAP_ADMINS", ""))),
+        membership_max_age=_int(
+            "SSO_MEMBERSHIP_MAX_AGE", env.get("SSO_MEMBERSHIP_MAX_AGE"), 3600, problems
+        ),
+        cookie_domain=cookie_domain,
+        forward_auth_domains=tuple(
+            d.lower().lstrip(".") for d in _split(env.get("SSO_FORWARD_AUTH_DOMAINS", ""))
+        ),
+        session_idle_seconds=idle,
+        session_absolute_seconds=absolute,
+        upstream_timeout=upstream_timeout,
+        audit_max_events=_int(
+            "SSO_AUDIT_MAX_EVENTS", env.get("SSO_AUDIT_MAX_EVENTS"), 100_000, problems
+        ),
+    )
+    if problems:
+        raise ConfigError(problems)
+    return settings

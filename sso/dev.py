@@ -1,0 +1,127 @@
+"""``sso dev``: Keycard, the development GitHub upstream and Redis on one machine."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+import redis
+from werkzeug.serving import make_server
+
+from sso.config import DEV_UPSTREAM_CLIENT_ID, DEV_UPSTREAM_CLIENT_SECRET
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except (redis.exceptions.RedisError, ValueError):
+        return False
+
+
+def start_private_redis() -> tuple[str, subprocess.Popen[bytes]]:
+    """A throwaway redis-server on a free port, for people who have none running."""
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="keycard-redis-")
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", workdir],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while not redis_answers(url):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise click.ClickException("redis-server did not start")
+        time.sleep(0.05)
+
+    def stop() -> None:
+        proc.terminate()
+        proc.wait(5)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    atexit.register(stop)
+    return url, proc
+
+
+def dev_environment(upstream_url: str, redis_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k.startswith("SSO_")}
+    env.setdefault("SSO_ISSUER", "http://127.0.0.1:5000")
+    env["SSO_REDIS_URL"] = redis_url
+    env["SSO_GITHUB_URL"] = upstream_url
+    env["SSO_GITHUB_API_URL"] = f"{upstream_url}/api/v3"
+    env["SSO_GITHUB_CLIENT_ID"] = DEV_UPSTREAM_CLIENT_ID
+    env["SSO_GITHUB_CLIENT_SECRET"] = DEV_UPSTREAM_CLIENT_SECRET
+    env.setdefault("SSO_GITHUB_ORGS", "acme")
+    env.setdefault("SSO_BOOTSTRAP_ADMINS", "alice")
+    return env
+
+
+def run_dev(*, port: int | None = None, upstream_port: int = 5001) -> int:
+    from sso import create_app
+    from sso.devupstream import create_upstream_app, load_demo_state
+
+    if os.environ.get("SSO_ENV", "development") == "production":
+        click.echo("sso dev refuses to run with SSO_ENV=production: it serves a fake GitHub.",
+                   err=True)
+        return 2
+    redis_url = os.environ.get("SSO_REDIS_URL", "redis://127.0.0.1:6379/0")
+    if not redis_answers(redis_url):
+        if shutil.which("redis-server") is None:
+            click.echo(
+                f"No Redis answers at {redis_url} and redis-server is not installed.\n"
+                "Install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew "
+                "install redis) or point SSO_REDIS_URL at a running Redis.",
+                err=True,
+            )
+            return 1
+        redis_url, _ = start_private_redis()
+        click.echo(f"Started a private Redis for this run at {redis_url}")
+
+    upstream_url = f"http://127.0.0.1:{upstream_port}"
+    env = dev_environment(upstream_url, redis_url)
+    issuer = env["SSO_ISSUER"]
+    keycard_port = port or urlsplit(issuer).port or 5000
+
+    upstream = make_server("127.0.0.1", upstream_port, create_upstream_app(load_demo_state()),
+                           threaded=True)
+    keycard = make_server("127.0.0.1", keycard_port, create_app(env), threaded=True)
+    servers: list[Any] = [upstream, keycard]
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    for thread in threads:
+        thread.start()
+
+    click.echo(
+        "\nKeycard development environment\n"
+        f"  Keycard (open this):      {issuer}/\n"
+        f"  Development GitHub:       {upstream_url}/  (users: alice, bob, carol, dave, mallory)\n"
+        f"  Redis:                    {redis_url}\n"
+        f"  Allowed orgs: {env['SSO_GITHUB_ORGS']}   bootstrap admins: "
+        f"{env['SSO_BOOTSTRAP_ADMINS']}\n"
+        "Press Ctrl+C to stop.",
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    for server in servers:
+        server.shutdown()
+    return 0

@@ -1,0 +1,320 @@
+"""GitHub (github.com or Enterprise Server) as the upstream. Every GitHub quirk lives here.
+
+Quirks handled: token errors returned with HTTP 200, private profile emails,
+unverified emails, paginated ``/user/teams`` and ``/user/orgs`` (``Link:
+rel="next"``), nested teams whose ancestors GitHub does not list, orgs hidden
+from ``/user/orgs`` by OAuth-app restrictions (we ask per-org membership
+instead), primary and secondary rate limits, SAML SSO enforcement
+(``X-GitHub-SSO``), 5xx "unicorn" pages and timeouts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from authlib.integrations.base_client.errors import OAuthError
+from authlib.integrations.requests_client import OAuth2Session
+from requests.adapters import HTTPAdapter
+
+from sso.upstream.base import (
+    AccessDenied,
+    BadCredentials,
+    Identity,
+    RateLimited,
+    SamlSsoRequired,
+    UpstreamError,
+    UpstreamToken,
+    UpstreamUnavailable,
+)
+
+API_VERSION = "2022-11-28"
+SCOPES = "read:org user:email"
+MAX_PAGES = 50  # 5 000 teams at per_page=100: far beyond any real user, bounds a looping Link
+
+
+@dataclass(frozen=True)
+class GitHubConfig:
+    client_id: str
+    client_secret: str
+    web_url: str = "https://github.com"
+    api_url: str = "https://api.github.com"
+    allowed_orgs: tuple[str, ...] = ()  # empty: report every org the user is in
+    timeout: float = 10.0
+
+
+class GitHubConnector:
+    """Signs people in with GitHub's OAuth web flow and reads who they are."""
+
+    name = "github"
+
+    def __init__(self, config: GitHubConfig) -> None:
+        self.config = config
+        # One pooled adapter for the process: keep-alive toward the upstream.
+        self._adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
+        self._http = requests.Session()
+        self._mount(self._http)
+
+    def _mount(self, session: requests.Session) -> None:
+        session.mount("https://", self._adapter)
+        session.mount("http://", self._adapter)
+
+    def _oauth(self, redirect_uri: str) -> OAuth2Session:
+        client = OAuth2Session(
+            self.config.client_id,
+            self.config.client_secret,
+            scope=SCOPES,
+            redirect_uri=redirect_uri,
+            code_challenge_method="S256",
+            token_endpoint_auth_method="client_secret_post",
+        )
+        self._mount(client)
+        return client
+
+    # -- the three verbs -------------------------------------------------------------
+
+    def login_url(self, *, redirect_uri: str, state: str, code_verifier: str) -> str:
+        uri, _ = self._oauth(redirect_uri).create_authorization_url(
+            f"{self.config.web_url}/login/oauth/authorize",
+            state=state,
+            code_verifier=code_verifier,
+            allow_signup="false",
+        )
+        return str(uri)
+
+    def handle_callback(
+        self, *, code: str, redirect_uri: str, code_verifier: str
+    ) -> tuple[Identity, UpstreamToken]:
+        token = self._exchange(code, redirect_uri, code_verifier)
+        return self.refresh(token), token
+
+    def refresh(self, token: UpstreamToken) -> Identity:
+        api = _Api(self._http, self.config, token.access_token)
+        user = api.get("/user")
+        email, verified = _pick_email(user, api)
+        orgs = self._orgs(api)
+        teams = self._teams(api, set(orgs))
+        return Identity(
+            user_id=str(int(user["id"])),
+            login=str(user["login"]),
+            name=user.get("name") or None,
+            email=email,
+            email_verified=verified,
+            avatar_url=user.get("avatar_url"),
+            orgs=tuple(sorted(orgs)),
+            teams=tuple(sorted(teams)),
+        )
+
+    # -- token exchange --------------------------------------------------------------
+
+    def _exchange(self, code: str, redirect_uri: str, code_verifier: str) -> UpstreamToken:
+        client = self._oauth(redirect_uri)
+        try:
+            # Authlib sends Accept: application/json and raises on an "error" member,
+            # which GitHub returns with HTTP 200.
+            data = client.fetch_token(
+                f"{self.config.web_url}/login/oauth/access_token",
+                code=code,
+                code_verifier=code_verifier,
+                timeout=self.config.timeout,
+            )
+        except OAuthError as exc:
+            raise BadCredentials(
+                "GitHub did not accept the sign-in code. It may have expired: please try again.",
+                detail=f"token endpoint error: {exc.error}: {exc.description}",
+            ) from exc
+        except (requests.Timeout, requests.ConnectionError) as exc:
+            raise UpstreamUnavailable(
+                "GitHub did not answer in time. Please try again in a minute.", detail=repr(exc)
+            ) from exc
+        except (requests.HTTPError, ValueError) as exc:
+            raise UpstreamUnavailable(
+                "GitHub answered with an error. Please try again in a minute.", detail=repr(exc)
+            ) from exc
+        finally:
+            client.close()
+        access_token = data.get("access_token")
+        if not isinstance(access_token, str) or not access_token:
+            raise BadCredentials("GitHub returned no access token.", detail=str(sorted(data)))
+        return UpstreamToken(access_token=access_token, scope=str(data.get("scope", "")))
+
+    # -- membership ------------------------------------------------------------------
+
+    def _orgs(self, api: _Api) -> list[str]:
+        if not self.config.allowed_orgs:
+            return [str(o["login"]).lower() for o in api.paginate("/user/orgs")]
+        # /user/orgs hides orgs that restrict OAuth apps; the membership endpoint is exact.
+        member_of = []
+        for org in self.config.allowed_orgs:
+            data = api.get(f"/user/memberships/orgs/{quote(org)}", missing_ok=True)
+            if data and data.get("state") == "active":
+                member_of.append(org.lower())
+        return member_of
+
+    def _teams(self, api: _Api, orgs: set[str]) -> set[str]:
+        teams: set[str] = set()
+        parents: dict[str, str | None] = {}  # "org/slug" -> parent slug, learned as we go
+        for team in api.paginate("/user/teams"):
+            org = str(team["organization"]["login"]).lower()
+            if org not in orgs:
+                continue
+            key = f"{org}/{team['slug']}"
+            teams.add(key)
+            parent = team.get("parent")
+            parents[key] = f"{org}/{parent['slug']}" if parent else None
+        # GitHub lists direct memberships only: walk each chain up to its root.
+        for key in list(teams):
+            seen = {key}
+            parent_key = parents.get(key)
+            while parent_key and parent_key not in seen:
+                seen.add(parent_key)
+                teams.add(parent_key)
+                if parent_key not in parents:
+                    org, slug = parent_key.split("/", 1)
+                    data = api.get(f"/orgs/{quote(org)}/teams/{quote(slug)}", missing_ok=True)
+                    grand = (data or {}).get("parent")
+                    parents[parent_key] = f"{org}/{grand['slug']}" if grand else None
+                parent_key = parents[parent_key]
+        return teams
+
+
+def _pick_email(user: dict[str, Any], api: _Api) -> tuple[str | None, bool]:
+    """The primary verified address; an unverified one is returned but never as verified."""
+    try:
+        emails = list(api.paginate("/user/emails"))
+    except _Missing:
+        emails = []  # token lacks user:email: the profile email cannot be proven verified
+    verified = [e for e in emails if e.get("verified")]
+    for entry in verified:
+        if entry.get("primary"):
+            return str(entry["email"]), True
+    if verified:
+        return str(verified[0]["email"]), True
+    fallback = user.get("email") or next((e["email"] for e in emails if e.get("primary")), None)
+    return (str(fallback) if fallback else None), False
+
+
+class _Missing(Exception):
+    """A 404 the caller said it can live with."""
+
+
+class _Api:
+    """A GitHub REST client bound to one user's token; translates failure shapes."""
+
+    def __init__(self, http: requests.Session, config: GitHubConfig, token: str) -> None:
+        self._http = http
+        self._config = config
+        self._headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/vnd.github+json",
+            "X-GitHub-Api-Version": API_VERSION,
+            "User-Agent": "Keycard-SSO",
+        }
+
+    def _request(self, url: str) -> requests.Response:
+        try:
+            response = self._http.get(url, headers=self._headers, timeout=self._config.timeout)
+        except (requests.Timeout, requests.ConnectionError) as exc:
+            raise UpstreamUnavailable(
+                "GitHub did not answer in time. Please try again in a minute.", detail=repr(exc)
+            ) from exc
+        _raise_for_failure(response)
+        return response
+
+    def get(self, path: str, *, missing_ok: bool = False) -> Any:
+        try:
+            return _json(self._request(self._config.api_url + path))
+        except _Missing:
+            if missing_ok:
+                return None
+            raise UpstreamError(
+                "GitHub did not return your profile.", detail=f"404 on {path}"
+            ) from None
+
+    def paginate(self, path: str) -> Iterator[dict[str, Any]]:
+        url: str | None = f"{self._config.api_url}{path}?per_page=100"
+        for _ in range(MAX_PAGES):
+            if url is None:
+                return
+            response = self._request(url)
+            page = _json(response)
+            if not isinstance(page, list):
+                raise UpstreamError("GitHub answered in an unexpected shape.", detail=path)
+            yield from page
+            url = response.links.get("next", {}).get("url")
+
+
+def _json(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise UpstreamUnavailable(
+            "GitHub answered with something that is not JSON. Please try again shortly.",
+            detail=f"{response.status_code} {response.url}",
+        ) from exc
+
+
+def _raise_for_failure(response: requests.Response) -> None:
+    status = response.status_code
+    if status < 400:
+        return
+    detail = f"{status} {response.request.method} {response.url}: {response.text[:200]}"
+    if status == 404:
+        raise _Missing(detail)
+    if status == 401:
+        raise BadCredentials(
+            "GitHub no longer accepts Keycard's access for your account. Please sign in again.",
+            detail=detail,
+        )
+    sso = response.headers.get("X-GitHub-SSO", "")
+    if status == 403 and sso.startswith("required"):
+        url = sso.split("url=", 1)[1].strip() if "url=" in sso else None
+        raise SamlSsoRequired(
+            "Your organisation enforces SAML single sign-on. Authorise Keycard for the "
+            "organisation on GitHub, then sign in again.",
+            url=url if url and url.startswith(("https://", "http://")) else None,
+            detail=detail,
+        )
+    if status in (403, 429) and (
+        status == 429
+        or response.headers.get("X-RateLimit-Remaining") == "0"
+        or "Retry-After" in response.headers
+    ):
+        retry_after = _retry_after(response)
+        raise RateLimited(
+            f"GitHub is limiting how often we may ask. Please try again in "
+            f"{_human(retry_after)}.",
+            retry_after=retry_after,
+            detail=detail,
+        )
+    if status >= 500:
+        raise UpstreamUnavailable(
+            "GitHub is having trouble right now. Please try again in a minute.", detail=detail
+        )
+    if status == 403:
+        raise AccessDenied(
+            "GitHub refused to share your membership with Keycard. Ask an organisation owner "
+            "to approve Keycard's OAuth app.",
+            detail=detail,
+        )
+    raise UpstreamError("GitHub answered with an unexpected error.", detail=detail)
+
+
+def _retry_after(response: requests.Response) -> int:
+    header = response.headers.get("Retry-After")
+    if header and header.isdigit():
+        return max(1, int(header))
+    reset = response.headers.get("X-RateLimit-Reset")
+    if reset and reset.isdigit():
+        return max(1, int(reset) - int(time.time()))
+    return 60
+
+
+def _human(seconds: int) -> str:
+    if seconds < 90:
+        return f"{seconds} seconds"
+    return f"{round(seconds / 60)} minutes"

@@ -1,0 +1,181 @@
+"""Real servers for every test: a private redis-server, the development upstream over
+HTTP, and Keycard itself on loopback. Nothing here touches a Redis someone else uses:
+the session starts its own (or uses ``KEYCARD_TEST_REDIS_URL``) and each test writes
+under its own key prefix, removed afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from sso import create_app
+from sso.config import DEV_UPSTREAM_CLIENT_ID, DEV_UPSTREAM_CLIENT_SECRET
+from sso.devupstream import UpstreamState, create_upstream_app, load_demo_state
+from tests.support import LiveServer, free_port, wait_until
+
+TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
+
+
+@dataclass
+class RedisServer:
+    url: str
+    port: int
+    proc: subprocess.Popen[bytes] | None
+    workdir: str | None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, decode_responses=True)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def start(self) -> None:
+        """(Re)start the private server on the same port."""
+        assert self.workdir is not None, "cannot restart a Redis the tests did not start"
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.workdir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = self.client()
+
+        def up() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.exceptions.ConnectionError:
+                return False
+
+        wait_until(up, timeout=15)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    given = os.environ.get("KEYCARD_TEST_REDIS_URL")
+    if given:
+        yield RedisServer(given, 0, None, None)
+        return
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed: run .ci/run or apt-get install redis-server")
+    server = RedisServer("", free_port(), None, tempfile.mkdtemp(prefix="keycard-test-redis-"))
+    server.url = f"redis://127.0.0.1:{server.port}/0"
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.workdir or "", ignore_errors=True)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, for tests that stop and restart it."""
+    server = RedisServer("", free_port(), None, str(tmp_path))
+    server.url = f"redis://127.0.0.1:{server.port}/0"
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def prefix(redis_server: RedisServer) -> Iterator[str]:
+    value = f"kt-{uuid.uuid4().hex[:12]}:"
+    yield value
+    client = redis_server.client()
+    keys = list(client.scan_iter(match=f"{value}*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture
+def rdb(redis_server: RedisServer) -> redis.Redis:
+    return redis_server.client()
+
+
+@dataclass
+class Upstream:
+    url: str
+    state: UpstreamState
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    state = load_demo_state()
+    server = LiveServer(create_upstream_app(state)).start()
+    yield Upstream(server.url, state)
+    server.stop()
+
+
+@dataclass
+class Keycard:
+    url: str
+    app: Any
+    env: dict[str, str]
+
+    @property
+    def services(self) -> Any:
+        return self.app.extensions["keycard"]
+
+
+def keycard_env(redis_url: str, prefix: str, upstream_url: str, port: int,
+                tmp: Path, **overrides: str) -> dict[str, str]:
+    env = {
+        "SSO_ENV": "development",
+        "SSO_ISSUER": f"http://127.0.0.1:{port}",
+        "SSO_SECRET_KEY": TEST_SECRET,
+        "SSO_REDIS_URL": redis_url,
+        "SSO_REDIS_PREFIX": prefix,
+        "SSO_GITHUB_URL": upstream_url,
+        "SSO_GITHUB_API_URL": f"{upstream_url}/api/v3",
+        "SSO_GITHUB_CLIENT_ID": DEV_UPSTREAM_CLIENT_ID,
+        "SSO_GITHUB_CLIENT_SECRET": DEV_UPSTREAM_CLIENT_SECRET,
+        "SSO_GITHUB_ORGS": "acme",
+        "SSO_BOOTSTRAP_ADMINS": "alice",
+        "SSO_GITHUB_TIMEOUT": "1.5",
+    }
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture
+def make_keycard(
+    redis_server: RedisServer, prefix: str, upstream: Upstream, tmp_path: Path
+) -> Iterator[Callable[..., Keycard]]:
+    servers: list[LiveServer] = []
+
+    def factory(redis_url: str | None = None, **overrides: str) -> Keycard:
+        server = LiveServer()
+        env = keycard_env(redis_url or redis_server.url, prefix, upstream.url, server.port,
+                          tmp_path, **overrides)
+        app = create_app(env)
+        server.start(app)
+        servers.append(server)
+        return Keycard(server.url, app, env)
+
+    yield factory
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def keycard(make_keycard: Callable[..., Keycard]) -> Keycard:
+    return make_keycard()
+
+
+@pytest.fixture
+def http() -> Iterator[requests.Session]:
+    session = requests.Session()
+    yield session
+    session.close()

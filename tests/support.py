@@ -1,0 +1,132 @@
+"""Shared test helpers: live servers on loopback, form parsing, signing in over HTTP."""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from typing import Any
+from urllib.parse import urljoin
+
+import requests
+from werkzeug.serving import BaseWSGIServer, make_server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll with a deadline instead of sleeping a guessed amount."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+class LiveServer:
+    """A real threaded WSGI server on 127.0.0.1, served from a background thread."""
+
+    def __init__(self, app: Any = None, port: int = 0) -> None:
+        self.server: BaseWSGIServer = make_server("127.0.0.1", port, app, threaded=True)
+        self.port = self.server.server_port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self, app: Any = None) -> LiveServer:
+        if app is not None:
+            self.server.app = app
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class Form:
+    action: str
+    method: str
+    fields: dict[str, str] = field(default_factory=dict)
+    buttons: list[tuple[str, str]] = field(default_factory=list)
+
+
+class _FormParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.forms: list[Form] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "form":
+            self.forms.append(Form(a.get("action", ""), a.get("method", "get").lower()))
+        elif self.forms and tag == "input" and a.get("name"):
+            if a.get("type", "text") not in {"submit", "checkbox", "radio"} or "checked" in a:
+                self.forms[-1].fields[a["name"]] = a.get("value", "")
+        elif self.forms and tag == "button" and a.get("name"):
+            self.forms[-1].buttons.append((a["name"], a.get("value", "")))
+
+
+def forms(html: str) -> list[Form]:
+    parser = _FormParser()
+    parser.feed(html)
+    return parser.forms
+
+
+def form_with(html: str, action_part: str) -> Form:
+    for form in forms(html):
+        if action_part in form.action:
+            return form
+    raise AssertionError(f"no form posting to {action_part!r} in page")
+
+
+def csrf_token(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "page has no CSRF token"
+    return match.group(1)
+
+
+def pick_upstream_user(http: requests.Session, page: requests.Response, login: str,
+                       *, deny: bool = False, allow_redirects: bool = True) -> requests.Response:
+    """On the development upstream's sign-in page, press "Continue as <login>" (or Cancel)."""
+    form = form_with(page.text, "/login/oauth/authorize")
+    data = dict(form.fields)
+    if deny:
+        data["deny"] = "1"
+    else:
+        data["login"] = login
+    return http.post(urljoin(page.url, form.action), data=data, allow_redirects=allow_redirects)
+
+
+def start_sign_in(http: requests.Session, keycard_url: str, next_path: str = "") -> requests.Response:
+    """GET /login and follow to the upstream's page; returns that page."""
+    url = f"{keycard_url}/login" + (f"?next={next_path}" if next_path else "")
+    page = http.get(url)
+    assert page.status_code == 200 and "/login/oauth/authorize" in page.url, page.text[:500]
+    return page
+
+
+def sign_in(http: requests.Session, keycard_url: str, login: str) -> requests.Response:
+    """The whole browser journey over HTTP; returns the final response (the portal)."""
+    return pick_upstream_user(http, start_sign_in(http, keycard_url), login)
+
+
+def stop_at_callback(http: requests.Session, keycard_url: str, login: str) -> str:
+    """Sign in upstream but stop before Keycard's callback; returns the callback URL."""
+    page = start_sign_in(http, keycard_url)
+    response = pick_upstream_user(http, page, login, allow_redirects=False)
+    assert response.status_code in (302, 303), response.text[:300]
+    location = response.headers["Location"]
+    assert location.startswith(keycard_url + "/auth/github/callback"), location
+    return location
