@@ -20,7 +20,7 @@ from sso.audit import Audit
 from sso.config import Settings, load_settings
 from sso.crypto import Sealer
 from sso.services import Services
-from sso.sessions import RedisSessionInterface, SessionStore
+from sso.sessions import RedisSessionInterface, SessionStore, raise_if_unavailable
 from sso.signin import SignInFlow
 from sso.storage import TTL, Store, connect
 from sso.upstream.github import GitHubConfig, GitHubConnector
@@ -114,6 +114,7 @@ def create_app(
         ),
     )
     app.session_interface = RedisSessionInterface(sessions, cookie_name=_cookie_name(settings))
+    app.before_request(raise_if_unavailable)
 
     web.init_app(app)
     users.init_app(app)

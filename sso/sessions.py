@@ -27,7 +27,7 @@ from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.datastructures import CallbackDict
 
 from sso.crypto import hash_secret, new_secret
-from sso.storage import Store, guard
+from sso.storage import StorageUnavailable, Store, guard
 
 # KEYS[1] session; ARGV now, idle. Returns the hash (flat list) or {} when gone/expired.
 _READ = """
@@ -67,6 +67,7 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         self.ended = False
         self.retired_sid: str | None = None  # the id replaced by regenerate(), deleted at save
         self.stale_cookie = False  # the browser sent an id that no longer exists
+        self.unavailable: StorageUnavailable | None = None  # Redis failed while loading
 
     def regenerate(self) -> None:
         """Give this browser a brand-new id (no fixation); the old record goes at save."""
@@ -234,7 +235,14 @@ class RedisSessionInterface(SessionInterface):
         sid = request.cookies.get(self.cookie_name)
         if not sid or len(sid) > 128:
             return ServerSession()
-        record = self.sessions.load(sid)
+        try:
+            record = self.sessions.load(sid)
+        except StorageUnavailable as exc:
+            # open_session runs outside Flask's error handling: defer the failure to
+            # before_request, where the 503 handler can answer it.
+            session = ServerSession()
+            session.unavailable = exc
+            return session
         if record is None:
             session = ServerSession()
             session.stale_cookie = True  # ended or expired: drop the cookie at save
@@ -249,6 +257,8 @@ class RedisSessionInterface(SessionInterface):
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         assert isinstance(session, ServerSession)
+        if session.unavailable is not None:
+            return
         domain = self.get_cookie_domain(app)
         secure = self.get_cookie_secure(app)
         stale = session.stale_cookie
@@ -282,3 +292,11 @@ class RedisSessionInterface(SessionInterface):
                 samesite="Lax",
             )
         response.vary.add("Cookie")
+
+
+def raise_if_unavailable() -> None:
+    """``before_request`` hook: surface a Redis failure met while opening the session."""
+    from flask import session
+
+    if isinstance(session, ServerSession) and session.unavailable is not None:
+        raise session.unavailable

@@ -109,7 +109,9 @@ def pick_upstream_user(http: requests.Session, page: requests.Response, login: s
     return http.post(urljoin(page.url, form.action), data=data, allow_redirects=allow_redirects)
 
 
-def start_sign_in(http: requests.Session, keycard_url: str, next_path: str = "") -> requests.Response:
+def start_sign_in(
+    http: requests.Session, keycard_url: str, next_path: str = ""
+) -> requests.Response:
     """GET /login and follow to the upstream's page; returns that page."""
     url = f"{keycard_url}/login" + (f"?next={next_path}" if next_path else "")
     page = http.get(url)

@@ -30,6 +30,7 @@ DEMO_PATH = Path(__file__).with_name("demo.yaml")
 _HTTP_FAULTS = frozenset({"unauthorized", "rate_limit", "secondary_rate_limit", "saml"})
 FAULT_KINDS = _HTTP_FAULTS | {"server_error", "timeout", "token_error"}
 ORG_ROLES = frozenset({"admin", "member"})
+_ACTIVE = frozenset((role, "active") for role in ORG_ROLES)
 PKCE_METHODS = frozenset({"S256", "plain"})
 
 
@@ -118,11 +119,7 @@ class TokenExchangeError(ValueError):
 
 def parse_scopes(raw: str | None) -> tuple[str, ...]:
     """Split a requested scope string (GitHub accepts spaces or commas), de-duplicated."""
-    seen: list[str] = []
-    for part in (raw or "").replace(",", " ").split():
-        if part not in seen:
-            seen.append(part)
-    return tuple(seen)
+    return tuple(dict.fromkeys((raw or "").replace(",", " ").split()))
 
 
 def pkce_matches(verifier: str, challenge: str, method: str) -> bool:
@@ -353,7 +350,9 @@ class UpstreamState:
             expires = time.time() + CODE_TTL_SECONDS
             pkce = (code_challenge, method) if code_challenge else (None, None)
             user_id, scopes = self._user(login).id, parse_scopes(scope)
-            self.codes[code] = IssuedCode(code, client_id, redirect_uri, user_id, scopes, expires, *pkce)
+            self.codes[code] = IssuedCode(
+                code, client_id, redirect_uri, user_id, scopes, expires, *pkce
+            )
             return code
 
     def exchange_code(
@@ -429,12 +428,7 @@ class UpstreamState:
     def orgs_for_user(self, user_id: int) -> list[Org]:
         """Orgs with an *active* membership, in org-id order."""
         with self._lock:
-            return [
-                o
-                for o in self.all_orgs()
-                if user_id in self.org_members.get(o.login.lower(), {})
-                and user_id not in self.org_pending.get(o.login.lower(), set())
-            ]
+            return [o for o in self.all_orgs() if self.membership(o.login, user_id) in _ACTIVE]
 
     def teams_for_user(self, user_id: int) -> list[Team]:
         """Direct team memberships only, ordered by org then team id."""

@@ -18,6 +18,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from flask import Blueprint, Response, abort, current_app, g, redirect, render_template, request
 from markupsafe import escape
+from werkzeug.exceptions import HTTPException
 
 from .state import (
     FAULT_KINDS,
@@ -52,6 +53,10 @@ DENIAL = {
     "error_description": "The user has denied your application access.",
     "error_uri": _TROUBLE + "authorization-request-errors/#access-denied",
 }
+SAML_MESSAGE = (
+    "Resource protected by organization SAML enforcement. You must grant your "
+    "Personal Access token access to this organization."
+)
 RATE_DOC = DOCS_URL + "/overview/rate-limits-for-the-rest-api"
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; "
@@ -147,35 +152,21 @@ def _fault_response(fault: Fault) -> Response | None:
     if fault.kind == "rate_limit":
         auth = _authenticated()
         who = f"user ID {auth[1].id}" if auth else str(request.remote_addr)
-        resp = _api_error(
-            403,
-            f"API rate limit exceeded for {who}.",
-            DOCS_URL + "/overview/rate-limits-for-the-rest-api",
-        )
+        resp = _api_error(403, f"API rate limit exceeded for {who}.", RATE_DOC)
         resp.headers["X-RateLimit-Remaining"] = "0"
         resp.headers["X-RateLimit-Used"] = str(RATE_LIMIT)
         resp.headers["X-RateLimit-Reset"] = str(int(time.time()) + int(params.get("reset_in", 600)))
         return resp
     if fault.kind == "secondary_rate_limit":
-        resp = _api_error(
-            429,
-            "You have exceeded a secondary rate limit. Please wait a few minutes before you "
-            "try again.",
-            DOCS_URL + "/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits",
-        )
+        message = "You have exceeded a secondary rate limit. Please wait a few minutes."
+        resp = _api_error(429, message, RATE_DOC + "#about-secondary-rate-limits")
         resp.headers["Retry-After"] = str(params.get("retry_after", 60))
         return resp
     if fault.kind == "saml":
-        org = params.get("org", "acme")
+        sso = _abs(f"/orgs/{params.get('org', 'acme')}/sso")
         ticket = params.get("authorization_request", "abc123")
-        resp = _api_error(
-            403,
-            "Resource protected by organization SAML enforcement. You must grant your "
-            "Personal Access token access to this organization.",
-        )
-        resp.headers["X-GitHub-SSO"] = (
-            f"required; url={_abs(f'/orgs/{org}/sso')}?authorization_request={ticket}"
-        )
+        resp = _api_error(403, SAML_MESSAGE)
+        resp.headers["X-GitHub-SSO"] = f"required; url={sso}?authorization_request={ticket}"
         return resp
     if fault.kind == "server_error":
         status = int(params.get("status", 502))
@@ -205,15 +196,12 @@ def _common_headers(resp: Response) -> Response:
     auth = _authenticated()
     key = f"user:{auth[0].user_id}" if auth else f"ip:{request.remote_addr}"
     used, reset = _state().note_api_call(key)
-    headers = resp.headers
-    headers.setdefault("X-RateLimit-Limit", str(RATE_LIMIT))
-    headers.setdefault("X-RateLimit-Remaining", str(RATE_LIMIT - used))
-    headers.setdefault("X-RateLimit-Reset", str(reset))
-    headers.setdefault("X-RateLimit-Used", str(used))
-    headers.setdefault("X-RateLimit-Resource", "core")
-    headers["X-GitHub-Api-Version-Selected"] = request.headers.get(
-        "X-GitHub-Api-Version", DEFAULT_API_VERSION
-    )
+    headers = resp.headers  # setdefault: an injected rate_limit fault has set its own
+    limits = {"Limit": RATE_LIMIT, "Remaining": RATE_LIMIT - used, "Reset": reset, "Used": used}
+    for name, value in (limits | {"Resource": "core"}).items():
+        headers.setdefault(f"X-RateLimit-{name}", str(value))
+    version = request.headers.get("X-GitHub-Api-Version", DEFAULT_API_VERSION)
+    headers["X-GitHub-Api-Version-Selected"] = version
     headers.setdefault("X-GitHub-Media-Type", "github.v3; format=json")
     if auth:
         headers.setdefault("X-OAuth-Scopes", ", ".join(auth[0].scopes))
@@ -221,17 +209,12 @@ def _common_headers(resp: Response) -> Response:
 
 
 @bp.app_errorhandler(404)
-def _not_found_handler(err: Exception) -> Any:
+@bp.app_errorhandler(405)
+def _http_error(err: HTTPException) -> Any:
+    """JSON ``Not Found`` under the API (GitHub answers 404 for wrong methods too)."""
     if request.path.startswith(API):
         return _not_found()
-    return _html_error(404, "Not Found", "There is nothing here.")
-
-
-@bp.app_errorhandler(405)
-def _method_handler(err: Exception) -> Any:
-    if request.path.startswith(API):
-        return _api_error(404, "Not Found")
-    return _html_error(405, "Method Not Allowed", "That method is not allowed here.")
+    return _html_error(err.code or 404, err.name, err.description or "")
 
 
 # -- JSON shapes ----------------------------------------------------------------------
@@ -250,16 +233,9 @@ def _user_json(user: User) -> dict[str, Any]:
 
 def _org_json(org: Org) -> dict[str, Any]:
     api = _abs(f"{API}/orgs/{org.login}")
-    return {
-        "login": org.login,
-        "id": org.id,
-        "node_id": _node_id("Organization", org.id),
-        "url": api,
-        "repos_url": f"{api}/repos",
-        "members_url": f"{api}/members{{/member}}",
-        "avatar_url": _abs(f"/avatars/{org.id}"),
-        "description": org.description,
-    }
+    body = {"login": org.login, "id": org.id, "node_id": _node_id("Organization", org.id)}
+    body |= {"url": api, "repos_url": f"{api}/repos", "members_url": f"{api}/members{{/member}}"}
+    return body | {"avatar_url": _abs(f"/avatars/{org.id}"), "description": org.description}
 
 
 def _team_json(team: Team, *, nested: bool = False) -> dict[str, Any]:
@@ -267,20 +243,12 @@ def _team_json(team: Team, *, nested: bool = False) -> dict[str, Any]:
     state = _state()
     org = state.org(team.org)
     assert org is not None  # teams cannot outlive their org in this model
-    body: dict[str, Any] = {
-        "id": team.id,
-        "node_id": _node_id("Team", team.id),
-        "url": _abs(f"{API}/teams/{team.id}"),
-        "html_url": _abs(f"/orgs/{org.login}/teams/{team.slug}"),
-        "name": team.name,
-        "slug": team.slug,
-        "description": team.description,
-        "privacy": "closed",
-        "notification_setting": "notifications_enabled",
-        "permission": "pull",
-        "members_url": _abs(f"{API}/teams/{team.id}/members{{/member}}"),
-        "repositories_url": _abs(f"{API}/teams/{team.id}/repos"),
-    }
+    api = _abs(f"{API}/teams/{team.id}")
+    body: dict[str, Any] = {"id": team.id, "node_id": _node_id("Team", team.id), "url": api}
+    body |= {"html_url": _abs(f"/orgs/{org.login}/teams/{team.slug}"), "name": team.name}
+    body |= {"slug": team.slug, "description": None, "privacy": "closed", "permission": "pull"}
+    body |= {"notification_setting": "notifications_enabled", "repositories_url": f"{api}/repos"}
+    body["members_url"] = f"{api}/members{{/member}}"
     if nested:
         return body
     parent = state.team(team.org, team.parent) if team.parent else None
@@ -321,44 +289,47 @@ def _paginate(items: list[dict[str, Any]]) -> Response:
 
 
 # -- OAuth web flow --------------------------------------------------------------------
-def _authorize_problem(params: Any) -> str | None:
-    """Why an authorize request cannot proceed (after the client id was checked)."""
+def _authorize_problem(params: Any) -> tuple[str, int] | None:
+    """Error page for an authorize request that cannot proceed (GET or POST alike)."""
+    if not _state().client_known(params.get("client_id")):
+        return _html_error(404, "Not Found", "No OAuth application is registered with that id.")
     parts = urlsplit(params.get("redirect_uri") or "")
     if parts.scheme not in {"http", "https"} or not parts.netloc:
-        return "The redirect_uri must be an absolute http(s) URL."
-    method = params.get("code_challenge_method")
-    if method and method not in PKCE_METHODS:
-        return "code_challenge_method must be S256 or plain."
+        return _html_error(400, "Bad request", "The redirect_uri must be an absolute http(s) URL.")
+    if (params.get("code_challenge_method") or "S256") not in PKCE_METHODS:
+        return _html_error(400, "Bad request", "code_challenge_method must be S256 or plain.")
     return None
 
 
-@bp.get("/login/oauth/authorize")
-def authorize_page() -> Any:
-    """Account picker standing in for GitHub's login + consent screens."""
+def _directory(selected: str = "") -> list[dict[str, Any]]:
+    """Every account with its orgs and direct teams, for the picker and ``/_dev/``."""
     state = _state()
-    if not state.client_known(request.args.get("client_id")):
-        return _html_error(404, "Not Found", "No OAuth application is registered with that id.")
-    problem = _authorize_problem(request.args)
-    if problem:
-        return _html_error(400, "Bad authorization request", problem)
-    wanted = (request.args.get("login") or "").lower()
-    users = [
+    return [
         {
             "login": u.login,
             "name": u.name,
             "initial": (u.name or u.login)[:1].upper(),
             "orgs": [o.login for o in state.orgs_for_user(u.id)],
-            "selected": u.login.lower() == wanted,
+            "teams": [f"{t.org}/{t.slug}" for t in state.teams_for_user(u.id)],
+            "selected": u.login.lower() == selected.lower(),
         }
         for u in state.all_users()
     ]
+
+
+@bp.get("/login/oauth/authorize")
+def authorize_page() -> Any:
+    """Account picker standing in for GitHub's login + consent screens."""
+    problem = _authorize_problem(request.args)
+    if problem:
+        return problem
     hidden = [(k, v) for k, v in request.args.items(multi=True) if k not in {"login", "deny"}]
     return render_template(
         "devupstream/authorize.html",
         title="Sign in to GitHub (development upstream)",
         client_id=request.args["client_id"],
         scopes=parse_scopes(request.args.get("scope")),
-        users=users,
+        users=_directory(request.args.get("login", "")),
         hidden=hidden,
     )
 
@@ -366,34 +337,19 @@ def authorize_page() -> Any:
 @bp.post("/login/oauth/authorize")
 def authorize_decide() -> Any:
     """Turn the picked account (or Cancel) into GitHub's redirect back to the client."""
-    state = _state()
-    form = request.form
-    client_id = form.get("client_id", "")
-    if not state.client_known(client_id):
-        return _html_error(404, "Not Found", "No OAuth application is registered with that id.")
+    state, form = _state(), request.form
     problem = _authorize_problem(form)
     if problem:
-        return _html_error(400, "Bad authorization request", problem)
-    redirect_uri = form["redirect_uri"]
+        return problem
+    client_id, redirect_uri = form["client_id"], form["redirect_uri"]
     extra = {"state": form["state"]} if "state" in form else {}
     if form.get("deny"):
-        denial = {
-            "error": "access_denied",
-            "error_description": DENY_DESCRIPTION,
-            "error_uri": DENY_URI,
-        }
-        return redirect(_append_query(redirect_uri, {**denial, **extra}), 302)
+        return redirect(_append_query(redirect_uri, DENIAL | extra), 302)
     user = state.user_by_login(form.get("login", ""))
     if user is None:
         return _html_error(400, "Unknown account", "Pick one of the listed accounts.")
-    code = state.create_code(
-        client_id,
-        redirect_uri,
-        user.login,
-        form.get("scope"),
-        form.get("code_challenge") or None,
-        form.get("code_challenge_method") or None,
-    )
+    pkce = (form.get("code_challenge") or None, form.get("code_challenge_method") or None)
+    code = state.create_code(client_id, redirect_uri, user.login, form.get("scope"), *pkce)
     return redirect(_append_query(redirect_uri, {"code": code, **extra}), 302)
 
 
@@ -414,7 +370,7 @@ def access_token() -> Response:
             client_id, secret, data.get("code"), data.get("redirect_uri"), data.get("code_verifier")
         )
     except TokenExchangeError as exc:
-        return _token_error(exc.code)
+        return _token_error(str(exc.args[0]))
     return _token_payload(
         {"access_token": token.token, "token_type": "bearer", "scope": ",".join(token.scopes)}
     )
@@ -454,17 +410,15 @@ def api_user_membership(org: str) -> Response:
     membership = state.membership(org, user.id) if found else None
     if found is None or membership is None or not ORG_READ_SCOPES & set(token.scopes):
         return _not_found()
-    role, status = membership
-    return _json(
-        {
-            "url": _abs(f"{API}/orgs/{found.login}/memberships/{user.login}"),
-            "state": status,
-            "role": role,
-            "organization_url": _abs(f"{API}/orgs/{found.login}"),
-            "organization": _org_json(found),
-            "user": {k: v for k, v in _user_json(user).items() if k in _SIMPLE_USER_KEYS},
-        }
-    )
+    (role, status), org_json = membership, _org_json(found)
+    body: dict[str, Any] = {
+        "url": f"{org_json['url']}/memberships/{user.login}",
+        "state": status,
+        "role": role,
+    }
+    body |= {"organization_url": org_json["url"], "organization": org_json}
+    body["user"] = {k: v for k, v in _user_json(user).items() if k in _SIMPLE_USER_KEYS}
+    return _json(body)
 
 
 @bp.get(API + "/orgs/<org>/teams/<slug>")
@@ -482,9 +436,9 @@ def api_org_team(org: str, slug: str) -> Response:
 def avatar(ident: int) -> Response:
     """Generated SVG avatar (the initial on a colour), so pages need no external images."""
     state = _state()
-    user = next((u for u in state.all_users() if u.id == ident), None)
-    org = next((o for o in state.all_orgs() if o.id == ident), None)
-    label = (user.name or user.login) if user else (org.login if org else None)
+    names = [u.name or u.login for u in state.all_users() if u.id == ident]
+    names += [o.login for o in state.all_orgs() if o.id == ident]
+    label = next(iter(names), None)
     if label is None:
         abort(404)
     colour = AVATAR_COLOURS[ident % len(AVATAR_COLOURS)]
@@ -504,35 +458,21 @@ def dev_faults() -> Response:
     if request.method == "DELETE":
         state.clear_faults()
         return Response(status=204)
-    if request.method == "POST":
-        body = request.get_json(silent=True) or {}
-        try:
-            state.add_fault(
-                str(body.get("path", "/")),
-                str(body.get("kind", "")),
-                int(body.get("count", 1)),
-                **dict(body.get("params") or {}),
-            )
-        except (TypeError, ValueError) as exc:
-            return _json({"message": str(exc), "kinds": sorted(FAULT_KINDS)}, 400)
-        status = 201
-    else:
-        status = 200
-    return _json({"faults": [asdict(f) for f in state.pending_faults()]}, status)
+    body = (request.get_json(silent=True) or {}) if request.method == "POST" else None
+    try:
+        if body is not None:
+            args = (str(body.get("path", "/")), str(body.get("kind")), int(body.get("count", 1)))
+            state.add_fault(*args, **dict(body.get("params") or {}))
+    except (TypeError, ValueError) as exc:
+        return _json({"message": str(exc), "kinds": sorted(FAULT_KINDS)}, 400)
+    faults = [asdict(f) for f in state.pending_faults()]
+    return _json({"faults": faults}, 200 if body is None else 201)
 
 
 @bp.get("/_dev/")
 def dev_index() -> Response:
     """JSON listing of the directory, handy when choosing whom to sign in as."""
     state = _state()
-    users = [
-        {
-            "login": u.login,
-            "name": u.name,
-            "orgs": [o.login for o in state.orgs_for_user(u.id)],
-            "teams": [f"{t.org}/{t.slug}" for t in state.teams_for_user(u.id)],
-        }
-        for u in state.all_users()
-    ]
     teams = [asdict(t) for t in state.all_teams()]
-    return _json({"users": users, "orgs": [asdict(o) for o in state.all_orgs()], "teams": teams})
+    orgs = [asdict(o) for o in state.all_orgs()]
+    return _json({"users": _directory(), "orgs": orgs, "teams": teams})

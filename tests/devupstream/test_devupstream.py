@@ -10,24 +10,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
 from werkzeug.serving import make_server
 
-_ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:  # the repo is not necessarily pip-installed
-    sys.path.insert(0, str(_ROOT))
-
-from sso.devupstream import UpstreamState, create_upstream_app, load_demo_state  # noqa: E402
+from sso.devupstream import UpstreamState, create_upstream_app, load_demo_state
 
 CLIENT_ID, CLIENT_SECRET = "keycard-dev", "keycard-dev-secret"
 REDIRECT = "http://127.0.0.1:9/callback"
@@ -49,7 +43,7 @@ class Upstream:
 def upstream() -> Iterator[Upstream]:
     state = load_demo_state()
     server = make_server("127.0.0.1", 0, create_upstream_app(state), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     session = requests.Session()
     try:

@@ -1,0 +1,20 @@
+# The two commands the README opens with. Both build .venv themselves.
+VENV  ?= .venv
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: dev test lint bench
+
+$(STAMP): pyproject.toml
+	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	@$(VENV)/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+	@$(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+dev: $(STAMP)
+	$(VENV)/bin/sso dev
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sso tests bench
+
+test: lint
+	$(VENV)/bin/pytest

@@ -1,0 +1,77 @@
+"""Configuration is validated once, with messages naming the variable at fault."""
+
+from __future__ import annotations
+
+import pytest
+
+from sso.config import ConfigError, load_settings
+
+GOOD_PRODUCTION = {
+    "SSO_ENV": "production",
+    "SSO_ISSUER": "https://sso.example.com",
+    "SSO_SECRET_KEY": "x" * 48,
+    "SSO_GITHUB_CLIENT_ID": "Iv1.abc",
+    "SSO_GITHUB_CLIENT_SECRET": "s3cret",
+    "SSO_GITHUB_ORGS": "acme",
+}
+
+
+def problems(env: dict[str, str]) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    return str(info.value)
+
+
+def test_a_safe_production_configuration_loads():
+    settings = load_settings(GOOD_PRODUCTION)
+    assert settings.is_production and settings.secure_cookies
+    assert settings.github_orgs == ("acme",)
+
+
+def test_production_refuses_a_missing_secret_key():
+    env = {k: v for k, v in GOOD_PRODUCTION.items() if k != "SSO_SECRET_KEY"}
+    assert "SSO_SECRET_KEY is missing" in problems(env)
+
+
+def test_production_refuses_plain_http_issuer_on_a_public_host():
+    message = problems({**GOOD_PRODUCTION, "SSO_ISSUER": "http://sso.example.com"})
+    assert "SSO_ISSUER" in message and "https" in message
+
+
+def test_production_allows_plain_http_on_loopback():
+    assert load_settings({**GOOD_PRODUCTION, "SSO_ISSUER": "http://127.0.0.1:5000"})
+
+
+def test_production_refuses_the_development_upstream():
+    message = problems({**GOOD_PRODUCTION, "SSO_GITHUB_CLIENT_ID": "keycard-dev"})
+    assert "development upstream" in message
+    message = problems({**GOOD_PRODUCTION, "SSO_GITHUB_URL": "http://127.0.0.1:5001"})
+    assert "SSO_GITHUB_URL" in message
+
+
+def test_every_problem_is_reported_at_once():
+    message = problems({"SSO_ENV": "production", "SSO_ISSUER": "http://sso.example.com",
+                        "SSO_MEMBERSHIP_MAX_AGE": "soon"})
+    for name in ("SSO_SECRET_KEY", "SSO_ISSUER", "SSO_GITHUB_CLIENT_ID", "SSO_MEMBERSHIP_MAX_AGE"):
+        assert name in message
+
+
+def test_unknown_env_and_bad_booleans_are_named():
+    message = problems({"SSO_ENV": "staging", "SSO_ALLOW_ANY_GITHUB_USER": "maybe"})
+    assert "SSO_ENV" in message and "SSO_ALLOW_ANY_GITHUB_USER" in message
+
+
+def test_cookie_domain_must_contain_the_issuer():
+    message = problems({"SSO_ISSUER": "https://sso.acme.test", "SSO_COOKIE_DOMAIN": "evil.test",
+                        "SSO_SECRET_KEY": "y" * 40})
+    assert "SSO_COOKIE_DOMAIN" in message
+    settings = load_settings({"SSO_ISSUER": "https://sso.acme.test", "SSO_SECRET_KEY": "y" * 40,
+                              "SSO_COOKIE_DOMAIN": ".acme.test"})
+    assert settings.cookie_domain == "acme.test"
+
+
+def test_development_generates_and_keeps_a_secret_key(tmp_path):
+    first = load_settings({}, instance_dir=tmp_path)
+    second = load_settings({}, instance_dir=tmp_path)
+    assert len(first.secret_key) >= 48 and first.secret_key == second.secret_key
+    assert oct((tmp_path / "dev-secret-key").stat().st_mode & 0o777) == "0o600"

@@ -1,0 +1,53 @@
+"""Redis outages give a clear 503 and the service recovers by itself; health endpoints."""
+
+from __future__ import annotations
+
+import requests
+
+from tests.support import sign_in, wait_until
+
+
+def test_healthz_answers_and_readyz_reports_redis(keycard):
+    assert requests.get(keycard.url + "/healthz").json() == {"status": "ok"}
+    ready = requests.get(keycard.url + "/readyz")
+    assert ready.status_code == 200 and ready.json()["redis"] == "ok"
+
+
+def test_redis_stopped_mid_run_gives_503_then_recovers(make_keycard, private_redis, http):
+    keycard = make_keycard(redis_url=private_redis.url)
+    sign_in(http, keycard.url, "alice")
+    private_redis.stop()
+
+    page = http.get(keycard.url + "/")
+    assert page.status_code == 503
+    assert "temporarily unavailable" in page.text and "Traceback" not in page.text
+    assert page.headers["Retry-After"]
+    api = requests.get(keycard.url + "/readyz")
+    assert api.status_code == 503 and api.json()["status"] == "unavailable"
+    login = requests.get(keycard.url + "/login", allow_redirects=False)
+    assert login.status_code == 503
+    json_error = http.get(keycard.url + "/", headers={"Accept": "application/json"})
+    assert json_error.status_code == 503
+    assert json_error.json()["error"] == "temporarily_unavailable"
+    assert requests.get(keycard.url + "/healthz").status_code == 200  # the process lives on
+
+    private_redis.start()  # an empty Redis: the old session is gone, sign-in works again
+    wait_until(lambda: requests.get(keycard.url + "/readyz").status_code == 200, timeout=15)
+    assert "Sign in with GitHub" in http.get(keycard.url + "/").text
+    assert "Alice Archer" in sign_in(http, keycard.url, "alice").text
+
+
+def test_pages_carry_security_headers(keycard, http):
+    page = http.get(keycard.url + "/")
+    headers = page.headers
+    assert headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert "unsafe-inline" not in headers["Content-Security-Policy"]
+    assert headers["Referrer-Policy"] == "no-referrer"
+    assert headers["Cache-Control"] == "no-store"
+    assert "Access-Control-Allow-Origin" not in headers
+
+
+def test_unknown_page_is_a_friendly_404_without_trace(keycard):
+    page = requests.get(keycard.url + "/no/such/page")
+    assert page.status_code == 404 and "Page not found" in page.text

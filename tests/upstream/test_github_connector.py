@@ -1,0 +1,262 @@
+"""The GitHub connector against the development upstream, spoken to over real HTTP.
+
+Tokens are obtained the way Keycard obtains them: the connector builds the authorize
+URL, a ``requests`` "browser" picks an account on the upstream's page, and the code
+that comes back is exchanged by :meth:`GitHubConnector.handle_callback`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import secrets
+import time
+from collections.abc import Callable
+from typing import get_type_hints
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+
+from sso.upstream.base import (
+    BadCredentials,
+    Connector,
+    Identity,
+    RateLimited,
+    SamlSsoRequired,
+    UpstreamToken,
+    UpstreamUnavailable,
+)
+from sso.upstream.github import API_VERSION, GitHubConfig, GitHubConnector
+from tests.support import pick_upstream_user
+
+REDIRECT_URI = "http://127.0.0.1:9/auth/github/callback"  # never contacted: redirects stop here
+
+
+@pytest.fixture
+def connector(upstream) -> GitHubConnector:
+    return GitHubConnector(
+        GitHubConfig(
+            client_id="keycard-dev",
+            client_secret="keycard-dev-secret",
+            web_url=upstream.url,
+            api_url=upstream.url + "/api/v3",
+            allowed_orgs=("acme",),
+            timeout=1.0,
+        )
+    )
+
+
+def authorize(connector: GitHubConnector, login: str) -> tuple[str, str]:
+    """Drive the upstream's OAuth page as ``login``; returns (code, code_verifier)."""
+    state, verifier = secrets.token_urlsafe(32), secrets.token_urlsafe(48)
+    url = connector.login_url(redirect_uri=REDIRECT_URI, state=state, code_verifier=verifier)
+    with requests.Session() as browser:
+        page = browser.get(url)
+        assert page.status_code == 200, page.text[:300]
+        answer = pick_upstream_user(browser, page, login, allow_redirects=False)
+    assert answer.status_code == 302, answer.text[:300]
+    location = answer.headers["Location"]
+    assert location.startswith(REDIRECT_URI), location
+    query = parse_qs(urlsplit(location).query)
+    assert query["state"] == [state]
+    return query["code"][0], verifier
+
+
+@pytest.fixture
+def sign_in_as(connector: GitHubConnector) -> Callable[[str], tuple[Identity, UpstreamToken]]:
+    def run(login: str) -> tuple[Identity, UpstreamToken]:
+        code, verifier = authorize(connector, login)
+        return connector.handle_callback(
+            code=code, redirect_uri=REDIRECT_URI, code_verifier=verifier
+        )
+
+    return run
+
+
+def api_calls(upstream, path: str) -> int:
+    return sum(1 for method, seen in list(upstream.state.requests_seen) if seen == path)
+
+
+# -- the seam ------------------------------------------------------------------------------
+
+
+def test_github_connector_satisfies_the_connector_protocol_with_identical_signatures():
+    connector = GitHubConnector(GitHubConfig(client_id="x", client_secret="y"))
+    assert isinstance(connector, Connector)
+    assert isinstance(connector.name, str) and connector.name == "github"
+    for verb in ("login_url", "handle_callback", "refresh"):
+        expected = inspect.signature(getattr(Connector, verb))
+        actual = inspect.signature(getattr(GitHubConnector, verb))
+        assert [(p.name, p.kind, p.default) for p in actual.parameters.values()] == [
+            (p.name, p.kind, p.default) for p in expected.parameters.values()
+        ], verb
+        assert get_type_hints(getattr(GitHubConnector, verb)) == get_type_hints(
+            getattr(Connector, verb)
+        ), verb
+
+
+# -- identity --------------------------------------------------------------------------------
+
+
+def test_sign_in_returns_the_numeric_id_profile_and_an_upstream_token(sign_in_as):
+    identity, token = sign_in_as("alice")
+    assert identity.user_id == "1001"
+    assert identity.login == "alice"
+    assert identity.name == "Alice Archer"
+    assert token.access_token.startswith("gho_")
+    assert "read:org" in token.scope and "user:email" in token.scope
+
+
+def test_user_in_150_teams_gets_every_team_across_two_pages(upstream, sign_in_as):
+    state = upstream.state
+    state.add_user("busy", "Busy Bee", public_email="busy@acme.test")
+    expected = set()
+    for n in range(150):
+        state.add_team("acme", f"team-{n:03d}")
+        state.add_team_member("acme", f"team-{n:03d}", "busy")
+        expected.add(f"acme/team-{n:03d}")
+    before = api_calls(upstream, "/api/v3/user/teams")
+
+    identity, _ = sign_in_as("busy")
+
+    assert set(identity.teams) == expected
+    assert len(identity.teams) == 150
+    assert api_calls(upstream, "/api/v3/user/teams") - before == 2  # 100 + 50 per Link rel=next
+
+
+def test_nested_team_membership_includes_every_ancestor_team(sign_in_as):
+    identity, _ = sign_in_as("bob")  # direct member of acme/sre only
+    assert identity.teams == ("acme/engineering", "acme/platform", "acme/sre")
+    assert "acme:engineering" in identity.groups
+
+
+def test_private_email_is_read_from_user_emails(upstream, sign_in_as):
+    assert upstream.state.user_by_login("bob").public_email is None  # /user says null
+    identity, _ = sign_in_as("bob")
+    assert identity.email == "bob@acme.test"
+    assert identity.email_verified is True
+
+
+def test_only_unverified_email_is_never_reported_as_verified(sign_in_as):
+    identity, _ = sign_in_as("carol")
+    assert identity.email == "carol@acme.test"
+    assert identity.email_verified is False
+
+
+def test_verified_secondary_email_beats_an_unverified_primary(upstream, sign_in_as):
+    upstream.state.add_user(
+        "erin",
+        "Erin Ek",
+        emails=[
+            {"email": "erin@unproven.test", "primary": True, "verified": False},
+            {"email": "erin@acme.test", "primary": False, "verified": True},
+        ],
+    )
+    upstream.state.add_org_member("acme", "erin")
+    identity, _ = sign_in_as("erin")
+    assert identity.email == "erin@acme.test"
+    assert identity.email_verified is True
+
+
+def test_orgs_and_teams_outside_the_allowed_list_are_not_reported(upstream, sign_in_as):
+    state = upstream.state
+    state.add_team("globex", "ops")
+    state.add_team_member("globex", "ops", "alice")  # alice is now in acme and globex
+    assert {o.login for o in state.orgs_for_user(1001)} == {"acme", "globex"}
+
+    identity, _ = sign_in_as("alice")
+
+    assert identity.orgs == ("acme",)
+    assert identity.teams == ("acme/engineering", "acme/platform", "acme/security")
+    assert not any(path.endswith("/globex") for _, path in state.requests_seen)
+
+
+def test_non_member_gets_no_orgs(sign_in_as):
+    identity, _ = sign_in_as("mallory")  # member of globex only
+    assert identity.orgs == ()
+    assert identity.teams == ()
+
+
+# -- failures map to typed errors ------------------------------------------------------------
+
+
+def test_revoked_token_is_bad_credentials(upstream, sign_in_as, connector):
+    _, token = sign_in_as("alice")
+    upstream.state.add_fault("/api/v3/user", "unauthorized")
+    with pytest.raises(BadCredentials):
+        connector.refresh(token)
+
+
+def test_primary_rate_limit_is_rate_limited_until_the_reset_time(upstream, sign_in_as, connector):
+    _, token = sign_in_as("alice")
+    upstream.state.add_fault("/api/v3/user", "rate_limit", reset_in=600)
+    with pytest.raises(RateLimited) as caught:
+        connector.refresh(token)
+    assert 590 <= caught.value.retry_after <= 600
+    assert "10 minutes" in caught.value.message
+
+
+def test_secondary_rate_limit_is_rate_limited_for_its_retry_after(upstream, sign_in_as, connector):
+    _, token = sign_in_as("alice")
+    upstream.state.add_fault("/api/v3/user/teams", "secondary_rate_limit")  # Retry-After: 60
+    with pytest.raises(RateLimited) as caught:
+        connector.refresh(token)
+    assert caught.value.retry_after == 60
+
+
+def test_saml_enforcement_is_saml_sso_required_with_the_header_url(
+    upstream, sign_in_as, connector
+):
+    _, token = sign_in_as("alice")
+    upstream.state.add_fault(
+        "/api/v3/user/memberships/orgs/acme", "saml", org="acme", authorization_request="t1ck3t"
+    )
+    with pytest.raises(SamlSsoRequired) as caught:
+        connector.refresh(token)
+    assert caught.value.url == f"{upstream.url}/orgs/acme/sso?authorization_request=t1ck3t"
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_unicorn_page_is_upstream_unavailable(upstream, sign_in_as, connector, status):
+    _, token = sign_in_as("alice")
+    upstream.state.add_fault("/api/v3/user", "server_error", status=status)
+    with pytest.raises(UpstreamUnavailable):
+        connector.refresh(token)
+
+
+def test_slow_upstream_is_upstream_unavailable_after_the_timeout(upstream, sign_in_as, connector):
+    _, token = sign_in_as("alice")
+    upstream.state.add_fault("/api/v3/user", "timeout", delay=3)
+    started = time.monotonic()
+    with pytest.raises(UpstreamUnavailable):
+        connector.refresh(token)
+    assert time.monotonic() - started < 2.5  # gave up at the 1 s timeout, not after 3 s
+
+
+def test_token_error_in_an_http_200_body_is_bad_credentials(upstream, connector):
+    code, verifier = authorize(connector, "alice")
+    upstream.state.add_fault("/login/oauth/access_token", "token_error")
+    with pytest.raises(BadCredentials) as caught:
+        connector.handle_callback(code=code, redirect_uri=REDIRECT_URI, code_verifier=verifier)
+    assert "bad_verification_code" in caught.value.detail
+
+
+def test_wrong_pkce_verifier_is_refused_by_the_token_endpoint(connector):
+    code, _ = authorize(connector, "alice")
+    with pytest.raises(BadCredentials):
+        connector.handle_callback(
+            code=code, redirect_uri=REDIRECT_URI, code_verifier=secrets.token_urlsafe(48)
+        )
+
+
+def test_api_requests_send_github_media_type_and_api_version(upstream, sign_in_as):
+    sign_in_as("alice")
+    seen = list(upstream.state.requests_seen)
+    api = [entry for entry in seen if entry[1].startswith("/api/v3/")]
+    assert api, "the connector made no API call"
+    if all(len(entry) == 2 for entry in api):
+        pytest.skip("the development upstream records only (method, path), not request headers")
+    for entry in api:
+        headers = {k.lower(): v for k, v in dict(entry[2]).items()}
+        assert headers.get("accept") == "application/vnd.github+json"
+        assert headers.get("x-github-api-version") == API_VERSION
