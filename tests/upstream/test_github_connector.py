@@ -241,6 +241,16 @@ def test_token_error_in_an_http_200_body_is_bad_credentials(upstream, connector)
     assert "bad_verification_code" in caught.value.detail
 
 
+@pytest.mark.parametrize(
+    ("kind", "params"), [("server_error", {"status": 502}), ("timeout", {"delay": 3})]
+)
+def test_token_endpoint_outage_is_upstream_unavailable(upstream, connector, kind, params):
+    code, verifier = authorize(connector, "alice")
+    upstream.state.add_fault("/login/oauth/access_token", kind, **params)
+    with pytest.raises(UpstreamUnavailable):
+        connector.handle_callback(code=code, redirect_uri=REDIRECT_URI, code_verifier=verifier)
+
+
 def test_wrong_pkce_verifier_is_refused_by_the_token_endpoint(connector):
     code, _ = authorize(connector, "alice")
     with pytest.raises(BadCredentials):

@@ -1,0 +1,64 @@
+"""``sso dev`` as a newcomer runs it: a subprocess serving Keycard and the dev upstream."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support import free_port, sign_in, wait_until
+
+SSO = str(Path(sys.executable).parent / "sso")
+
+
+@pytest.fixture
+def dev_server(redis_server, prefix, tmp_path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    port, upstream_port = free_port(), free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SSO_")},
+        "SSO_REDIS_URL": redis_server.url,
+        "SSO_REDIS_PREFIX": prefix,
+        "SSO_ISSUER": f"http://127.0.0.1:{port}",
+    }
+    proc = subprocess.Popen(
+        [SSO, "dev", "--upstream-port", str(upstream_port)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        try:
+            return requests.get(url + "/healthz", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    wait_until(up, timeout=30, interval=0.1)
+    yield url, proc
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_sso_dev_serves_the_whole_journey(dev_server):
+    url, proc = dev_server
+    http = requests.Session()
+    portal = sign_in(http, url, "alice")
+    assert portal.url == url + "/"
+    assert "Alice Archer" in portal.text and "acme/platform" in portal.text
+    assert "admin" in portal.text  # alice is a bootstrap admin in the demo
+    proc.terminate()
+    output, _ = proc.communicate(timeout=10)
+    assert f"{url}/" in output and "Development GitHub" in output
+
+
+def test_sso_dev_refuses_production(tmp_path):
+    env = {**os.environ, "SSO_ENV": "production"}
+    result = subprocess.run([SSO, "dev"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode != 0
+    assert "production" in result.stderr
