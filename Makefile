@@ -14,7 +14,7 @@ dev: $(STAMP)
 	$(VENV)/bin/sso dev
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sso tests bench
+	$(VENV)/bin/ruff check .
 
 test: lint
 	$(VENV)/bin/pytest

@@ -19,6 +19,7 @@ from sso.accounts import Accounts
 from sso.audit import Audit
 from sso.config import Settings, load_settings
 from sso.crypto import Sealer
+from sso.rules_store import RuleStore
 from sso.services import Services
 from sso.sessions import RedisSessionInterface, SessionStore, raise_if_unavailable
 from sso.signin import SignInFlow
@@ -91,6 +92,7 @@ def create_app(
         store, idle=settings.session_idle_seconds, absolute=settings.session_absolute_seconds
     )
     audit = Audit(store, settings.audit_max_events)
+    rules = RuleStore(store)
     accounts = Accounts(
         store=store,
         settings=settings,
@@ -98,7 +100,7 @@ def create_app(
         sealer=sealer,
         sessions=sessions,
         audit=audit,
-        rules=list,
+        rules=rules.all,
     )
     app.extensions["keycard"] = Services(
         settings=settings,
@@ -112,6 +114,7 @@ def create_app(
             store, connector, f"{settings.issuer}/auth/github/callback",
             settings.login_state_seconds,
         ),
+        rules=rules,
     )
     app.session_interface = RedisSessionInterface(sessions, cookie_name=_cookie_name(settings))
     app.before_request(raise_if_unavailable)

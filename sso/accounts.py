@@ -211,6 +211,45 @@ class Accounts:
             )
         return fresh
 
+    # -- directory and rule changes ---------------------------------------------------
+
+    @guard
+    def directory(self) -> list[tuple[Profile, int]]:
+        """Everyone who has signed in, most recent first, with their last sign-in time."""
+        rows = self.store.redis.zrevrange(self.store.keys.users_index(), 0, -1, withscores=True)
+        pipe = self.store.redis.pipeline(transaction=False)
+        for user_id, _ in rows:
+            pipe.hget(self.store.keys.user(user_id), "profile")
+        out = []
+        for (_, last), raw in zip(rows, pipe.execute(), strict=True):
+            if raw:
+                out.append((Profile.from_dict(json.loads(raw)), int(last)))
+        return out
+
+    def with_roles(self, profile: Profile, rules: list[Rule] | None = None) -> Profile:
+        """The profile with roles recomputed from the current rules (no upstream call)."""
+        roles = evaluate(profile.user_id, profile.login, profile.orgs, profile.teams,
+                         self.rules() if rules is None else rules,
+                         self.settings.bootstrap_admins)
+        return Profile(**{**profile.as_dict(), "roles": roles})
+
+    def apply_rules_now(self, *, actor: str) -> int:
+        """Recompute the roles of everyone with a live session; returns how many changed."""
+        rules = self.rules()
+        changed = 0
+        for profile, _ in self.directory():
+            if not self.sessions.list_for_user(profile.user_id):
+                continue
+            fresh = self.with_roles(profile, rules)
+            if fresh.roles == profile.roles:
+                continue
+            self.save(fresh, None, signed_in=False)
+            self.sessions.update_profiles(profile.user_id, fresh.as_dict())
+            self.audit.record("roles.applied", actor=actor, subject=profile.login,
+                              before=profile.roles, after=fresh.roles)
+            changed += 1
+        return changed
+
     def end_access(self, user_id: str, *, reason: str, actor: str, login: str = "") -> int:
         """Deprovision: end every session of the person (and, later, their tokens)."""
         ended = self.sessions.end_user_sessions(user_id)

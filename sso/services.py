@@ -14,6 +14,7 @@ from sso.accounts import Accounts
 from sso.audit import Audit
 from sso.config import Settings
 from sso.crypto import Sealer
+from sso.rules_store import RuleStore
 from sso.sessions import SessionStore
 from sso.signin import SignInFlow
 from sso.storage import Store
@@ -30,6 +31,7 @@ class Services:
     audit: Audit
     accounts: Accounts
     signin: SignInFlow
+    rules: RuleStore
 
 
 def services(app: Flask | None = None) -> Services:

@@ -204,6 +204,14 @@ class SessionStore:
         hashes = sorted(self.store.redis.smembers(index))
         return self._describe(hashes, prune_index=index)
 
+    @guard
+    def list_all(self, user_ids: Iterable[str]) -> list[SessionInfo]:
+        """Every live session of these people (the admin's company-wide view)."""
+        out: list[SessionInfo] = []
+        for user_id in user_ids:
+            out.extend(self.list_for_user(user_id))
+        return sorted(out, key=lambda s: s.created, reverse=True)
+
     def _describe(self, hashes: Iterable[str], prune_index: str | None = None) -> list[SessionInfo]:
         hashes = list(hashes)
         pipe = self.store.redis.pipeline(transaction=False)
