@@ -58,3 +58,44 @@ class Audit:
             item["details"] = json.loads(item.get("details") or "{}")
             out.append(item)
         return out
+
+    def query(
+        self,
+        person: str | None = None,
+        event: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 200,
+    ) -> list[dict[str, Any]]:
+        """Events newest first, filtered: ``person`` matches actor or subject (any case),
+        ``event`` is a prefix (``signin`` finds ``signin.success``), ``since``/``until``
+        are inclusive epoch seconds.
+
+        Stream IDs are millisecond timestamps, so the time bounds go to Redis as the ID
+        range; person and event are filtered here, reading the range page by page.
+        """
+        high = f"{int(until * 1000)}" if until is not None else "+"
+        low = f"{int(since * 1000)}" if since is not None else "-"
+        who = (person or "").strip().lower()
+        prefix = (event or "").strip()
+        out: list[dict[str, Any]] = []
+        page = max(limit, 100) if (who or prefix) else limit
+        while len(out) < limit:
+            rows = self.store.redis.xrevrange(self.key, max=high, min=low, count=page)
+            for entry_id, fields in rows:
+                if who and who not in (fields.get("actor", "").lower(),
+                                       fields.get("subject", "").lower()):
+                    continue
+                if prefix and not fields.get("event", "").startswith(prefix):
+                    continue
+                item: dict[str, Any] = dict(fields)
+                item["id"] = entry_id
+                item["time"] = float(item.get("time", 0))
+                item["details"] = json.loads(item.get("details") or "{}")
+                out.append(item)
+                if len(out) == limit:
+                    break
+            if len(rows) < page:
+                break
+            high = f"({rows[-1][0]}"  # exclusive: continue below the last entry read
+        return out

@@ -7,6 +7,7 @@ import time
 from flask import (
     Blueprint,
     Response,
+    after_this_request,
     make_response,
     redirect,
     render_template,
@@ -56,14 +57,17 @@ def login() -> Response:
 @bp.get("/auth/github/callback")
 def callback() -> Response:
     svc = services()
+    # The binding cookie is single-use like the state: drop it whatever the outcome,
+    # including when an upstream error below is turned into a page by the handlers.
+    after_this_request(_clear_binding)
     try:
         pending = svc.signin.consume(
             request.args.get("state"), request.cookies.get(_binding_cookie())
         )
     except SignInRefused as exc:
         svc.audit.record("signin.refused", reason=exc.reason, **_client())
-        return _clear_binding(error_response(400, "Sign-in could not be completed", exc.message,
-                                             code=exc.reason, retry=True))
+        return error_response(400, "Sign-in could not be completed", exc.message,
+                              code=exc.reason, retry=True)
     error = request.args.get("error")
     if error:
         exc = AccessDenied(
@@ -77,9 +81,9 @@ def callback() -> Response:
         raise exc
     code = request.args.get("code")
     if not code:
-        return _clear_binding(error_response(400, "Sign-in could not be completed",
-                                             "GitHub's answer carried no code. Please try again.",
-                                             code="invalid_request", retry=True))
+        return error_response(400, "Sign-in could not be completed",
+                              "GitHub's answer carried no code. Please try again.",
+                              code="invalid_request", retry=True)
     try:
         identity, token = svc.signin.finish(pending, code)
         svc.accounts.admit(identity)
@@ -98,7 +102,7 @@ def callback() -> Response:
     login_user(User(profile), fresh=True)
     svc.audit.record("signin.success", actor=profile.login, subject=profile.login,
                      user_id=profile.user_id, roles=profile.roles, **_client())
-    return _clear_binding(redirect(safe_next(pending.next_url)))
+    return redirect(safe_next(pending.next_url))
 
 
 def _clear_binding(response: Response) -> Response:

@@ -30,8 +30,12 @@ def state_keys(rdb, prefix: str) -> list[str]:
     return list(rdb.scan_iter(match=f"{prefix}state:*"))
 
 
-def assert_signed_out(http: requests.Session, rdb, prefix: str) -> None:
+def assert_signed_out(
+    http: requests.Session, rdb, prefix: str, *, reached_callback: bool = True
+) -> None:
     assert SESSION_COOKIE not in http.cookies.get_dict()
+    if reached_callback:
+        assert BINDING_COOKIE not in http.cookies.get_dict()  # single-use, like the state
     assert session_keys(rdb, prefix) == []
     assert state_keys(rdb, prefix) == []
 
@@ -214,7 +218,7 @@ def test_callback_carried_to_a_browser_without_the_binding_cookie_is_refused(
         assert page.status_code == 400
         assert "started in another browser" in page.text
         assert SESSION_COOKIE not in other.cookies.get_dict()
-    assert_signed_out(http, rdb, prefix)
+    assert_signed_out(http, rdb, prefix, reached_callback=False)
 
 
 def test_callback_carried_to_a_browser_with_its_own_sign_in_is_refused(

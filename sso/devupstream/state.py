@@ -148,6 +148,7 @@ class UpstreamState:
         self.tokens: dict[str, AccessToken] = {}
         self.faults: list[Fault] = []
         self.requests_seen: list[tuple[str, str]] = []
+        self.headers_seen: list[tuple[str, dict[str, str]]] = []  # (path, headers) of API calls
         self._rate: dict[tuple[str, int], int] = {}
         self._next_id = 100_000
 
@@ -314,10 +315,14 @@ class UpstreamState:
                     return copy.deepcopy(fault)
             return None
 
-    def record_request(self, method: str, path: str) -> None:
-        """Remember a request so tests can assert what the connector called."""
+    def record_request(
+        self, method: str, path: str, headers: dict[str, str] | None = None
+    ) -> None:
+        """Remember a request so tests can assert what the connector called and sent."""
         with self._lock:
             self.requests_seen.append((method, path))
+            if headers is not None:
+                self.headers_seen.append((path, headers))
 
     def note_api_call(self, key: str) -> tuple[int, int]:
         """Count an API call against ``key``'s hourly budget; returns (used, reset epoch)."""

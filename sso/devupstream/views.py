@@ -180,7 +180,8 @@ def _fault_response(fault: Fault) -> Response | None:
 def _record_and_inject() -> Response | None:
     """Log every request for tests, then apply the first matching fault (not on /_dev)."""
     state = _state()
-    state.record_request(request.method, request.path)
+    api = request.path.startswith("/api/")
+    state.record_request(request.method, request.path, dict(request.headers) if api else None)
     if request.path.startswith("/_dev"):
         return None
     fault = state.take_fault(request.path)
