@@ -49,15 +49,21 @@ class Audit:
             log.warning("audit event %s not stored: Redis unavailable", event)
 
     def recent(self, count: int = 100) -> list[dict[str, Any]]:
-        rows = self.store.redis.xrevrange(self.key, count=count)
-        out = []
-        for entry_id, fields in rows:
-            item: dict[str, Any] = dict(fields)
-            item["id"] = entry_id
-            item["time"] = float(item.get("time", 0))
-            item["details"] = json.loads(item.get("details") or "{}")
-            out.append(item)
-        return out
+        """The newest ``count`` events, newest first."""
+        return [_decode(i, f) for i, f in self.store.redis.xrevrange(self.key, count=count)]
+
+    def follow(self, after: str, block_ms: int = 5000) -> list[dict[str, Any]]:
+        """Events newer than the stream id ``after`` (``$``: from now), waiting up to block_ms."""
+        answer = self.store.redis.xread({self.key: after}, block=block_ms, count=100)
+        return [_decode(i, f) for _, rows in answer or [] for i, f in rows]
+
+
+def _decode(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    item: dict[str, Any] = dict(fields)
+    item["id"] = entry_id
+    item["time"] = float(item.get("time", 0))
+    item["details"] = json.loads(item.get("details") or "{}")
+    return item
 
     def query(
         self,

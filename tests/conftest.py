@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import redis
 import requests
+from hypothesis import settings as hypothesis_settings
 
 from sso import create_app
 from sso.config import DEV_UPSTREAM_CLIENT_ID, DEV_UPSTREAM_CLIENT_SECRET
@@ -26,6 +27,11 @@ from sso.devupstream import UpstreamState, create_upstream_app, load_demo_state
 from tests.support import LiveServer, free_port, wait_until
 
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
+
+# Property tests: reproducible in CI (derandomized), no wall-clock deadline on a busy
+# 2-core machine, and no example database written into the checkout.
+hypothesis_settings.register_profile("keycard", deadline=None, derandomize=True, database=None)
+hypothesis_settings.load_profile("keycard")
 
 
 @dataclass

@@ -1,0 +1,48 @@
+"""The ``sso`` command: a Flask CLI group (``flask --app app ...`` works the same).
+
+One module per command group; each prints text by default and JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from flask import Flask
+from flask.cli import FlaskGroup
+
+from sso.cli.audit import audit_group
+from sso.cli.roles import roles_group
+from sso.cli.sessions import sessions_group
+
+
+def _create_app() -> Flask:
+    from sso import create_app
+    from sso.config import ConfigError
+
+    try:
+        return create_app()
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+
+
+@click.command("dev", help="Run Keycard with a development GitHub upstream (no account needed).")
+@click.option("--port", default=None, type=int, help="Keycard port (default: from SSO_ISSUER).")
+@click.option("--upstream-port", default=5001, show_default=True, type=int)
+def dev_command(port: int | None, upstream_port: int) -> None:
+    from sso.dev import run_dev
+
+    sys.exit(run_dev(port=port, upstream_port=upstream_port))
+
+
+def init_app(app: Flask) -> None:
+    for group in (sessions_group, roles_group, audit_group):
+        app.cli.add_command(group)
+
+
+def main() -> None:
+    cli = FlaskGroup(create_app=_create_app, add_default_commands=True, load_dotenv=True,
+                     help="Keycard single sign-on.")
+    cli.add_command(dev_command)
+    cli.main(prog_name="sso")

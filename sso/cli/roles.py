@@ -1,0 +1,209 @@
+"""``sso roles``: map GitHub membership to roles, import/export the rule set, explain."""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+
+import click
+from flask.cli import with_appcontext
+
+from sso.cli.common import emit, json_option, profile_or_exit
+from sso.roles import Rule, explain
+from sso.rules_store import (
+    RuleError,
+    describe,
+    export_yaml,
+    parse_target,
+    parse_yaml,
+    rule_to_dict,
+)
+from sso.services import services
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _target(args: tuple[str, ...], user: str | None) -> tuple[str, str, str, tuple[str, ...]]:
+    """(kind, target, label, roles) from ``ORG[/TEAM] ROLE...`` or ``--user LOGIN ROLE...``."""
+    if user:
+        profile = profile_or_exit(user)
+        return "user", profile.user_id, profile.login, args
+    if not args:
+        raise click.UsageError("give ORG or ORG/TEAM (or --user LOGIN)")
+    try:
+        kind, target = parse_target(args[0])
+    except RuleError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if kind == "user":
+        profile = profile_or_exit(target)
+        return "user", profile.user_id, profile.login, args[1:]
+    return kind, target, "", args[1:]
+
+
+def _record(before: list[Rule], after: list[Rule], **details: object) -> None:
+    services().audit.record(
+        "rules.changed", actor=_actor(),
+        before=[rule_to_dict(r) for r in before], after=[rule_to_dict(r) for r in after],
+        **details,
+    )
+
+
+@click.group("roles", help="Map GitHub organisations, teams and people to roles.")
+def roles_group() -> None:
+    pass
+
+
+@roles_group.command("map", help="Grant ROLE... to ORG, ORG/TEAM, @LOGIN or --user LOGIN.")
+@click.argument("args", nargs=-1)
+@click.option("--user", help="GitHub login (matched by numeric id, so renames are followed).")
+@json_option
+@with_appcontext
+def roles_map(args: tuple[str, ...], user: str | None, as_json: bool) -> None:
+    kind, target, label, roles = _target(args, user)
+    if not roles:
+        raise click.UsageError("give at least one ROLE")
+    store = services().rules
+    before = store.all()
+    try:
+        rule = store.map(kind, target, roles, label)
+    except RuleError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _record(before, store.all())
+    emit(rule_to_dict(rule), as_json,
+         lambda: click.echo(f"{describe(rule)} → {', '.join(rule.roles)}"))
+
+
+@roles_group.command("unmap", help="Remove ROLE... (or the whole rule) from a target.")
+@click.argument("args", nargs=-1)
+@click.option("--user", help="GitHub login.")
+@json_option
+@with_appcontext
+def roles_unmap(args: tuple[str, ...], user: str | None, as_json: bool) -> None:
+    kind, target, _, roles = _target(args, user)
+    store = services().rules
+    before = store.all()
+    removed = store.unmap(kind, target, roles)
+    if removed is None:
+        raise click.ClickException(f"no rule for {args[0] if args else '@' + str(user)}")
+    _record(before, store.all())
+    emit({"removed": rule_to_dict(removed), "roles": list(roles) or list(removed.roles)},
+         as_json, lambda: click.echo(f"Removed {', '.join(roles or removed.roles)} from "
+                                     f"{describe(removed)}"))
+
+
+@roles_group.command("list", help="Show every rule.")
+@json_option
+@with_appcontext
+def roles_list(as_json: bool) -> None:
+    rules = services().rules.all()
+
+    def text() -> None:
+        if not rules:
+            click.echo("No rules yet: `sso roles map ORG[/TEAM] ROLE...` adds one.")
+        for rule in rules:
+            click.echo(f"{rule.kind:5} {describe(rule):40} {', '.join(rule.roles)}")
+
+    emit([rule_to_dict(r) for r in rules], as_json, text)
+
+
+@roles_group.command("export", help="Print the rule set as YAML (for `sso roles import`).")
+@json_option
+@with_appcontext
+def roles_export(as_json: bool) -> None:
+    rules = services().rules.all()
+    emit({"rules": [rule_to_dict(r) for r in rules]}, as_json,
+         lambda: click.echo(export_yaml(rules), nl=False))
+
+
+def _resolve(login: str) -> str | None:
+    profile = services().accounts.find_by_login(login)
+    return profile.user_id if profile else None
+
+
+@roles_group.command("import", help="Replace the rule set with FILE, after validating all of it.")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Show the difference; change nothing.")
+@json_option
+@with_appcontext
+def roles_import(path: Path, dry_run: bool, as_json: bool) -> None:
+    try:
+        rules = parse_yaml(path.read_text(), _resolve)
+    except RuleError as exc:
+        raise click.ClickException(f"{path}: {exc}; nothing was changed") from exc
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(f"{path}: not UTF-8 text; nothing was changed") from exc
+    store = services().rules
+    before = store.all()
+    if dry_run:
+        from sso.rules_store import diff
+
+        change = diff(before, rules)
+    else:
+        change = store.replace(rules)
+        if not change.empty:
+            _record(before, rules, source=str(path))
+    data = {"dry_run": dry_run, "added": [rule_to_dict(r) for r in change.added],
+            "removed": [rule_to_dict(r) for r in change.removed]}
+
+    def text() -> None:
+        for rule in change.removed:
+            click.echo(f"- {describe(rule)}: {', '.join(rule.roles)}")
+        for rule in change.added:
+            click.echo(f"+ {describe(rule)}: {', '.join(rule.roles)}")
+        verb = "Would change" if dry_run else "Changed"
+        click.echo("No change." if change.empty else
+                   f"{verb}: {len(change.added)} added, {len(change.removed)} removed.")
+
+    emit(data, as_json, text)
+
+
+@roles_group.command("explain", help="Which rules give LOGIN which roles, and why.")
+@click.argument("login")
+@json_option
+@with_appcontext
+def roles_explain(login: str, as_json: bool) -> None:
+    svc = services()
+    profile = profile_or_exit(login)
+    rules = svc.rules.all()
+    matched = explain(profile.user_id, profile.orgs, profile.teams, rules)
+    bootstrap = profile.login.lower() in svc.settings.bootstrap_admins
+    current = svc.accounts.with_roles(profile, rules)
+    reasons = []
+    for rule in matched:
+        if rule.kind == "team":
+            why = f"member of team {rule.target} (directly or through a team nested in it)"
+        elif rule.kind == "org":
+            why = f"member of organisation {rule.target}"
+        else:
+            why = f"is user id {rule.target}"
+        reasons.append({"rule": rule_to_dict(rule), "why": why})
+    data = {"login": profile.login, "user_id": profile.user_id, "groups": profile.groups,
+            "roles": current.roles, "bootstrap_admin": bootstrap, "matches": reasons,
+            "membership_checked_at": profile.checked_at}
+
+    def text() -> None:
+        click.echo(f"{profile.login} (id {profile.user_id}) → {', '.join(current.roles) or '-'}")
+        click.echo(f"  groups: {', '.join(profile.groups) or '-'}")
+        for reason in reasons:
+            rule = reason["rule"]
+            click.echo(f"  {', '.join(rule['roles'])} ← {reason['why']}")
+        if bootstrap:
+            click.echo("  admin ← listed in SSO_BOOTSTRAP_ADMINS")
+        if not reasons and not bootstrap:
+            click.echo("  no rule matches")
+
+    emit(data, as_json, text)
+
+
+@roles_group.command("apply", help="Recompute the roles of every active session now.")
+@json_option
+@with_appcontext
+def roles_apply(as_json: bool) -> None:
+    changed = services().accounts.apply_rules_now(actor=_actor())
+    emit({"changed": changed}, as_json,
+         lambda: click.echo(f"Roles recomputed; {changed} signed-in people changed."))
