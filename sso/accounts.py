@@ -88,6 +88,8 @@ class Accounts:
         self.sessions = sessions
         self.audit = audit
         self.rules = rules
+        # Called with a user id whenever their access ends, so tokens die with sessions.
+        self.token_revokers: list[Callable[[str], int]] = []
 
     # -- policy ---------------------------------------------------------------------
 
@@ -253,7 +255,16 @@ class Accounts:
     def end_access(self, user_id: str, *, reason: str, actor: str, login: str = "") -> int:
         """Deprovision: end every session of the person (and, later, their tokens)."""
         ended = self.sessions.end_user_sessions(user_id)
+        tokens = sum(revoke(user_id) for revoke in self.token_revokers)
         self.audit.record(
-            "access.ended", actor=actor, subject=login or user_id, reason=reason, sessions=ended
+            "access.ended", actor=actor, subject=login or user_id, reason=reason, sessions=ended,
+            token_grants=tokens,
         )
+        return ended
+
+    def end_all_sessions(self, user_id: str) -> int:
+        """Sign out everywhere: every session and every token the person holds."""
+        ended = self.sessions.end_user_sessions(user_id)
+        for revoke in self.token_revokers:
+            revoke(user_id)
         return ended

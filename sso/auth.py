@@ -113,11 +113,9 @@ def _clear_binding(response: Response) -> Response:
 
 @bp.post("/logout")
 def logout() -> Response:
-    assert isinstance(session, ServerSession)
-    if current_user.is_authenticated:
-        services().audit.record("signout", actor=current_user.login, subject=current_user.login,
-                                **_client())
-    session.end()
+    from sso.oidc.views import end_browser_session
+
+    end_browser_session(reason="user")
     return redirect(url_for("auth.signed_out"), code=303)
 
 
@@ -126,7 +124,7 @@ def logout() -> Response:
 def logout_everywhere() -> Response:
     assert isinstance(session, ServerSession)
     user = current_user.profile
-    ended = services().sessions.end_user_sessions(user.user_id)
+    ended = services().accounts.end_all_sessions(user.user_id)
     services().audit.record("signout.everywhere", actor=user.login, subject=user.login,
                             sessions=ended, **_client())
     session.end()

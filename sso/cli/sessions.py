@@ -37,7 +37,7 @@ def sessions_list(login: str, as_json: bool) -> None:
 @with_appcontext
 def sessions_end(login: str, as_json: bool) -> None:
     profile = profile_or_exit(login)
-    ended = services().sessions.end_user_sessions(profile.user_id)
+    ended = services().accounts.end_all_sessions(profile.user_id)
     services().audit.record("sessions.ended", actor="cli", subject=profile.login, sessions=ended)
     emit({"user": profile.login, "ended": ended}, as_json,
          lambda: click.echo(f"Ended {ended} session(s) of {profile.login}."))

@@ -1,0 +1,272 @@
+"""Provider state in Redis: authorization codes, grants, refresh tokens, revocations, consents.
+
+A *grant* is one chain of tokens for one user and client, born from one code
+(its id travels inside every access token's ``jti``). Deleting the grant kills
+everything it produced at once: the access tokens (introspection and userinfo
+check the grant is alive), and every refresh token of the family. A tombstone
+stops a grant that was revoked while being created from coming back.
+
+Single-use records (codes, refresh tokens) are consumed with Lua scripts, so two
+concurrent redemptions can never both succeed (Authlib deletes codes only after
+saving tokens: its own flow is not atomic).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sso.crypto import hash_secret, new_secret
+from sso.storage import Store, guard
+
+CODE_TTL = 60  # seconds; RFC 6749 §4.1.2 allows up to 10 minutes, issue #4 asks ≤ 60 s
+USED_CODE_TTL = 600  # remember a redeemed code this long to catch (and punish) replays
+TOMBSTONE_TTL = 86_400
+CONSENT_TTL = 180 * 86_400
+
+# KEYS code, used; ARGV used_ttl → {1, record} first use, {2, record} replay, {0} unknown
+_CONSUME_CODE = """
+local v = redis.call('GETDEL', KEYS[1])
+if v then
+  redis.call('SET', KEYS[2], v, 'EX', tonumber(ARGV[1]))
+  return {1, v}
+end
+local u = redis.call('GET', KEYS[2])
+if u then return {2, u} end
+return {0}
+"""
+
+# KEYS grant, tombstone, user_index, session_index; ARGV ttl, field, value, ...
+_CREATE_GRANT = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+redis.call('SADD', KEYS[3], KEYS[1])
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[1]))
+if KEYS[4] ~= '' then
+  redis.call('SADD', KEYS[4], KEYS[1])
+  redis.call('EXPIRE', KEYS[4], tonumber(ARGV[1]))
+end
+return 1
+"""
+
+# KEYS rt → {1, record} claimed now; {2, record} already rotated (reuse); {0} unknown
+_CLAIM_REFRESH = """
+local v = redis.call('GET', KEYS[1])
+if not v then return {0} end
+local rec = cjson.decode(v)
+if rec['r'] == 1 then return {2, v} end
+rec['r'] = 1
+local ttl = redis.call('TTL', KEYS[1])
+if ttl < 1 then ttl = 1 end
+redis.call('SET', KEYS[1], cjson.encode(rec), 'EX', ttl)
+return {1, v}
+"""
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One user's authorisation of one client, the parent of a token family."""
+
+    grant_id: str
+    user_id: str
+    client_id: str
+    scope: str
+    sid: str  # hash of the browser session it came from ("" for device/other flows)
+    auth_time: int
+    expires_at: int  # absolute end of the family (refresh tokens cannot outlive it)
+
+    @classmethod
+    def from_hash(cls, grant_id: str, data: dict[str, str]) -> Grant:
+        return cls(grant_id, data["u"], data["c"], data.get("s", ""), data.get("sid", ""),
+                   int(data.get("at", 0)), int(data.get("exp", 0)))
+
+
+class Records:
+    """The storage service behind the OAuth grants and endpoints."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.p = store.keys.prefix
+        redis = store.redis
+        self._consume_code = redis.register_script(_CONSUME_CODE)
+        self._create_grant = redis.register_script(_CREATE_GRANT)
+        self._claim_refresh = redis.register_script(_CLAIM_REFRESH)
+
+    # -- keys -------------------------------------------------------------------------
+
+    def _code(self, code: str) -> str:
+        return f"{self.p}code:{hash_secret(code)}"
+
+    def _used(self, code: str) -> str:
+        return f"{self.p}code-used:{hash_secret(code)}"
+
+    def _grant(self, grant_id: str) -> str:
+        return f"{self.p}grant:{grant_id}"
+
+    def _tomb(self, grant_id: str) -> str:
+        return f"{self.p}grant-dead:{grant_id}"
+
+    def _rt(self, token: str) -> str:
+        return f"{self.p}rt:{hash_secret(token)}"
+
+    def _revoked(self, jti: str) -> str:
+        return f"{self.p}revoked:{jti}"
+
+    def _user_grants(self, user_id: str) -> str:
+        return f"{self.p}user:{user_id}:grants"
+
+    def _session_grants(self, sid_hash: str) -> str:
+        return f"{self.p}sessgrants:{sid_hash}"
+
+    def _consent(self, user_id: str) -> str:
+        return f"{self.p}user:{user_id}:consents"
+
+    # -- authorization codes ------------------------------------------------------------
+
+    @guard
+    def save_code(self, code: str, data: dict[str, Any]) -> None:
+        self.store.redis.set(self._code(code), json.dumps(data), ex=CODE_TTL)
+
+    @guard
+    def consume_code(self, code: str) -> tuple[str, dict[str, Any] | None]:
+        """("fresh", record) the first time; ("replayed", record) after; ("unknown", None)."""
+        answer = self._consume_code(keys=[self._code(code), self._used(code)],
+                                    args=[USED_CODE_TTL])
+        status = {1: "fresh", 2: "replayed"}.get(int(answer[0]), "unknown")
+        return status, (json.loads(answer[1]) if len(answer) > 1 else None)
+
+    # -- grants -----------------------------------------------------------------------
+
+    @staticmethod
+    def new_grant_id() -> str:
+        return new_secret(12)
+
+    @guard
+    def create_grant(self, grant: Grant) -> bool:
+        """False when the grant was revoked meanwhile (e.g. its code was replayed)."""
+        ttl = max(1, grant.expires_at - int(time.time()))
+        fields = {"u": grant.user_id, "c": grant.client_id, "s": grant.scope, "sid": grant.sid,
+                  "at": str(grant.auth_time), "exp": str(grant.expires_at)}
+        flat = [item for pair in fields.items() for item in pair]
+        keys = [self._grant(grant.grant_id), self._tomb(grant.grant_id),
+                self._user_grants(grant.user_id),
+                self._session_grants(grant.sid) if grant.sid else ""]
+        return bool(self._create_grant(keys=keys, args=[ttl, *flat]))
+
+    @guard
+    def get_grant(self, grant_id: str) -> Grant | None:
+        data = self.store.redis.hgetall(self._grant(grant_id))
+        return Grant.from_hash(grant_id, data) if data else None
+
+    @guard
+    def revoke_grant(self, grant_id: str) -> bool:
+        pipe = self.store.redis.pipeline(transaction=True)
+        pipe.delete(self._grant(grant_id))
+        pipe.set(self._tomb(grant_id), "1", ex=TOMBSTONE_TTL)
+        return bool(pipe.execute()[0])
+
+    def _revoke_index(self, index: str) -> int:
+        members = self.store.redis.smembers(index)
+        pipe = self.store.redis.pipeline(transaction=True)
+        for key in members:
+            grant_id = key.rsplit(":", 1)[-1]
+            pipe.delete(key)
+            pipe.set(self._tomb(grant_id), "1", ex=TOMBSTONE_TTL)
+        pipe.delete(index)
+        results = pipe.execute()
+        return int(sum(results[0:-1:2]))
+
+    @guard
+    def revoke_user_grants(self, user_id: str) -> int:
+        """Deprovisioning: every token of the person, for every client."""
+        return self._revoke_index(self._user_grants(user_id))
+
+    @guard
+    def revoke_client_grants(self, user_id: str, client_id: str) -> int:
+        """Withdrawn consent: end the person's tokens at one client."""
+        index = self._user_grants(user_id)
+        members = sorted(self.store.redis.smembers(index))
+        pipe = self.store.redis.pipeline(transaction=False)
+        for key in members:
+            pipe.hget(key, "c")
+        revoked = 0
+        for key, owner in zip(members, pipe.execute(), strict=True):
+            if owner == client_id and self.revoke_grant(key.rsplit(":", 1)[-1]):
+                revoked += 1
+        return revoked
+
+    @guard
+    def revoke_session_grants(self, sid_hash: str) -> int:
+        """Signing out of Keycard ends the refresh tokens born in that session."""
+        return self._revoke_index(self._session_grants(sid_hash))
+
+    # -- refresh tokens ---------------------------------------------------------------
+
+    @guard
+    def save_refresh_token(self, token: str, grant_id: str, client_id: str, scope: str,
+                           ttl: int) -> None:
+        record = {"g": grant_id, "c": client_id, "s": scope, "r": 0}
+        self.store.redis.set(self._rt(token), json.dumps(record), ex=max(1, ttl))
+
+    @guard
+    def peek_refresh_token(self, token: str) -> dict[str, Any] | None:
+        raw = self.store.redis.get(self._rt(token))
+        return json.loads(raw) if raw else None
+
+    @guard
+    def claim_refresh_token(self, token: str) -> tuple[str, dict[str, Any] | None]:
+        """Mark a refresh token used: ("fresh", rec) once; ("reused", rec) for any later use."""
+        answer = self._claim_refresh(keys=[self._rt(token)])
+        status = {1: "fresh", 2: "reused"}.get(int(answer[0]), "unknown")
+        return status, (json.loads(answer[1]) if len(answer) > 1 else None)
+
+    @guard
+    def delete_refresh_token(self, token: str) -> None:
+        self.store.redis.delete(self._rt(token))
+
+    # -- access tokens ----------------------------------------------------------------
+
+    @guard
+    def access_token_alive(self, jti: str) -> bool:
+        """One round trip: not revoked by jti, and its grant (if any) still exists."""
+        grant_id = jti.split(".", 1)[0] if "." in jti else ""
+        pipe = self.store.redis.pipeline(transaction=False)
+        pipe.exists(self._revoked(jti))
+        if grant_id:
+            pipe.exists(self._grant(grant_id))
+        results = pipe.execute()
+        return not results[0] and (not grant_id or bool(results[1]))
+
+    @guard
+    def revoke_access_token(self, jti: str, expires_at: int) -> None:
+        ttl = max(1, expires_at - int(time.time()))
+        self.store.redis.set(self._revoked(jti), "1", ex=ttl)
+
+    # -- consents ---------------------------------------------------------------------
+
+    @guard
+    def consented_scopes(self, user_id: str, client_id: str) -> set[str]:
+        raw = self.store.redis.hget(self._consent(user_id), client_id)
+        return set(json.loads(raw)["scopes"]) if raw else set()
+
+    @guard
+    def remember_consent(self, user_id: str, client_id: str, scopes: set[str]) -> None:
+        key = self._consent(user_id)
+        merged = self.consented_scopes(user_id, client_id) | scopes
+        record = {"scopes": sorted(merged), "at": int(time.time())}
+        pipe = self.store.redis.pipeline(transaction=True)
+        pipe.hset(key, client_id, json.dumps(record))
+        pipe.expire(key, CONSENT_TTL)
+        pipe.execute()
+
+    @guard
+    def consents(self, user_id: str) -> dict[str, dict[str, Any]]:
+        raw = self.store.redis.hgetall(self._consent(user_id))
+        return {client_id: json.loads(value) for client_id, value in raw.items()}
+
+    @guard
+    def forget_consent(self, user_id: str, client_id: str) -> bool:
+        return bool(self.store.redis.hdel(self._consent(user_id), client_id))

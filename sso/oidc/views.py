@@ -1,0 +1,373 @@
+"""The ``oidc`` blueprint: discovery, JWKS, authorize (+ consent), token, userinfo,
+introspection, revocation and RP-initiated logout.
+
+Views are thin: Authlib validates and answers; these functions add the policy
+Authlib leaves to us (error page vs. redirect, prompt/max_age, consent, required
+roles) and the response hygiene (``iss``, 303 after form posts, no-store).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+from authlib.common.urls import add_params_to_uri
+from authlib.oauth2.rfc6749.errors import OAuth2Error
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_login import current_user
+
+from sso.crypto import hash_secret
+from sso.oidc.server import KeycardServer, Provider
+from sso.oidc.tokens import SUPPORTED_SCOPES, Subject, subject_for
+from sso.services import services
+from sso.sessions import ServerSession
+from sso.web import csrf, error_response, origin_exempt
+
+bp = Blueprint("oidc", __name__)
+
+SCOPE_WORDS = {
+    "openid": "Know who you are (a stable, opaque identifier)",
+    "profile": "See your name, GitHub login and avatar",
+    "email": "See your verified email address",
+    "groups": "See your GitHub organisations and teams",
+    "roles": "See the roles Keycard gives you",
+    "offline_access": "Stay signed in when you are away (refresh tokens)",
+}
+NO_REDIRECT_PARAMS = ("client_id", "redirect_uri")
+
+
+def server() -> KeycardServer:
+    found: KeycardServer = current_app.extensions["keycard.oidc"]
+    return found
+
+
+def provider() -> Provider:
+    return server().provider
+
+
+# -- discovery --------------------------------------------------------------------------
+
+
+@bp.get("/.well-known/openid-configuration")
+def discovery() -> Response:
+    response = jsonify(current_app.extensions["keycard.discovery"])
+    response.headers["Cache-Control"] = "public, max-age=300"
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
+@bp.get("/jwks.json")
+def jwks() -> Response:
+    response = jsonify(provider().keys.jwks())
+    response.headers["Cache-Control"] = "public, max-age=60"
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
+def discovery_document(issuer: str) -> dict[str, Any]:
+    return {
+        "issuer": issuer,
+        "authorization_endpoint": f"{issuer}/authorize",
+        "token_endpoint": f"{issuer}/token",
+        "userinfo_endpoint": f"{issuer}/userinfo",
+        "jwks_uri": f"{issuer}/jwks.json",
+        "end_session_endpoint": f"{issuer}/end-session",
+        "introspection_endpoint": f"{issuer}/introspect",
+        "revocation_endpoint": f"{issuer}/revoke",
+        "scopes_supported": list(SUPPORTED_SCOPES),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256", "ES256"],
+        "token_endpoint_auth_methods_supported": [
+            "client_secret_basic", "client_secret_post", "none"],
+        "introspection_endpoint_auth_methods_supported": [
+            "client_secret_basic", "client_secret_post"],
+        "revocation_endpoint_auth_methods_supported": [
+            "client_secret_basic", "client_secret_post", "none"],
+        "code_challenge_methods_supported": ["S256"],
+        "claims_supported": [
+            "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "sid", "name",
+            "preferred_username", "picture", "email", "email_verified", "groups", "roles"],
+        "prompt_values_supported": ["none", "login", "consent"],
+        "authorization_response_iss_parameter_supported": True,
+        "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
+        "claims_parameter_supported": False,
+        "frontchannel_logout_supported": False,
+        "ui_locales_supported": ["en"],
+    }
+
+
+# -- authorization endpoint -------------------------------------------------------------
+
+
+def _page(status: int, title: str, message: str) -> Response:
+    return error_response(status, title, message, code="invalid_request")
+
+
+def _redirect_error(redirect_uri: str, error: str, description: str, state: str | None,
+                    status: int = 302) -> Response:
+    params = [("error", error), ("error_description", description)]
+    if state:
+        params.append(("state", state))
+    params.append(("iss", provider().issuer))
+    return redirect(add_params_to_uri(redirect_uri, params), code=status)
+
+
+def _subject() -> Subject | None:
+    if not current_user.is_authenticated or not isinstance(session, ServerSession):
+        return None
+    profile = current_user.profile
+    sid = hash_secret(session.sid) if session.sid else ""
+    return Subject(profile, subject_for(provider().issuer, profile.user_id),
+                   int(session.get("auth_time", 0)), sid)
+
+
+def _relogin(params: dict[str, str], *, force: bool) -> Response:
+    """Send the browser through sign-in and back to this request (minus what forced it)."""
+    again = {k: v for k, v in params.items() if k not in ("max_age",)}
+    prompts = [p for p in again.pop("prompt", "").split() if p != "login"]
+    if prompts:
+        again["prompt"] = " ".join(prompts)
+    next_url = url_for("oidc.authorize") + "?" + urlencode(again)
+    target = url_for("auth.login", next=next_url, **({"prompt": "login"} if force else {}))
+    return redirect(target, code=303 if request.method == "POST" else 302)
+
+
+@bp.route("/authorize", methods=["GET", "POST"])
+def authorize() -> Response:
+    values = request.values
+    for name in NO_REDIRECT_PARAMS:
+        if len(values.getlist(name)) > 1:
+            return _page(400, "Invalid sign-in request", f"The parameter {name} is repeated.")
+    client = provider().clients.get(values.get("client_id", "")) if values.get(
+        "client_id") else None
+    if client is None:
+        return _page(400, "Unknown application",
+                     "The application that sent you here is not registered with Keycard.")
+    redirect_uri = values.get("redirect_uri")
+    if not redirect_uri or not client.check_redirect_uri(redirect_uri):
+        # SECURITY 1-2: never redirect to an address we cannot vouch for.
+        return _page(400, "Invalid sign-in request",
+                     f"{client.name} sent you here with a return address it has not "
+                     "registered, so Keycard will not send you back there.")
+    state = values.get("state")
+    status = 303 if request.method == "POST" else 302
+    params = {k: values.get(k, "") for k in values}
+    subject = _subject()
+    try:
+        grant = server().get_consent_grant(end_user=subject)
+    except OAuth2Error as error:
+        return _redirect_error(redirect_uri, error.error, error.description or "", state, status)
+
+    prompts = set(values.get("prompt", "").split())
+    max_age = values.get("max_age")
+    if subject is not None and max_age is not None:
+        if not max_age.isdigit():
+            return _redirect_error(redirect_uri, "invalid_request", "max_age must be a number.",
+                                   state, status)
+        if time.time() - subject.auth_time > int(max_age):
+            if "none" in prompts:
+                return _redirect_error(redirect_uri, "login_required", "Sign-in is too old.",
+                                       state, status)
+            return _relogin(params, force=True)
+    if subject is None or "login" in prompts:
+        return _relogin(params, force=subject is not None)
+
+    p = provider()
+    if not p.may_use(subject.profile, client):
+        p.audit("oauth.access_refused", actor=subject.profile.login, client=client.client_id)
+        return error_response(403, f"You don't have access to {client.name}",
+                              f"{client.name} is open to people with one of these roles: "
+                              f"{', '.join(client.required_roles)}. Ask an administrator if "
+                              "you need it.", code="access_denied")
+    scopes = set(grant.request.scope.split())
+    needs_consent = not client.trusted and (
+        "consent" in prompts
+        or not scopes <= p.records.consented_scopes(subject.profile.user_id, client.client_id)
+    )
+    if needs_consent:
+        if "none" in prompts:
+            return _redirect_error(redirect_uri, "consent_required",
+                                   "The user has not approved this application yet.", state,
+                                   status)
+        return _consent_page(client, scopes, params)
+    return _issue(grant, subject, status)
+
+
+def _issue(grant: Any, subject: Subject, status: int) -> Response:
+    response: Response = server().create_authorization_response(grant=grant, grant_user=subject)
+    if response.status_code == 302 and status == 303:
+        response.status_code = 303  # SECURITY 6: a form post ends in 303, never 307
+    return response
+
+
+def _consent_page(client: Any, scopes: set[str], params: dict[str, str]) -> Response:
+    words = [SCOPE_WORDS[s] for s in SUPPORTED_SCOPES if s in scopes]
+    return Response(render_template("oidc/consent.html", client=client, scopes=words,
+                                    params=params))
+
+
+@bp.post("/authorize/decision")
+def decision() -> Response:
+    """The consent form's answer; CSRF-protected like every form (SECURITY 35)."""
+    subject = _subject()
+    values = request.form
+    client = provider().clients.get(values.get("client_id", ""))
+    redirect_uri = values.get("redirect_uri", "")
+    if client is None or not client.check_redirect_uri(redirect_uri):
+        return _page(400, "Invalid sign-in request", "This consent form is not valid.")
+    if subject is None:
+        return _relogin({k: v for k, v in values.items() if k not in ("csrf_token", "decision")},
+                        force=False)
+    try:
+        grant = server().get_consent_grant(end_user=subject)
+    except OAuth2Error as error:
+        return _redirect_error(redirect_uri, error.error, error.description or "",
+                               values.get("state"), 303)
+    if values.get("decision") != "approve":
+        provider().audit("oauth.consent_denied", actor=subject.profile.login,
+                         client=client.client_id)
+        return _redirect_error(redirect_uri, "access_denied", "The user declined.",
+                               values.get("state"), 303)
+    if not provider().may_use(subject.profile, client):
+        return error_response(403, f"You don't have access to {client.name}",
+                              "You no longer hold a role this application requires.",
+                              code="access_denied")
+    scopes = set(grant.request.scope.split())
+    provider().records.remember_consent(subject.profile.user_id, client.client_id, scopes)
+    provider().audit("oauth.consent_granted", actor=subject.profile.login,
+                     client=client.client_id, scopes=sorted(scopes))
+    return _issue(grant, subject, 303)
+
+
+# -- token, userinfo, introspection, revocation -----------------------------------------
+
+
+def _no_store(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return response
+
+
+@bp.post("/token")
+@origin_exempt
+@csrf.exempt
+def token() -> Response:
+    return _no_store(server().create_token_response())
+
+
+@bp.route("/userinfo", methods=["GET", "POST"])
+@origin_exempt
+@csrf.exempt
+def userinfo() -> Response:
+    header = request.headers.get("Authorization", "")
+    token_value = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    if not token_value and request.method == "POST":
+        token_value = request.form.get("access_token", "")
+    claims = provider().token_claims(token_value) if token_value else None
+    if claims is None:
+        response = jsonify(error="invalid_token", error_description="The access token is "
+                           "missing, expired, revoked or not ours.")
+        response.status_code = 401
+        response.headers["WWW-Authenticate"] = (
+            'Bearer error="invalid_token"' if token_value else 'Bearer realm="keycard"')
+        return _no_store(response)
+    scopes = set(str(claims.get("scope", "")).split())
+    if "openid" not in scopes:
+        response = jsonify(error="insufficient_scope",
+                           error_description="This token was not issued with the openid scope.")
+        response.status_code = 403
+        response.headers["WWW-Authenticate"] = 'Bearer error="insufficient_scope", scope="openid"'
+        return _no_store(response)
+    released = {"sub"}
+    released |= {"name", "preferred_username", "picture"} if "profile" in scopes else set()
+    released |= {"email", "email_verified"} if "email" in scopes else set()
+    released |= {"groups"} if "groups" in scopes else set()
+    released |= {"roles"} if "roles" in scopes else set()
+    return _no_store(jsonify({k: v for k, v in claims.items() if k in released}))
+
+
+def _client_auth_missing() -> Response | None:
+    has_basic = request.headers.get("Authorization", "").lower().startswith("basic ")
+    if not has_basic and not request.form.get("client_id"):
+        response = jsonify(error="invalid_client", error_description="Client authentication "
+                           "is required.")
+        response.status_code = 401
+        response.headers["WWW-Authenticate"] = 'Basic realm="keycard"'
+        return _no_store(response)
+    return None
+
+
+@bp.post("/introspect")
+@origin_exempt
+@csrf.exempt
+def introspect() -> Response:
+    return _client_auth_missing() or _no_store(
+        server().create_endpoint_response("introspection"))
+
+
+@bp.post("/revoke")
+@origin_exempt
+@csrf.exempt
+def revoke() -> Response:
+    return _client_auth_missing() or _no_store(server().create_endpoint_response("revocation"))
+
+
+# -- RP-initiated logout ----------------------------------------------------------------
+
+
+def end_browser_session(*, reason: str) -> None:
+    """End the Keycard session of this browser and the refresh tokens born in it."""
+    if not isinstance(session, ServerSession):
+        return
+    svc = services()
+    if session.sid:
+        provider().records.revoke_session_grants(hash_secret(session.sid))
+    if current_user.is_authenticated:
+        svc.audit.record("signout", actor=current_user.login, subject=current_user.login,
+                         reason=reason, ip=request.remote_addr or "")
+    session.end()
+
+
+@bp.route("/end-session", methods=["GET", "POST"])
+@csrf.exempt
+def end_session() -> Response:
+    try:
+        validated = server().validate_endpoint_request("end_session")
+    except OAuth2Error as error:
+        return _page(400, "Sign-out request not valid", error.description or error.error)
+    if validated.id_token_claims is None and request.method == "GET":
+        # Without id_token_hint a GET could be forged from any site: ask first.
+        return Response(render_template("oidc/logout_confirm.html", params=request.args))
+    if validated.id_token_claims is None and not _csrf_ok():
+        return _page(403, "This form has expired", "Reload the page and try again.")
+    response = server().create_endpoint_response("end_session", validated)
+    if response is None:
+        return redirect(url_for("auth.signed_out"), code=303)
+    if request.method == "POST":
+        response.status_code = 303
+    return response
+
+
+def _csrf_ok() -> bool:
+    from flask_wtf.csrf import CSRFError
+
+    try:
+        csrf.protect()
+    except CSRFError:
+        return False
+    return True
