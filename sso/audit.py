@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
-from sso.storage import OUTAGE_ERRORS, Store
+from sso.storage import OUTAGE_ERRORS, Store, guard
 
 log = logging.getLogger("keycard.audit")
 
@@ -57,14 +57,7 @@ class Audit:
         answer = self.store.redis.xread({self.key: after}, block=block_ms, count=100)
         return [_decode(i, f) for _, rows in answer or [] for i, f in rows]
 
-
-def _decode(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
-    item: dict[str, Any] = dict(fields)
-    item["id"] = entry_id
-    item["time"] = float(item.get("time", 0))
-    item["details"] = json.loads(item.get("details") or "{}")
-    return item
-
+    @guard  # a Redis outage answers 503, like every other read
     def query(
         self,
         person: str | None = None,
@@ -87,21 +80,26 @@ def _decode(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
         out: list[dict[str, Any]] = []
         page = max(limit, 100) if (who or prefix) else limit
         while len(out) < limit:
-            rows = self.store.redis.xrevrange(self.key, max=high, min=low, count=page)
+            rows = cast(list[tuple[str, dict[str, str]]],
+                        self.store.redis.xrevrange(self.key, max=high, min=low, count=page))
             for entry_id, fields in rows:
                 if who and who not in (fields.get("actor", "").lower(),
                                        fields.get("subject", "").lower()):
                     continue
                 if prefix and not fields.get("event", "").startswith(prefix):
                     continue
-                item: dict[str, Any] = dict(fields)
-                item["id"] = entry_id
-                item["time"] = float(item.get("time", 0))
-                item["details"] = json.loads(item.get("details") or "{}")
-                out.append(item)
+                out.append(_decode(entry_id, fields))
                 if len(out) == limit:
                     break
             if len(rows) < page:
                 break
             high = f"({rows[-1][0]}"  # exclusive: continue below the last entry read
         return out
+
+
+def _decode(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    item: dict[str, Any] = dict(fields)
+    item["id"] = entry_id
+    item["time"] = float(item.get("time", 0))
+    item["details"] = json.loads(item.get("details") or "{}")
+    return item

@@ -73,8 +73,26 @@ def dev_environment(upstream_url: str, redis_url: str) -> dict[str, str]:
     return env
 
 
-def run_dev(*, port: int | None = None, upstream_port: int = 5001) -> int:
+def register_demo_client(app: Any, demo_url: str) -> tuple[str, str]:
+    """Register (or re-key) the demo app's OIDC client; its id is remembered in Redis."""
+    registry = app.extensions["keycard.clients"]
+    store = app.extensions["keycard"].store
+    marker = f"{store.keys.prefix}dev:demo-client"
+    fields = {"name": "Demo app", "redirect_uris": [f"{demo_url}/callback"],
+              "post_logout_redirect_uris": [f"{demo_url}/"], "home_url": f"{demo_url}/",
+              "trusted": True}
+    client_id = store.redis.get(marker)
+    if client_id and registry.get(client_id) is not None:
+        registry.update(client_id, **fields)
+        return str(client_id), str(registry.rotate_secret(client_id))
+    client, secret = registry.create(**fields)
+    store.redis.set(marker, client.client_id)
+    return client.client_id, str(secret)
+
+
+def run_dev(*, port: int | None = None, upstream_port: int = 5001, demo_port: int = 5002) -> int:
     from sso import create_app
+    from sso.demoapp import create_demo_app
     from sso.devupstream import create_upstream_app, load_demo_state
 
     if os.environ.get("SSO_ENV", "development") == "production":
@@ -101,8 +119,14 @@ def run_dev(*, port: int | None = None, upstream_port: int = 5001) -> int:
 
     upstream = make_server("127.0.0.1", upstream_port, create_upstream_app(load_demo_state()),
                            threaded=True)
-    keycard = make_server("127.0.0.1", keycard_port, create_app(env), threaded=True)
-    servers: list[Any] = [upstream, keycard]
+    keycard_app = create_app(env)
+    keycard = make_server("127.0.0.1", keycard_port, keycard_app, threaded=True)
+    demo_url = f"http://127.0.0.1:{demo_port}"
+    client_id, secret = register_demo_client(keycard_app, demo_url)
+    demo = make_server("127.0.0.1", demo_port, create_demo_app(
+        issuer=issuer, client_id=client_id, client_secret=secret, base_url=demo_url),
+        threaded=True)
+    servers: list[Any] = [upstream, keycard, demo]
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
     for thread in threads:
         thread.start()
@@ -110,6 +134,7 @@ def run_dev(*, port: int | None = None, upstream_port: int = 5001) -> int:
     click.echo(
         "\nKeycard development environment\n"
         f"  Keycard (open this):      {issuer}/\n"
+        f"  Demo internal app:        {demo_url}/  (signs in through Keycard)\n"
         f"  Development GitHub:       {upstream_url}/  (users: alice, bob, carol, dave, mallory)\n"
         f"  Redis:                    {redis_url}\n"
         f"  Allowed orgs: {env['SSO_GITHUB_ORGS']}   bootstrap admins: "

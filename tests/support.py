@@ -132,3 +132,33 @@ def stop_at_callback(http: requests.Session, keycard_url: str, login: str) -> st
     location = response.headers["Location"]
     assert location.startswith(keycard_url + "/auth/github/callback"), location
     return location
+
+
+RP_CALLBACK = "http://127.0.0.1:9/cb"  # never contacted: tests read the Location header
+
+
+def obtain_tokens(
+    http: requests.Session,
+    keycard_url: str,
+    client_id: str,
+    secret: str | None,
+    *,
+    scope: str = "openid profile email groups roles offline_access",
+    redirect_uri: str = RP_CALLBACK,
+) -> dict[str, Any]:
+    """Code flow + PKCE with Authlib's client, for a browser (``http``) already signed in."""
+    from authlib.common.security import generate_token
+    from authlib.integrations.requests_client import OAuth2Session
+
+    meta = requests.get(keycard_url + "/.well-known/openid-configuration").json()
+    rp = OAuth2Session(client_id, secret, scope=scope, redirect_uri=redirect_uri,
+                       code_challenge_method="S256",
+                       token_endpoint_auth_method="client_secret_basic" if secret else "none")
+    verifier = generate_token(48)
+    url, _ = rp.create_authorization_url(meta["authorization_endpoint"], code_verifier=verifier)
+    response = http.get(url, allow_redirects=False)
+    assert response.status_code == 302, response.text[:500]
+    token: dict[str, Any] = rp.fetch_token(meta["token_endpoint"],
+                                           authorization_response=response.headers["Location"],
+                                           code_verifier=verifier)
+    return token

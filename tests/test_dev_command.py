@@ -18,7 +18,7 @@ SSO = str(Path(sys.executable).parent / "sso")
 
 @pytest.fixture
 def dev_server(redis_server, prefix, tmp_path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    port, upstream_port = free_port(), free_port()
+    port, upstream_port, demo_port = free_port(), free_port(), free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SSO_")},
         "SSO_REDIS_URL": redis_server.url,
@@ -26,7 +26,7 @@ def dev_server(redis_server, prefix, tmp_path) -> Iterator[tuple[str, subprocess
         "SSO_ISSUER": f"http://127.0.0.1:{port}",
     }
     proc = subprocess.Popen(
-        [SSO, "dev", "--upstream-port", str(upstream_port)],
+        [SSO, "dev", "--upstream-port", str(upstream_port), "--demo-port", str(demo_port)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -39,6 +39,7 @@ def dev_server(redis_server, prefix, tmp_path) -> Iterator[tuple[str, subprocess
             return False
 
     wait_until(up, timeout=30, interval=0.1)
+    proc.demo_url = f"http://127.0.0.1:{demo_port}"  # type: ignore[attr-defined]
     yield url, proc
     proc.terminate()
     proc.wait(10)
@@ -50,7 +51,11 @@ def test_sso_dev_serves_the_whole_journey(dev_server):
     portal = sign_in(http, url, "alice")
     assert portal.url == url + "/"
     assert "Alice Archer" in portal.text and "acme/platform" in portal.text
-    assert "admin" in portal.text  # alice is a bootstrap admin in the demo
+    assert '<li class="chip">admin</li>' in portal.text  # a bootstrap admin in the demo
+    # The demo internal app is registered and signs in through Keycard without a prompt.
+    demo = http.get(proc.demo_url + "/login")
+    assert demo.url == proc.demo_url + "/" and "Alice Archer" in demo.text
+    assert "acme:platform" in demo.text  # the groups claim it received
     proc.terminate()
     output, _ = proc.communicate(timeout=10)
     assert f"{url}/" in output and "Development GitHub" in output

@@ -12,6 +12,8 @@ from flask import Flask
 from flask.cli import FlaskGroup
 
 from sso.cli.audit import audit_group
+from sso.cli.clients import clients_group
+from sso.cli.keys import keys_group
 from sso.cli.roles import roles_group
 from sso.cli.sessions import sessions_group
 
@@ -30,14 +32,15 @@ def _create_app() -> Flask:
 @click.command("dev", help="Run Keycard with a development GitHub upstream (no account needed).")
 @click.option("--port", default=None, type=int, help="Keycard port (default: from SSO_ISSUER).")
 @click.option("--upstream-port", default=5001, show_default=True, type=int)
-def dev_command(port: int | None, upstream_port: int) -> None:
+@click.option("--demo-port", default=5002, show_default=True, type=int)
+def dev_command(port: int | None, upstream_port: int, demo_port: int) -> None:
     from sso.dev import run_dev
 
-    sys.exit(run_dev(port=port, upstream_port=upstream_port))
+    sys.exit(run_dev(port=port, upstream_port=upstream_port, demo_port=demo_port))
 
 
 def init_app(app: Flask) -> None:
-    for group in (sessions_group, roles_group, audit_group):
+    for group in (sessions_group, roles_group, audit_group, clients_group, keys_group):
         app.cli.add_command(group)
 
 

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
-from authlib.oauth2.rfc6749.errors import InvalidGrantError, UnsupportedTokenTypeError
+from authlib.oauth2.rfc6749.errors import UnsupportedTokenTypeError
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc9207 import IssuerParameter
@@ -29,6 +29,7 @@ from sso.oidc.grants import (
 from sso.oidc.records import Grant, Records
 from sso.oidc.tokens import (
     SIGNING_ALGS,
+    SUPPORTED_SCOPES,
     InvalidToken,
     Subject,
     TokenIssuer,
@@ -96,7 +97,7 @@ class KeycardServer(AuthorizationServer):  # type: ignore[misc]
         return self.provider.clients.get(client_id) if client_id else None
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
-        """Persist what the response will carry; refuse if the grant died meanwhile."""
+        """Persist what the response will carry (the grant, the refresh token)."""
         user = request.user
         client = request.client
         if not isinstance(user, Subject):
@@ -109,8 +110,10 @@ class KeycardServer(AuthorizationServer):  # type: ignore[misc]
             grant = Grant(user.grant_id, user.profile.user_id, client.get_client_id(),
                           str(token.get("scope", "")), user.sid, user.auth_time,
                           int(time.time()) + lifetime)
-            if not records.create_grant(grant):
-                raise InvalidGrantError("This authorization code was revoked.")
+            # False: a replay of this code revoked the grant while this (first) redemption
+            # was under way. It still answers like the first use always does (SECURITY
+            # 15: exactly one success), but everything it issues is born dead.
+            records.create_grant(grant)
         refresh = token.get("refresh_token")
         if refresh and "offline_access" in scopes and client.check_grant_type("refresh_token"):
             records.save_refresh_token(refresh, user.grant_id, client.get_client_id(),
@@ -261,6 +264,9 @@ class EndSession(EndSessionEndpoint):  # type: ignore[misc]
 def build_server(provider: Provider, app: Any) -> KeycardServer:
     server = KeycardServer(provider)
     server.init_app(app)
+    # SECURITY 3: an unknown scope is invalid_scope (RFC 6749 §4.1.2.1), not silently
+    # dropped. Set after init_app, which resets it from OAUTH2_SCOPES_SUPPORTED.
+    server.scopes_supported = list(SUPPORTED_SCOPES)
     server.register_token_generator("default", TokenIssuer(provider.issuer, provider.keys))
     server.register_grant(
         AuthorizationCodeGrant, [S256CodeChallenge(required=True), OpenIDCode(provider.issuer)]

@@ -148,6 +148,8 @@ def _relogin(params: dict[str, str], *, force: bool) -> Response:
 
 
 @bp.route("/authorize", methods=["GET", "POST"])
+@origin_exempt  # SECURITY 9: an RP's auto-submitted form posts here cross-site; a POST
+@csrf.exempt  # authorization request is no more powerful than the same GET.
 def authorize() -> Response:
     values = request.values
     for name in NO_REDIRECT_PARAMS:

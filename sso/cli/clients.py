@@ -1,0 +1,242 @@
+"""``sso clients``: register, inspect, change and remove OIDC clients (relying parties).
+
+Every change is audited. A client secret is printed once, at creation or rotation,
+and is never retrievable afterwards: only its hash is stored.
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Callable
+from typing import Any
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from sso.cli.common import emit, json_option
+from sso.oidc.clients import ID_TOKEN_ALGS, Client, ClientError, ClientRegistry
+from sso.services import services
+
+SECRET_WARNING = ("Store the client secret now: it is shown only once and cannot be "
+                  "recovered (`sso clients rotate-secret ID` makes a new one).")
+
+
+def registry() -> ClientRegistry:
+    """The app's client registry, put in ``app.extensions`` by the factory."""
+    found = current_app.extensions.get("keycard.clients")
+    if found is None:
+        raise click.ClickException("the client registry is not set up in this app")
+    return found  # type: ignore[no-any-return]
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _client_or_exit(client_id: str) -> Client:
+    client = registry().get(client_id)
+    if client is None:
+        raise click.ClickException(f"no client {client_id!r}: `sso clients list` shows them")
+    return client
+
+
+def _show(client: Client) -> None:
+    data = client.to_dict()
+    kind = "public (PKCE, no secret)" if client.public else "confidential"
+    click.echo(f"{client.name}  ({client.client_id}, {kind})")
+    for name in ("redirect_uris", "post_logout_redirect_uris", "grant_types", "scopes",
+                 "required_roles", "roles", "audiences"):
+        click.echo(f"  {name + ':':27} {', '.join(data[name]) or '-'}")
+    for name in ("trusted", "require_pkce", "home_url", "id_token_alg", "access_token_ttl",
+                 "refresh_idle_ttl", "refresh_absolute_ttl", "created_at"):
+        value = data[name]
+        click.echo(f"  {name + ':':27} {'-' if value is None else value}")
+
+
+def _shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options ``create`` and ``update`` share; on update, a given list replaces the old one."""
+    options = [
+        click.option("--redirect-uri", "redirect_uris", multiple=True,
+                     help="Exact redirect URI (https://, or http:// on loopback). Repeatable."),
+        click.option("--post-logout-redirect-uri", "post_logout_redirect_uris", multiple=True,
+                     help="Where RP-initiated logout may return. Repeatable."),
+        click.option("--grant-type", "grant_types", multiple=True,
+                     help="authorization_code, refresh_token, client_credentials or "
+                          "urn:ietf:params:oauth:grant-type:device_code. Repeatable."),
+        click.option("--scope", "scopes", multiple=True, help="Allowed scope. Repeatable."),
+        click.option("--require-role", "required_roles", multiple=True,
+                     help="People need one of these roles to use the app. Repeatable."),
+        click.option("--role", "roles", multiple=True,
+                     help="The client's own roles (client credentials). Repeatable."),
+        click.option("--audience", "audiences", multiple=True,
+                     help="Resource (RFC 8707) the client may request tokens for. Repeatable."),
+        click.option("--home-url", help="Where the portal links to."),
+        click.option("--id-token-alg", type=click.Choice(ID_TOKEN_ALGS)),
+        click.option("--access-token-ttl", type=int, help="Seconds (60-3600)."),
+        click.option("--refresh-idle-ttl", type=int, help="Seconds."),
+        click.option("--refresh-absolute-ttl", type=int, help="Seconds."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _fields(given: dict[str, Any]) -> dict[str, Any]:
+    """Only what was given on the command line, lists as lists."""
+    fields: dict[str, Any] = {}
+    for name, value in given.items():
+        if isinstance(value, tuple):
+            if value:
+                fields[name] = list(value)
+        elif value is not None:
+            fields[name] = value
+    return fields
+
+
+@click.group("clients", help="Register and manage OIDC clients (the apps that sign in here).")
+def clients_group() -> None:
+    pass
+
+
+@clients_group.command("create", help="Register a client; prints its id and secret once.")
+@click.option("--name", required=True, help="Shown to people on consent and in the portal.")
+@click.option("--public", is_flag=True, help="No secret (SPA, native or CLI app); PKCE forced.")
+@click.option("--trusted", is_flag=True, help="First-party app: no consent screen.")
+@click.option("--require-pkce", is_flag=True, help="Require PKCE of a confidential client too.")
+@_shared_options
+@json_option
+@with_appcontext
+def clients_create(name: str, public: bool, trusted: bool, require_pkce: bool, as_json: bool,
+                   **options: Any) -> None:
+    fields = _fields(options)
+    try:
+        client, secret = registry().create(name=name, public=public, trusted=trusted,
+                                           require_pkce=require_pkce, **fields)
+    except ClientError as exc:
+        raise click.ClickException(str(exc)) from exc
+    services().audit.record(
+        "client.created", actor=_actor(), subject=client.client_id, name=client.name,
+        public=client.public, redirect_uris=client.redirect_uris,
+        grant_types=client.grant_types, scopes=client.scopes,
+        required_roles=client.required_roles, trusted=client.trusted,
+    )
+    data: dict[str, Any] = {"client_id": client.client_id, "client_secret": secret,
+                            "client": client.to_dict()}
+    if secret is not None:
+        data["warning"] = SECRET_WARNING
+
+    def text() -> None:
+        click.echo(f"Created client {client.name!r}")
+        click.echo(f"  client_id:     {client.client_id}")
+        if secret is None:
+            click.echo("  client_secret: none (public client: PKCE is required)")
+        else:
+            click.echo(f"  client_secret: {secret}")
+            click.echo(SECRET_WARNING)
+
+    emit(data, as_json, text)
+
+
+@clients_group.command("list", help="Every registered client.")
+@json_option
+@with_appcontext
+def clients_list(as_json: bool) -> None:
+    clients = registry().list()
+
+    def text() -> None:
+        if not clients:
+            click.echo("No clients yet: `sso clients create --name NAME --redirect-uri URI`.")
+        for c in clients:
+            kind = "public" if c.public else "confidential"
+            click.echo(f"{c.client_id:24} {c.name:30} {kind:12} {' '.join(c.grant_types)}")
+
+    emit([c.to_dict() for c in clients], as_json, text)
+
+
+@clients_group.command("show", help="One client's settings (never its secret).")
+@click.argument("client_id")
+@json_option
+@with_appcontext
+def clients_show(client_id: str, as_json: bool) -> None:
+    client = _client_or_exit(client_id)
+    emit(client.to_dict(), as_json, lambda: _show(client))
+
+
+@clients_group.command("update", help="Change a client; given lists replace the old ones.")
+@click.argument("client_id")
+@click.option("--name")
+@click.option("--trusted/--not-trusted", default=None, help="First-party: no consent screen.")
+@click.option("--require-pkce/--no-require-pkce", default=None,
+              help="Public clients always require PKCE.")
+@click.option("--add-redirect-uri", multiple=True, help="Add one redirect URI. Repeatable.")
+@click.option("--remove-redirect-uri", multiple=True, help="Remove one. Repeatable.")
+@click.option("--any-employee", is_flag=True, help="Clear the required roles.")
+@click.option("--no-home-url", is_flag=True, help="Clear the home URL.")
+@_shared_options
+@json_option
+@with_appcontext
+def clients_update(client_id: str, add_redirect_uri: tuple[str, ...],
+                   remove_redirect_uri: tuple[str, ...], any_employee: bool, no_home_url: bool,
+                   as_json: bool, **options: Any) -> None:
+    before = _client_or_exit(client_id)
+    changes = _fields(options)
+    if add_redirect_uri or remove_redirect_uri:
+        if "redirect_uris" in changes:
+            raise click.UsageError("use --redirect-uri or --add/--remove-redirect-uri, not both")
+        missing = [u for u in remove_redirect_uri if u not in before.redirect_uris]
+        if missing:
+            raise click.ClickException(f"{missing[0]!r} is not a redirect URI of this client")
+        uris = [u for u in before.redirect_uris if u not in remove_redirect_uri]
+        changes["redirect_uris"] = uris + [u for u in add_redirect_uri if u not in uris]
+    if any_employee:
+        changes["required_roles"] = []
+    if no_home_url:
+        changes["home_url"] = None
+    if not changes:
+        raise click.UsageError("nothing to change: give at least one option")
+    try:
+        client = registry().update(client_id, **changes)
+    except ClientError as exc:
+        raise click.ClickException(f"{exc}; nothing was changed") from exc
+    services().audit.record("client.updated", actor=_actor(), subject=client_id,
+                            changes=sorted(changes),
+                            before={k: before.to_dict()[k] for k in changes},
+                            after={k: client.to_dict()[k] for k in changes})
+    emit(client.to_dict(), as_json, lambda: _show(client))
+
+
+@clients_group.command("delete", help="Remove a client: it can no longer sign anyone in.")
+@click.argument("client_id")
+@json_option
+@with_appcontext
+def clients_delete(client_id: str, as_json: bool) -> None:
+    client = _client_or_exit(client_id)
+    if not registry().delete(client_id):
+        raise click.ClickException(f"no client {client_id!r}")
+    services().audit.record("client.deleted", actor=_actor(), subject=client_id,
+                            name=client.name)
+    emit({"deleted": client_id, "name": client.name}, as_json,
+         lambda: click.echo(f"Deleted client {client.name!r} ({client_id})."))
+
+
+@clients_group.command("rotate-secret", help="Issue a new secret; the old one stops working.")
+@click.argument("client_id")
+@json_option
+@with_appcontext
+def clients_rotate_secret(client_id: str, as_json: bool) -> None:
+    try:
+        secret = registry().rotate_secret(client_id)
+    except ClientError as exc:
+        raise click.ClickException(str(exc)) from exc
+    services().audit.record("client.secret_rotated", actor=_actor(), subject=client_id)
+
+    def text() -> None:
+        click.echo(f"New secret for {client_id}: {secret}")
+        click.echo(SECRET_WARNING)
+
+    emit({"client_id": client_id, "client_secret": secret, "warning": SECRET_WARNING},
+         as_json, text)

@@ -1,0 +1,78 @@
+"""``sso keys``: list the token-signing keys and rotate them."""
+
+from __future__ import annotations
+
+import getpass
+import time
+from typing import Any
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from sso.cli.common import emit, json_option
+from sso.oidc.keys import KeyRing
+from sso.services import services
+
+
+def keyring() -> KeyRing:
+    """The app's signing keys, put in ``app.extensions`` by the factory."""
+    found = current_app.extensions.get("keycard.keys")
+    if found is None:
+        raise click.ClickException("the signing keys are not set up in this app")
+    return found  # type: ignore[no-any-return]
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _when(epoch: float | None) -> str:
+    return "-" if epoch is None else time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(epoch))
+
+
+def _table(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        click.echo("No signing keys yet: they are generated when Keycard first starts.")
+    for row in rows:
+        click.echo(f"{row['kid']:34} {row['alg']:6} {row['state']:8} "
+                   f"created {_when(row['created'])}  retires {_when(row['retire_at'])}")
+
+
+@click.group("keys", help="Token-signing keys (published at the JWKS endpoint).")
+def keys_group() -> None:
+    pass
+
+
+@keys_group.command("list", help="Active, next and retired keys still in JWKS.")
+@json_option
+@with_appcontext
+def keys_list(as_json: bool) -> None:
+    rows = keyring().list()
+    emit(rows, as_json, lambda: _table(rows))
+
+
+@keys_group.command("rotate", help="Start new signing keys; old ones stay in JWKS for --grace.")
+@click.option("--grace", default=3600, show_default=True, type=click.IntRange(min=0),
+              help="Seconds the old public keys stay published; keep it above the longest "
+                   "token lifetime so tokens already issued keep verifying.")
+@click.option("--publish-delay", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Seconds the new keys are published before they sign, so relying parties "
+                   "caching JWKS see them first.")
+@json_option
+@with_appcontext
+def keys_rotate(grace: int, publish_delay: int, as_json: bool) -> None:
+    ring = keyring()
+    kids = ring.rotate(grace_seconds=grace, publish_delay=publish_delay)
+    services().audit.record("keys.rotated", actor=_actor(), new_kids=kids, grace=grace,
+                            publish_delay=publish_delay)
+    rows = ring.list()
+
+    def text() -> None:
+        click.echo(f"New signing keys: {', '.join(kids)}")
+        _table(rows)
+
+    emit({"new": kids, "keys": rows}, as_json, text)

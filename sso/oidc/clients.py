@@ -1,0 +1,415 @@
+"""The client registry: relying parties registered with Keycard, and Authlib's view of them.
+
+:class:`Client` implements Authlib's ``ClientMixin`` strictly: redirect URIs match
+exactly, there is no default redirect URI, and secrets are compared as hashes in
+constant time. :class:`ClientRegistry` keeps one JSON record per client in Redis
+(the secret only as a hash) and a 2-second in-process cache for the token hot path.
+"""
+
+from __future__ import annotations
+
+import builtins
+import copy
+import dataclasses
+import ipaddress
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+from authlib.oauth2.rfc6749 import ClientMixin
+
+from sso.crypto import hash_secret, new_secret, same
+from sso.roles import valid_role
+from sso.storage import Store, guard
+
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+SUPPORTED_GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials",
+                         DEVICE_CODE_GRANT)
+SUPPORTED_SCOPES = ("openid", "profile", "email", "groups", "roles", "offline_access")
+ID_TOKEN_ALGS = ("RS256", "ES256")
+CONFIDENTIAL_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+# Key rotation keeps a retired public key for an hour by default (`sso keys rotate
+# --grace`); capping access tokens at that hour keeps every live token verifiable.
+MAX_ACCESS_TOKEN_TTL = 3600
+CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+CACHE_SECONDS = 2.0
+CACHE_MAX_ENTRIES = 1024
+
+
+class ClientError(ValueError):
+    """A client registration or change was refused; the message says why."""
+
+
+def _default_grants() -> list[str]:
+    return ["authorization_code", "refresh_token"]
+
+
+def _default_scopes() -> list[str]:
+    return list(SUPPORTED_SCOPES)
+
+
+@dataclass
+class Client(ClientMixin):  # type: ignore[misc]
+    """A registered relying party. ``secret_hash is None`` means a public client."""
+
+    client_id: str
+    name: str
+    secret_hash: str | None = None
+    redirect_uris: list[str] = field(default_factory=list)
+    post_logout_redirect_uris: list[str] = field(default_factory=list)
+    grant_types: list[str] = field(default_factory=_default_grants)
+    scopes: list[str] = field(default_factory=_default_scopes)
+    required_roles: list[str] = field(default_factory=list)  # any-of; empty: every employee
+    trusted: bool = False  # first-party: no consent screen
+    home_url: str | None = None
+    require_pkce: bool = False
+    id_token_alg: str = "RS256"
+    access_token_ttl: int = 600
+    refresh_idle_ttl: int = 14 * 86400
+    refresh_absolute_ttl: int = 90 * 86400
+    roles: list[str] = field(default_factory=list)  # a service client's own roles
+    audiences: list[str] = field(default_factory=list)  # RFC 8707 resources it may ask for
+    created_at: int = 0
+
+    def __post_init__(self) -> None:
+        # RFC 9700 §2.1.1: public clients must use PKCE, whatever was asked for.
+        if self.public:
+            self.require_pkce = True
+
+    @property
+    def public(self) -> bool:
+        return self.secret_hash is None
+
+    # -- Authlib's ClientMixin ------------------------------------------------------------
+
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def get_default_redirect_uri(self) -> str | None:
+        # OIDC Core 3.1.2.1 and SECURITY 2: never fall back to a registered URI; a
+        # request without redirect_uri is an error page, not a redirect.
+        return None
+
+    def get_allowed_scope(self, scope: str | None) -> str:
+        if not scope:
+            return ""
+        allowed = set(self.scopes)
+        return " ".join(_unique(s for s in scope.split() if s in allowed))
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        # RFC 9700 §2.1 / §4.1.3: exact string comparison, no normalisation of any kind.
+        if not isinstance(redirect_uri, str):
+            return False
+        return any(same(redirect_uri, uri) for uri in self.redirect_uris)
+
+    def check_post_logout_redirect_uri(self, uri: str) -> bool:
+        """Exact match, as for redirect URIs (OIDC RP-Initiated Logout §3)."""
+        if not isinstance(uri, str):
+            return False
+        return any(same(uri, registered) for registered in self.post_logout_redirect_uris)
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        if self.secret_hash is None or not isinstance(client_secret, str):
+            return False
+        return same(hash_secret(client_secret), self.secret_hash)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        if self.public:
+            return method == "none"
+        return method in CONFIDENTIAL_AUTH_METHODS
+
+    def check_response_type(self, response_type: str) -> bool:
+        return response_type == "code"
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type in self.grant_types
+
+    # -- serialisation --------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe view for the CLI and admin pages: never the secret, nor its hash."""
+        data = dataclasses.asdict(self)
+        del data["secret_hash"]
+        data["public"] = self.public
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Client:
+        """Build from a stored record; unknown keys (written by a newer version) are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def _record(self) -> dict[str, Any]:
+        return {**self.to_dict(), "secret_hash": self.secret_hash}
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+def _unique(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_uri(uri: str, what: str = "redirect URI") -> str:
+    """Refuse URIs a redirect must never go to; return ``uri`` unchanged (it is matched
+    byte for byte later, so it is not normalised here either)."""
+    if not isinstance(uri, str) or not uri:
+        raise ClientError(f"{what} must not be empty")
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in uri):
+        raise ClientError(f"{what} {uri!r} contains whitespace or control characters")
+    if "*" in uri:
+        raise ClientError(f"{what} {uri!r}: wildcards are not allowed, register each URI")
+    if "#" in uri:
+        raise ClientError(f"{what} {uri!r} must not contain a fragment (RFC 6749 §3.1.2)")
+    parts = urlsplit(uri)
+    if "@" in parts.netloc:
+        raise ClientError(f"{what} {uri!r} must not contain userinfo (user@host)")
+    try:
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as exc:
+        raise ClientError(f"{what} {uri!r} has an invalid host or port") from exc
+    if not host:
+        raise ClientError(f"{what} {uri!r} must be an absolute URI with a host")
+    if parts.scheme == "https":
+        return uri
+    if parts.scheme == "http":
+        if _is_loopback(host):
+            return uri
+        # RFC 9700 §2.6 / SECURITY 7: plain http only for native apps on loopback.
+        raise ClientError(
+            f"{what} {uri!r}: http:// is allowed only on loopback "
+            "(127.0.0.1, [::1], localhost); use https://"
+        )
+    raise ClientError(f"{what} {uri!r} must use https:// (or http:// on loopback)")
+
+
+def _check_roles(roles: Iterable[str], what: str) -> None:
+    for role in roles:
+        if not isinstance(role, str) or not valid_role(role):
+            raise ClientError(f"{what} {role!r} is invalid: use a-z, 0-9, ':', '_', '-'")
+
+
+def _check_ttl(value: Any, what: str, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ClientError(f"{what} must be a whole number of seconds from {low} to {high}")
+
+
+def validate(client: Client) -> Client:
+    """Check a client as a whole; raise :class:`ClientError` naming the first problem."""
+    if not isinstance(client.name, str) or not client.name.strip():
+        raise ClientError("a client needs a name")
+    if len(client.name) > 100:
+        raise ClientError("name is longer than 100 characters")
+    for name in ("redirect_uris", "post_logout_redirect_uris", "grant_types", "scopes",
+                 "required_roles", "roles", "audiences"):
+        value = getattr(client, name)
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ClientError(f"{name} must be a list of strings")
+        setattr(client, name, _unique(value))  # stored as lists, duplicates dropped
+    for uri in client.redirect_uris:
+        check_uri(uri)
+    for uri in client.post_logout_redirect_uris:
+        check_uri(uri, "post-logout redirect URI")
+    for uri in client.audiences:
+        check_uri(uri, "audience")
+    if client.home_url is not None:
+        check_uri(client.home_url, "home URL")
+    if not client.grant_types:
+        raise ClientError("a client needs at least one grant type")
+    for grant in client.grant_types:
+        if grant not in SUPPORTED_GRANT_TYPES:
+            raise ClientError(f"grant type {grant!r} is not supported; choose from "
+                              + ", ".join(SUPPORTED_GRANT_TYPES))
+    if "authorization_code" in client.grant_types and not client.redirect_uris:
+        raise ClientError("the authorization_code grant needs at least one redirect URI")
+    if "client_credentials" in client.grant_types and client.public:
+        # RFC 6749 §4.4: only a client that can authenticate may act as itself.
+        raise ClientError("the client_credentials grant needs a confidential client")
+    for scope in client.scopes:
+        if scope not in SUPPORTED_SCOPES:
+            raise ClientError(f"scope {scope!r} is not supported; choose from "
+                              + ", ".join(SUPPORTED_SCOPES))
+    _check_roles(client.required_roles, "required role")
+    _check_roles(client.roles, "role")
+    if client.id_token_alg not in ID_TOKEN_ALGS:
+        # SECURITY 28 and the Authlib pitfall: the per-client alg is allow-listed.
+        raise ClientError(f"id_token_alg {client.id_token_alg!r} is not supported; choose "
+                          + " or ".join(ID_TOKEN_ALGS))
+    for flag in ("trusted", "require_pkce"):
+        if not isinstance(getattr(client, flag), bool):
+            raise ClientError(f"{flag} must be true or false")
+    _check_ttl(client.access_token_ttl, "access_token_ttl", 60, MAX_ACCESS_TOKEN_TTL)
+    _check_ttl(client.refresh_absolute_ttl, "refresh_absolute_ttl", 60, 366 * 86400)
+    _check_ttl(client.refresh_idle_ttl, "refresh_idle_ttl", 60, client.refresh_absolute_ttl)
+    if client.public:
+        client.require_pkce = True
+    return client
+
+
+# -- the registry ----------------------------------------------------------------------------
+
+_IMMUTABLE = {"client_id", "secret_hash", "created_at"}
+
+
+def _check_field_names(fields: dict[str, Any]) -> None:
+    known = {f.name for f in dataclasses.fields(Client)}
+    bad = (set(fields) - known) | (set(fields) & _IMMUTABLE)
+    if bad:
+        raise ClientError(f"unknown or read-only client field(s): {', '.join(sorted(bad))}")
+
+
+class ClientRegistry:
+    """Clients in Redis: ``{prefix}client:{id}`` (JSON) and the set ``{prefix}clients``."""
+
+    def __init__(self, store: Store, *, cache_seconds: float = CACHE_SECONDS) -> None:
+        self.store = store
+        self.index_key = f"{store.keys.prefix}clients"
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, Client]] = {}
+        self._lock = threading.Lock()
+
+    def key(self, client_id: str) -> str:  # no TTL: a registration lives until deleted
+        return f"{self.store.keys.prefix}client:{client_id}"
+
+    def create(self, *, public: bool = False, **fields: Any) -> tuple[Client, str | None]:
+        """Register a client; returns it and its secret (``None`` for a public client).
+
+        The secret is shown to the caller once and stored only as its hash.
+        """
+        _check_field_names(fields)
+        secret = None if public else new_secret(32)
+        client = validate(Client(
+            client_id="", secret_hash=None if secret is None else hash_secret(secret),
+            created_at=int(time.time()), **fields,
+        ))
+        self._insert(client)
+        return client, secret
+
+    @guard
+    def _insert(self, client: Client) -> None:
+        while True:
+            client.client_id = _new_client_id()
+            pipe = self.store.redis.pipeline(transaction=True)
+            pipe.set(self.key(client.client_id), _encode(client), nx=True)
+            pipe.sadd(self.index_key, client.client_id)
+            if pipe.execute()[0]:  # 128 random bits: a collision is only theoretical
+                return
+
+    def get(self, client_id: str) -> Client | None:
+        """The client, or ``None``. Cached per process for a couple of seconds, so a
+        burst of token requests from one client costs one Redis GET."""
+        if not isinstance(client_id, str) or not CLIENT_ID.fullmatch(client_id):
+            return None  # attacker-supplied garbage never reaches Redis
+        now = time.monotonic()
+        hit = self._cache.get(client_id)
+        if hit is not None and hit[0] > now:
+            return copy.deepcopy(hit[1])  # a copy: a caller's edit must not leak into the cache
+        client = self._load(client_id)
+        if client is not None:
+            with self._lock:
+                if len(self._cache) >= CACHE_MAX_ENTRIES:
+                    self._cache.clear()
+                self._cache[client_id] = (now + self.cache_seconds, client)
+            return copy.deepcopy(client)
+        self._forget(client_id)
+        return None
+
+    @guard
+    def _load(self, client_id: str) -> Client | None:
+        raw = self.store.redis.get(self.key(client_id))
+        return None if raw is None else Client.from_dict(json.loads(raw))
+
+    @guard
+    def list(self) -> builtins.list[Client]:
+        ids = sorted(str(i) for i in self.store.redis.smembers(self.index_key))
+        pipe = self.store.redis.pipeline(transaction=False)
+        for client_id in ids:
+            pipe.get(self.key(client_id))
+        clients = [Client.from_dict(json.loads(raw)) for raw in pipe.execute() if raw]
+        return sorted(clients, key=lambda c: (c.created_at, c.name, c.client_id))
+
+    def update(self, client_id: str, **changes: Any) -> Client:
+        """Apply ``changes`` and validate the result as a whole; nothing is written if the
+        result is invalid. Raises :class:`ClientError` for an unknown client."""
+        _check_field_names(changes)
+
+        def change(client: Client) -> Client:
+            return validate(dataclasses.replace(client, **changes))
+
+        return self._mutate(client_id, change)
+
+    def rotate_secret(self, client_id: str) -> str:
+        """Replace the secret; the old one stops working at once (after the cache window
+        of other processes, at most a couple of seconds)."""
+        secret = new_secret(32)
+
+        def change(client: Client) -> Client:
+            if client.public:
+                raise ClientError(f"client {client_id} is public: it has no secret to rotate")
+            return dataclasses.replace(client, secret_hash=hash_secret(secret))
+
+        self._mutate(client_id, change)
+        return secret
+
+    @guard
+    def delete(self, client_id: str) -> bool:
+        pipe = self.store.redis.pipeline(transaction=True)
+        pipe.delete(self.key(client_id))
+        pipe.srem(self.index_key, client_id)
+        deleted = bool(pipe.execute()[0])
+        self._forget(client_id)
+        return deleted
+
+    @guard
+    def _mutate(self, client_id: str, change: Callable[[Client], Client]) -> Client:
+        """Read-change-write under WATCH, so two admins editing at once never lose a change
+        and an update racing a delete does not bring the client back."""
+        key = self.key(client_id)
+        try:
+            with self.store.redis.pipeline() as pipe:
+                while True:
+                    try:
+                        pipe.watch(key)  # type: ignore[no-untyped-call]
+                        raw = pipe.get(key)
+                        if raw is None:
+                            raise ClientError(f"no client {client_id!r}")
+                        client = change(Client.from_dict(json.loads(raw)))
+                        pipe.multi()
+                        pipe.set(key, _encode(client))
+                        pipe.execute()
+                        return client
+                    except redis.WatchError:
+                        continue
+        finally:
+            self._forget(client_id)
+
+    def _forget(self, client_id: str) -> None:
+        with self._lock:
+            self._cache.pop(client_id, None)
+
+
+def _new_client_id() -> str:
+    while True:
+        value = new_secret(16)
+        if not value.startswith("-"):  # `sso clients show -x...` would read as an option
+            return value
+
+
+def _encode(client: Client) -> str:
+    return json.dumps(client._record(), separators=(",", ":"))

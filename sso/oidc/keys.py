@@ -1,0 +1,367 @@
+"""Signing keys: generated once, stored sealed in Redis, cached per process, rotated safely.
+
+Every instance of Keycard signs with the same keys, so they live in Redis: the
+public JWK in clear, the private JWK sealed with ``SSO_SECRET_KEY`` (SPEC storage
+rules). Each process parses and decrypts them once and then only watches a version
+counter, at most every ``recheck_seconds``, so a rotation reaches every process
+without a restart for the price of one GET every few seconds.
+
+A key's state is derived from its timestamps rather than from a background job:
+the *active* key of an algorithm is the newest one whose ``activates_at`` has
+passed; a newer one not yet activated is *next* (already in JWKS, not yet
+signing); older ones are *retired* and stay in JWKS until ``retire_at``, so tokens
+they signed still verify.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import logging
+import math
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from joserfc.jwk import ECKey, KeyParameters, KeySet, RSAKey
+from redis.exceptions import LockError
+
+from sso.crypto import DecryptionError, Sealer
+from sso.storage import OUTAGE_ERRORS, StorageUnavailable, Store, guard
+
+log = logging.getLogger("keycard.keys")
+
+ALGORITHMS = ("RS256", "ES256")
+LOCK_SECONDS = 30  # generating an RSA key takes well under a second
+LOCK_WAIT_SECONDS = 15
+
+SigningKey = RSAKey | ECKey
+
+
+def _generate(alg: str, kid: str) -> SigningKey:
+    params: KeyParameters = {"kid": kid, "use": "sig", "alg": alg}
+    if alg == "RS256":
+        return RSAKey.generate_key(2048, parameters=params, private=True)
+    if alg == "ES256":
+        return ECKey.generate_key("P-256", parameters=params, private=True)
+    raise ValueError(f"unsupported signing algorithm {alg!r}")
+
+
+def _import(alg: str, jwk: dict[str, Any]) -> SigningKey:
+    cls = RSAKey if alg == "RS256" else ECKey
+    return cls.import_key(jwk)
+
+
+def _millis(now: float) -> float:
+    """Truncate (never round up) to milliseconds, so a key activated "now" is already
+    active when the clock is read again, and the stored JSON stays short."""
+    return math.floor(now * 1000) / 1000
+
+
+def _new_kid(alg: str, now: float) -> str:
+    # Readable in `sso keys list` and unique: date plus 64 random bits.
+    return f"{alg.lower()}-{time.strftime('%Y%m%d', time.gmtime(now))}-{secrets.token_hex(8)}"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One stored key, parsed (and, if we can, decrypted) once per process."""
+
+    record: dict[str, Any]
+    public: SigningKey
+    private: SigningKey | None
+
+    @property
+    def kid(self) -> str:
+        return str(self.record["kid"])
+
+    @property
+    def alg(self) -> str:
+        return str(self.record["alg"])
+
+    def expired(self, now: float) -> bool:
+        retire_at = self.record.get("retire_at")
+        return retire_at is not None and now >= retire_at
+
+    def order(self) -> tuple[float, bool, float, str]:
+        # Newest activation wins; on a tie the key not scheduled to retire is the newer one.
+        r = self.record
+        return (r["activates_at"], r.get("retire_at") is None, r["created"], self.kid)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    version: str | None
+    entries: dict[str, _Entry] = field(default_factory=dict)
+
+    def states(self, now: float) -> list[tuple[_Entry, str]]:
+        """Live keys with their effective state: active first, then next, then retired."""
+        result: list[tuple[_Entry, str]] = []
+        for alg in ALGORITHMS:
+            live = [e for e in self.entries.values() if e.alg == alg and not e.expired(now)]
+            started = sorted((e for e in live if e.record["activates_at"] <= now),
+                             key=_Entry.order, reverse=True)
+            pending = sorted((e for e in live if e.record["activates_at"] > now),
+                             key=_Entry.order)
+            result += [(e, "active" if i == 0 else "retired") for i, e in enumerate(started)]
+            result += [(e, "next") for e in pending]
+        rank = {"active": 0, "next": 1, "retired": 2}
+        return sorted(result, key=lambda item: (rank[item[1]], ALGORITHMS.index(item[0].alg)))
+
+
+class KeyRing:
+    """The signing keys shared by every Keycard process. Thread-safe."""
+
+    def __init__(
+        self,
+        store: Store,
+        sealer: Sealer,
+        *,
+        recheck_seconds: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.sealer = sealer
+        self.recheck_seconds = recheck_seconds
+        self.clock = clock  # wall clock for key lifetimes; tests may move it forward
+        prefix = store.keys.prefix
+        self.hash_key = f"{prefix}keys"  # no TTL: field per kid, pruned at rotation
+        self.version_key = f"{prefix}keys:version"  # INCR at every change
+        self.lock_key = f"{prefix}keys:lock"  # TTL LOCK_SECONDS, held while writing keys
+        self._snapshot: _Snapshot | None = None
+        self._next_check = 0.0
+        self._lock = threading.Lock()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def signing_key(self, alg: str = "RS256") -> SigningKey:
+        """The active private key for ``alg`` (with its ``kid``), generating the first one
+        if this is a fresh installation."""
+        if alg not in ALGORITHMS:
+            raise ValueError(f"unsupported signing algorithm {alg!r}")
+        entry = self._active(self._current(), alg)
+        if entry is None:
+            self.ensure()
+            entry = self._active(self._current(), alg)
+        if entry is None:
+            raise RuntimeError(f"no active {alg} signing key")
+        if entry.private is None:
+            raise RuntimeError(
+                f"signing key {entry.kid} cannot be decrypted: was SSO_SECRET_KEY changed? "
+                "Restore it, or run `sso keys rotate` to make new keys."
+            )
+        return entry.private
+
+    def jwks(self) -> dict[str, builtins.list[dict[str, Any]]]:
+        """The public JWK Set: active, next and retired-but-not-expired keys."""
+        snapshot = self._current()
+        if not snapshot.entries:
+            self.ensure()
+            snapshot = self._current()
+        return {"keys": [self._public_jwk(e) for e, _ in snapshot.states(self.clock())]}
+
+    def public_keyset(self) -> KeySet:
+        """The same keys as :meth:`jwks`, as a joserfc ``KeySet`` for verification."""
+        return KeySet([e.public for e, _ in self._current().states(self.clock())])
+
+    def list(self) -> builtins.list[dict[str, Any]]:
+        """Every live key with its effective state, read fresh from Redis (for the CLI)."""
+        snapshot = self.refresh()
+        return [
+            {"kid": e.kid, "alg": e.alg, "state": state, "created": e.record["created"],
+             "activates_at": e.record["activates_at"], "retire_at": e.record.get("retire_at")}
+            for e, state in snapshot.states(self.clock())
+        ]
+
+    def _active(self, snapshot: _Snapshot, alg: str) -> _Entry | None:
+        for entry, state in snapshot.states(self.clock()):
+            if entry.alg == alg and state == "active":
+                return entry
+        return None
+
+    @staticmethod
+    def _public_jwk(entry: _Entry) -> dict[str, Any]:
+        jwk = dict(entry.public.as_dict(private=False))
+        jwk.update(kid=entry.kid, alg=entry.alg, use="sig")
+        return jwk
+
+    # -- the per-process cache ----------------------------------------------------------------
+
+    def _current(self) -> _Snapshot:
+        """The cached keys, re-read only when the version counter moved (checked at most
+        every ``recheck_seconds``). During a Redis outage the last keys keep serving."""
+        snapshot = self._snapshot
+        if snapshot is not None and time.monotonic() < self._next_check:
+            return snapshot
+        with self._lock:
+            snapshot = self._snapshot
+            if snapshot is not None and time.monotonic() < self._next_check:
+                return snapshot
+            try:
+                snapshot = self._reload(snapshot)
+            except StorageUnavailable:
+                if snapshot is None:
+                    raise
+                log.warning("Redis unavailable: serving the signing keys loaded earlier")
+            self._next_check = time.monotonic() + self.recheck_seconds
+            return snapshot
+
+    def refresh(self) -> _Snapshot:
+        """Re-read from Redis now, whatever the recheck interval says."""
+        with self._lock:
+            self._snapshot = self._reload(None, reuse=self._snapshot)
+            self._next_check = time.monotonic() + self.recheck_seconds
+            return self._snapshot
+
+    @guard
+    def _reload(self, snapshot: _Snapshot | None, reuse: _Snapshot | None = None) -> _Snapshot:
+        raw_version = self.store.redis.get(self.version_key)
+        version = None if raw_version is None else str(raw_version)
+        if snapshot is not None and version == snapshot.version:
+            return snapshot
+        known = (snapshot or reuse or _Snapshot(None)).entries
+        entries: dict[str, _Entry] = {}
+        for field_name, raw in self.store.redis.hgetall(self.hash_key).items():
+            kid = str(field_name)
+            previous = known.get(kid)
+            if previous is not None and previous.record["sealed_private"] == json.loads(raw).get(
+                "sealed_private"
+            ):
+                # Decrypt once per process: only timestamps/state can have changed.
+                entries[kid] = _Entry(json.loads(raw), previous.public, previous.private)
+            else:
+                entries[kid] = self._parse(json.loads(raw))
+        self._snapshot = _Snapshot(version, entries)
+        return self._snapshot
+
+    def _parse(self, record: dict[str, Any]) -> _Entry:
+        public = _import(record["alg"], record["public_jwk"])
+        try:
+            private: SigningKey | None = _import(
+                record["alg"], json.loads(self.sealer.open(record["sealed_private"]))
+            )
+        except DecryptionError:
+            log.error("signing key %s cannot be decrypted with this SSO_SECRET_KEY",
+                      record["kid"])
+            private = None
+        return _Entry(record, public, private)
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def ensure(self) -> builtins.list[str]:
+        """Generate a key for every algorithm that has none (first start). Safe when several
+        processes start at once: they take a Redis lock and re-check under it, so exactly one
+        set of keys is created. Returns the new kids (empty when nothing was missing)."""
+        if not self._missing(self._current()):
+            return []
+        with self._redis_lock():
+            missing = self._missing(self.refresh())
+            if not missing:
+                return []
+            now = _millis(self.clock())
+            records = [self._new_record(alg, now, state="active") for alg in missing]
+            self._write(records, [])
+            log.info("generated signing keys %s", ", ".join(r["kid"] for r in records))
+        self.refresh()
+        return [r["kid"] for r in records]
+
+    def rotate(self, grace_seconds: int = 3600, publish_delay: int = 0) -> builtins.list[str]:
+        """Start a new key per algorithm; returns the new kids.
+
+        The new key is in JWKS at once and signs from ``now + publish_delay``; give relying
+        parties time to refetch JWKS in production. Every older key retires
+        ``grace_seconds`` after that (keep it above the longest token lifetime), so tokens
+        it already signed keep verifying, and then drops out of JWKS.
+        """
+        if grace_seconds < 0 or publish_delay < 0:
+            raise ValueError("grace and publish delay must not be negative")
+        with self._redis_lock():
+            snapshot = self.refresh()
+            now = _millis(self.clock())
+            activates_at = now + publish_delay
+            states = {e.kid: s for e, s in snapshot.states(now)}
+            updates: builtins.list[dict[str, Any]] = []
+            expired: builtins.list[str] = []
+            for entry in snapshot.entries.values():
+                if entry.kid not in states:
+                    expired.append(entry.kid)
+                    continue
+                record = dict(entry.record)
+                if record.get("retire_at") is None:
+                    # Already-retired keys keep their date: it covers the tokens they signed.
+                    record["retire_at"] = activates_at + grace_seconds
+                # A stored hint for readers of raw Redis; effective states come from times.
+                still_signing = states[entry.kid] == "active" and publish_delay > 0
+                record["state"] = "active" if still_signing else "retired"
+                updates.append(record)
+            state = "next" if publish_delay else "active"
+            new = [self._new_record(alg, now, state=state, activates_at=activates_at)
+                   for alg in ALGORITHMS]
+            self._write(new + updates, expired)
+        self.refresh()
+        return [r["kid"] for r in new]
+
+    def _missing(self, snapshot: _Snapshot) -> builtins.list[str]:
+        """Algorithms with no key that is current or about to be (none without retire_at)."""
+        now = self.clock()
+        have = {e.alg for e, _ in snapshot.states(now) if e.record.get("retire_at") is None}
+        return [alg for alg in ALGORITHMS if alg not in have]
+
+    def _new_record(self, alg: str, now: float, *, state: str,
+                    activates_at: float | None = None) -> dict[str, Any]:
+        kid = _new_kid(alg, now)
+        key = _generate(alg, kid)
+        return {
+            "kid": kid,
+            "alg": alg,
+            "state": state,
+            "created": now,
+            "activates_at": now if activates_at is None else activates_at,
+            "retire_at": None,
+            "public_jwk": key.as_dict(private=False),
+            # SPEC storage rules: private keys only ever reach Redis encrypted.
+            "sealed_private": self.sealer.seal(json.dumps(key.as_dict(private=True))),
+        }
+
+    @guard
+    def _write(self, records: builtins.list[dict[str, Any]], delete: builtins.list[str]) -> None:
+        # Keys first, then the version: a reader that sees the new version sees the keys.
+        pipe = self.store.redis.pipeline(transaction=True)
+        if records:
+            pipe.hset(self.hash_key, mapping={
+                r["kid"]: json.dumps(r, separators=(",", ":")) for r in records
+            })
+        if delete:
+            pipe.hdel(self.hash_key, *delete)
+        pipe.incr(self.version_key)
+        pipe.execute()
+
+    @guard
+    def _redis_lock(self) -> Any:
+        """One writer at a time across every process (redis-py's token-checked lock)."""
+        lock = self.store.redis.lock(self.lock_key, timeout=LOCK_SECONDS,
+                                     blocking_timeout=LOCK_WAIT_SECONDS)
+        if not lock.acquire():
+            raise StorageUnavailable("another process holds the signing-key lock")
+        return _Held(lock)
+
+
+class _Held:
+    """Context manager releasing a redis-py lock, even if it expired meanwhile."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.lock.release()
+        except LockError:  # it expired: another writer may have it now, nothing to undo
+            log.warning("signing-key lock expired before release")
+        except OUTAGE_ERRORS:  # its TTL frees it when Redis returns
+            log.warning("could not release the signing-key lock: Redis unavailable")
