@@ -12,7 +12,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from authlib.oauth2.rfc6749 import grants
-from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError
+from authlib.oauth2.rfc6749.errors import (
+    InvalidGrantError,
+    InvalidRequestError,
+    InvalidScopeError,
+    OAuth2Error,
+)
+from authlib.oauth2.rfc6749.util import scope_to_list
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode as _OpenIDCode
 from authlib.oidc.core.models import AuthorizationCodeMixin
@@ -163,6 +169,33 @@ class RefreshRecord:
 
     def is_revoked(self) -> bool:
         return False
+
+
+class InvalidTargetError(OAuth2Error):  # type: ignore[misc]
+    """RFC 8707 §2: the requested resource is not one this client may address."""
+
+    error = "invalid_target"
+
+
+class ClientCredentialsGrant(grants.ClientCredentialsGrant):  # type: ignore[misc]
+    """Machine identity (RFC 6749 §4.4): confidential clients only, no refresh token."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+    def validate_requested_scope(self) -> None:
+        from flask import g
+
+        client = self.request.client
+        requested = set(scope_to_list(self.request.payload.scope) or [])
+        if not requested <= set(client.scopes):
+            raise InvalidScopeError(
+                f"This client may only ask for: {' '.join(sorted(client.scopes)) or 'nothing'}.")
+        resources = self.request.payload.datalist.get("resource", [])
+        for resource in resources:
+            if resource not in (client.audiences or []):
+                raise InvalidTargetError(f"The resource {resource!r} is not registered for "
+                                         "this client.")
+        g.token_audience = list(resources)
 
 
 class S256CodeChallenge(CodeChallenge):  # type: ignore[misc]

@@ -22,6 +22,7 @@ from sso.accounts import Accounts, Profile
 from sso.audit import Audit
 from sso.oidc.grants import (
     AuthorizationCodeGrant,
+    ClientCredentialsGrant,
     OpenIDCode,
     RefreshTokenGrant,
     S256CodeChallenge,
@@ -272,6 +273,7 @@ def build_server(provider: Provider, app: Any) -> KeycardServer:
         AuthorizationCodeGrant, [S256CodeChallenge(required=True), OpenIDCode(provider.issuer)]
     )
     server.register_grant(RefreshTokenGrant)
+    server.register_grant(ClientCredentialsGrant)
     server.register_extension(Issuer(provider.issuer))
     server.register_endpoint(Introspection)
     server.register_endpoint(Revocation)

@@ -101,8 +101,12 @@ class TokenIssuer(JWTBearerTokenGenerator):  # type: ignore[misc]
         return f"{grant_id}.{new_secret(12)}" if grant_id else new_secret(16)
 
     def get_audiences(self, client: Any, user: Any, scope: str) -> str | list[str]:
-        audiences = getattr(client, "token_audiences", None)
-        return list(audiences) if audiences else str(client.get_client_id())
+        from flask import g
+
+        audiences = g.get("token_audience")  # RFC 8707 resources, checked by the grant
+        if not audiences:
+            return str(client.get_client_id())
+        return audiences[0] if len(audiences) == 1 else list(audiences)
 
     def get_extra_claims(self, client: Any, grant_type: str, user: Any, scope: str) -> dict[
         str, Any
