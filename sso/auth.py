@@ -40,7 +40,7 @@ def login() -> Response:
     next_url = safe_next(request.args.get("next"))
     if current_user.is_authenticated and request.args.get("prompt") != "login":
         return redirect(next_url)
-    started = services().signin.begin(next_url)
+    started = services().signin.begin(next_url, request.args.get("login_hint"))
     response = redirect(started.redirect_url)
     response.set_cookie(
         _binding_cookie(),
@@ -70,15 +70,15 @@ def callback() -> Response:
                               code=exc.reason, retry=True)
     error = request.args.get("error")
     if error:
-        exc = AccessDenied(
+        denied = AccessDenied(
             "You cancelled the sign-in on GitHub, so you are not signed in."
             if error == "access_denied"
             else "GitHub could not complete the sign-in. Please try again.",
             detail=f"upstream error {error}: {request.args.get('error_description', '')}",
         )
-        svc.audit.record("signin.refused", reason=exc.audit_reason, upstream_error=error[:64],
-                         **_client())
-        raise exc
+        svc.audit.record("signin.refused", reason=denied.audit_reason,
+                         upstream_error=error[:64], **_client())
+        raise denied
     code = request.args.get("code")
     if not code:
         return error_response(400, "Sign-in could not be completed",

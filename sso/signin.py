@@ -47,14 +47,15 @@ class SignInFlow:
         self.callback_url = callback_url
         self.ttl = ttl
 
-    def begin(self, next_url: str) -> Started:
+    def begin(self, next_url: str, login_hint: str | None = None) -> Started:
         state, binding, verifier = new_secret(32), new_secret(32), new_secret(48)
         record = {"b": hash_secret(binding), "v": verifier, "n": next_url, "t": time.time()}
         self.store.put_json(
             self.store.keys.login_state(hash_secret(state)), record, self.ttl, only_new=True
         )
         url = self.connector.login_url(
-            redirect_uri=self.callback_url, state=state, code_verifier=verifier
+            redirect_uri=self.callback_url, state=state, code_verifier=verifier,
+            login_hint=login_hint,
         )
         return Started(redirect_url=url, binding=binding)
 

@@ -143,7 +143,10 @@ def _relogin(params: dict[str, str], *, force: bool) -> Response:
     if prompts:
         again["prompt"] = " ".join(prompts)
     next_url = url_for("oidc.authorize") + "?" + urlencode(again)
-    target = url_for("auth.login", next=next_url, **({"prompt": "login"} if force else {}))
+    extra = {"prompt": "login"} if force else {}
+    if params.get("login_hint"):
+        extra["login_hint"] = params["login_hint"]
+    target = url_for("auth.login", next=next_url, **extra)
     return redirect(target, code=303 if request.method == "POST" else 302)
 
 

@@ -101,8 +101,10 @@ class Connector(Protocol):
 
     name: str
 
-    def login_url(self, *, redirect_uri: str, state: str, code_verifier: str) -> str:
-        """Where to send the browser to sign in upstream."""
+    def login_url(
+        self, *, redirect_uri: str, state: str, code_verifier: str, login_hint: str | None = None
+    ) -> str:
+        """Where to send the browser to sign in upstream (``login_hint`` pre-selects an account)."""
         ...
 
     def handle_callback(self, *, code: str, redirect_uri: str, code_verifier: str) -> tuple[

@@ -77,12 +77,16 @@ class GitHubConnector:
 
     # -- the three verbs -------------------------------------------------------------
 
-    def login_url(self, *, redirect_uri: str, state: str, code_verifier: str) -> str:
+    def login_url(
+        self, *, redirect_uri: str, state: str, code_verifier: str, login_hint: str | None = None
+    ) -> str:
+        extra = {"login": login_hint} if login_hint and _valid_login(login_hint) else {}
         uri, _ = self._oauth(redirect_uri).create_authorization_url(
             f"{self.config.web_url}/login/oauth/authorize",
             state=state,
             code_verifier=code_verifier,
             allow_signup="false",
+            **extra,  # GitHub's own "suggest this account" parameter
         )
         return str(uri)
 
@@ -180,6 +184,10 @@ class GitHubConnector:
                     parents[parent_key] = f"{org}/{grand['slug']}" if grand else None
                 parent_key = parents[parent_key]
         return teams
+
+
+def _valid_login(login: str) -> bool:
+    return 0 < len(login) <= 39 and all(c.isalnum() or c == "-" for c in login)
 
 
 def _pick_email(user: dict[str, Any], api: _Api) -> tuple[str | None, bool]:
