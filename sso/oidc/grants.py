@@ -234,10 +234,15 @@ class OpenIDCode(_OpenIDCode):  # type: ignore[misc]
         return self._key(client)
 
     def _key(self, client: Any) -> Any:
-        from flask import current_app
+        # One key per request: the header's kid and the signature must come from the same
+        # key even if a rotation lands between Authlib's two calls.
+        from flask import current_app, g
 
-        return current_app.extensions["keycard.keys"].signing_key(
-            self.get_client_algorithm(client))
+        alg = self.get_client_algorithm(client)
+        cache = g.setdefault("id_token_keys", {})
+        if alg not in cache:
+            cache[alg] = current_app.extensions["keycard.keys"].signing_key(alg)
+        return cache[alg]
 
     def get_encode_header(self, client: Any) -> dict[str, str]:
         return {"alg": self.get_client_algorithm(client), "kid": self._key(client).kid,

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
-from authlib.oauth2.rfc6749.errors import UnsupportedTokenTypeError
+from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc9207 import IssuerParameter
@@ -141,10 +141,11 @@ class _HintTolerant:
     CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
 
     def check_params(self, request: Any, client: Any) -> None:
-        try:
-            super().check_params(request, client)  # type: ignore[misc]
-        except UnsupportedTokenTypeError:
-            request.form.pop("token_type_hint", None) if hasattr(request.form, "pop") else None
+        # Authlib's raises unsupported_token_type for an unknown hint; the form is an
+        # ImmutableMultiDict here, so dropping the hint is not an option: check only the
+        # token (query_token below looks the token up whatever the hint says).
+        if "token" not in request.form:
+            raise InvalidRequestError()
 
 
 class TokenRef:
@@ -191,6 +192,10 @@ def lookup_token(provider: Provider, token: str, *, live_only: bool) -> TokenRef
 
 
 class Introspection(_HintTolerant, IntrospectionEndpoint):  # type: ignore[misc]
+    # RFC 7662 §2.1 / SECURITY 26: a client_id alone is no authentication (anyone can
+    # send a public client's id): only confidential clients introspect, as announced.
+    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
     def __init__(self, server: KeycardServer) -> None:
         super().__init__(server)
         self.provider = server.provider
@@ -252,6 +257,13 @@ class EndSession(EndSessionEndpoint):  # type: ignore[misc]
 
     def get_algorithms(self) -> list[str]:
         return list(SIGNING_ALGS)
+
+    def resolve_client_from_id_token_claims(self, id_token_claims: dict[str, Any]) -> Any:
+        # Our ID tokens carry aud as a one-element list; Authlib only resolves a string.
+        aud = id_token_claims.get("aud")
+        if isinstance(aud, list) and len(aud) == 1:
+            aud = aud[0]
+        return self.server.query_client(aud) if isinstance(aud, str) else None
 
     def _is_valid_post_logout_redirect_uri(self, client: Any, uri: str) -> bool:
         return uri in (getattr(client, "post_logout_redirect_uris", []) or [])
