@@ -6,7 +6,6 @@ import time
 
 from flask import (
     Blueprint,
-    Response,
     after_this_request,
     make_response,
     redirect,
@@ -16,6 +15,7 @@ from flask import (
     url_for,
 )
 from flask_login import current_user, login_required, login_user
+from werkzeug.wrappers import Response
 
 from sso.services import services
 from sso.sessions import ServerSession

@@ -97,10 +97,11 @@ def _sentinel_client(url: str, options: dict[str, Any]) -> redis.Redis:
         raise ValueError("redis+sentinel URL needs a service name: redis+sentinel://h:26379/mymaster")
     db = int(path[1]) if len(path) > 1 else 0
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    sentinel = redis.sentinel.Sentinel(
+    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
         hosts, sentinel_kwargs={"password": query.get("sentinel_password")}, **options
     )
-    return cast(redis.Redis, sentinel.master_for(path[0], db=db, password=password))
+    master = sentinel.master_for(path[0], db=db, password=password)  # type: ignore[no-untyped-call]
+    return cast(redis.Redis, master)
 
 
 def connect(url: str, *, timeout: float = 2.0) -> redis.Redis:
@@ -154,7 +155,9 @@ class Store:
     """The storage service: a Redis client, the key names, JSON records, atomic consumption."""
 
     def __init__(self, client: redis.Redis, prefix: str, ttl: TTL | None = None) -> None:
-        self.redis = client
+        # Typed as Any: with decode_responses=True redis-py returns str, but its stubs say
+        # bytes | str everywhere, which would bury real type errors under casts.
+        self.redis: Any = client
         self.keys = Keys(prefix)
         self.ttl = ttl or TTL()
 

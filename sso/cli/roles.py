@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 from pathlib import Path
+from typing import Any
 
 import click
 from flask.cli import with_appcontext
@@ -45,7 +46,7 @@ def _target(args: tuple[str, ...], user: str | None) -> tuple[str, str, str, tup
     return kind, target, "", args[1:]
 
 
-def _record(before: list[Rule], after: list[Rule], **details: object) -> None:
+def _record(before: list[Rule], after: list[Rule], **details: Any) -> None:
     services().audit.record(
         "rules.changed", actor=_actor(),
         before=[rule_to_dict(r) for r in before], after=[rule_to_dict(r) for r in after],
@@ -173,7 +174,7 @@ def roles_explain(login: str, as_json: bool) -> None:
     matched = explain(profile.user_id, profile.orgs, profile.teams, rules)
     bootstrap = profile.login.lower() in svc.settings.bootstrap_admins
     current = svc.accounts.with_roles(profile, rules)
-    reasons = []
+    reasons: list[dict[str, Any]] = []
     for rule in matched:
         if rule.kind == "team":
             why = f"member of team {rule.target} (directly or through a team nested in it)"

@@ -12,7 +12,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from authlib.integrations.flask_client import OAuth, OAuthError
-from flask import Flask, Response, redirect, render_template, session, url_for
+from flask import Flask, redirect, render_template, session, url_for
+from werkzeug.wrappers import Response
 
 ROOT = Path(__file__).resolve().parents[2]
 SCOPES = "openid profile email groups roles"
