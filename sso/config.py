@@ -147,10 +147,11 @@ def load_settings(
         issuer = "http://127.0.0.1:5000"
     _check_url("SSO_ISSUER", issuer, problems)
     issuer_host = urlsplit(issuer).hostname
-    if production and issuer.startswith("http://") and not is_loopback_host(issuer_host):
+    if issuer.startswith("http://") and not is_loopback_host(issuer_host):
+        # OAuth (RFC 8414 §2, OIDC Discovery) allows plain http only for loopback issuers.
         problems.append(
-            f"SSO_ISSUER={issuer!r} uses plain http on a non-loopback host; "
-            "production needs https so cookies and tokens are not sent in clear."
+            f"SSO_ISSUER={issuer!r} uses plain http on a non-loopback host; use https "
+            "(cookies and tokens must not travel in clear), or 127.0.0.1/localhost to develop."
         )
 
     secret_key = env.get("SSO_SECRET_KEY", "")

@@ -7,6 +7,8 @@ formats an error itself and no stack trace ever reaches a client.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,6 +41,38 @@ def safe_next(value: str | None, default: str = "/") -> str:
     if parts.scheme or parts.netloc:
         return default
     return value
+
+
+_HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
+
+
+def safe_return_url(url: str | None, allowed_domains: Iterable[str]) -> str | None:
+    """An absolute http(s) URL on an allowed domain (or a subdomain of one), else None.
+
+    SECURITY (no open redirects): whole-label match, so ``evil-acme.test`` is not
+    ``acme.test``; no userinfo (``https://acme.test@evil``), backslashes, control
+    characters, percent-encoded or trailing-dot host names that browsers and parsers
+    could read differently.
+    """
+    if not url or len(url) > 4096 or any(ord(c) <= 0x20 or c in "\\\x7f" for c in url):
+        return None
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
+        return None
+    if not url.lower().startswith(parts.scheme.lower() + "://"):
+        return None
+    host = (parts.hostname or "").lower()
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        return None
+    if not _HOSTNAME.fullmatch(host):
+        return None
+    for domain in allowed_domains:
+        domain = domain.lower().strip(".")
+        if domain and (host == domain or host.endswith("." + domain)):
+            return url
+    return None
 
 
 def wants_json() -> bool:

@@ -38,6 +38,11 @@ def test_production_refuses_plain_http_issuer_on_a_public_host():
     assert "SSO_ISSUER" in message and "https" in message
 
 
+def test_plain_http_issuer_on_a_public_host_is_refused_in_development_too():
+    message = problems({"SSO_ISSUER": "http://sso.example.com", "SSO_SECRET_KEY": "z" * 40})
+    assert "SSO_ISSUER" in message and "https" in message
+
+
 def test_production_allows_plain_http_on_loopback():
     assert load_settings({**GOOD_PRODUCTION, "SSO_ISSUER": "http://127.0.0.1:5000"})
 
