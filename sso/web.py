@@ -76,7 +76,9 @@ def safe_return_url(url: str | None, allowed_domains: Iterable[str]) -> str | No
 
 
 def wants_json() -> bool:
-    if request.path.startswith(("/api/", "/oauth/", "/token", "/userinfo", "/introspect")):
+    if request.path.startswith(("/api/", "/oauth/", "/token", "/userinfo", "/introspect",
+                                "/revoke", "/device_authorization", "/auth/verify",
+                                "/.well-known/", "/jwks.json")):
         return True
     best = request.accept_mimetypes.best_match(["text/html", "application/json"])
     return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes[

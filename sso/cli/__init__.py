@@ -14,6 +14,7 @@ from flask.cli import FlaskGroup
 from sso.cli.audit import audit_group
 from sso.cli.clients import clients_group
 from sso.cli.keys import keys_group
+from sso.cli.login import login_command
 from sso.cli.roles import roles_group
 from sso.cli.sessions import sessions_group
 
@@ -48,4 +49,5 @@ def main() -> None:
     cli = FlaskGroup(create_app=_create_app, add_default_commands=True, load_dotenv=True,
                      help="Keycard single sign-on.")
     cli.add_command(dev_command)
+    cli.add_command(login_command)  # a pure HTTP client: no app, no Redis needed
     cli.main(prog_name="sso")

@@ -20,6 +20,7 @@ from flask import request
 
 from sso.accounts import Accounts, Profile
 from sso.audit import Audit
+from sso.oidc.device import register_device_flow
 from sso.oidc.grants import (
     AuthorizationCodeGrant,
     ClientCredentialsGrant,
@@ -286,6 +287,7 @@ def build_server(provider: Provider, app: Any) -> KeycardServer:
     )
     server.register_grant(RefreshTokenGrant)
     server.register_grant(ClientCredentialsGrant)
+    register_device_flow(server, provider, app)  # RFC 8628: endpoint, grant, records
     server.register_extension(Issuer(provider.issuer))
     server.register_endpoint(Introspection)
     server.register_endpoint(Revocation)

@@ -85,10 +85,12 @@ def discovery_document(issuer: str) -> dict[str, Any]:
         "end_session_endpoint": f"{issuer}/end-session",
         "introspection_endpoint": f"{issuer}/introspect",
         "revocation_endpoint": f"{issuer}/revoke",
+        "device_authorization_endpoint": f"{issuer}/device_authorization",  # RFC 8628 §4
         "scopes_supported": list(SUPPORTED_SCOPES),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials",
+                                  "urn:ietf:params:oauth:grant-type:device_code"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256", "ES256"],
         "token_endpoint_auth_methods_supported": [
@@ -273,6 +275,14 @@ def _no_store(response: Response) -> Response:
 @csrf.exempt
 def token() -> Response:
     return _no_store(server().create_token_response())
+
+
+@bp.post("/device_authorization")
+@origin_exempt
+@csrf.exempt
+def device_authorization() -> Response:
+    """RFC 8628 §3.1: a device asks for a user code (see sso/oidc/device.py)."""
+    return _no_store(server().create_endpoint_response("device_authorization"))
 
 
 @bp.route("/userinfo", methods=["GET", "POST"])

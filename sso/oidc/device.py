@@ -1,0 +1,413 @@
+"""RFC 8628 device authorization grant: Authlib's endpoint and grant, Keycard's storage.
+
+Authlib ships the protocol (``DeviceAuthorizationEndpoint``, ``DeviceCodeGrant``) and
+leaves storage to the application; it also never invalidates a device code after
+issuing tokens (SECURITY.md "pitfalls"). So every poll here is one Lua script that
+reads the record, enforces the polling interval (growing it by 5 s on ``slow_down``,
+§3.5) and flips approved → used atomically: tokens come out exactly once.
+
+Keys (all under the prefix, each with its TTL):
+
+- ``device:{hash(device_code)}``: the request (hash), TTL = ``expires_in``;
+- ``device-code:{hash(user_code)}``: user code → device hash, same TTL, deleted once decided;
+- ``device-gone:{hash(device_code)}``: a tombstone outliving the record by
+  ``GONE_TTL``, so a late poll says ``expired_token`` (or ``invalid_grant`` once used)
+  instead of "unknown";
+- ``device-tries:{ip|user}:{who}``: wrong user codes per window (§5.1 brute force).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from authlib.common.urls import add_params_to_uri
+from authlib.consts import default_json_headers
+from authlib.oauth2.rfc6749.errors import (
+    AccessDeniedError,
+    InvalidGrantError,
+    InvalidRequestError,
+    InvalidScopeError,
+    OAuth2Error,
+    UnauthorizedClientError,
+)
+from authlib.oauth2.rfc6749.util import scope_to_list
+from authlib.oauth2.rfc8628 import DeviceAuthorizationEndpoint
+from authlib.oauth2.rfc8628 import DeviceCodeGrant as _DeviceCodeGrant
+from authlib.oauth2.rfc8628.errors import (
+    AuthorizationPendingError,
+    ExpiredTokenError,
+    SlowDownError,
+)
+from flask import Flask, current_app
+
+from sso.crypto import hash_secret, new_secret
+from sso.oidc.grants import CLIENT_AUTH_METHODS, OpenIDCode
+from sso.storage import Store, guard
+
+if TYPE_CHECKING:
+    from sso.oidc.server import KeycardServer, Provider
+
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+DEVICE_CODE_TTL = 600  # seconds; RFC 8628 §3.2 expires_in
+POLL_INTERVAL = 5  # seconds; RFC 8628 §3.2 default interval
+SLOW_DOWN_STEP = 5  # RFC 8628 §3.5: "the interval MUST be increased by 5 seconds"
+GONE_TTL = 3600  # how long after expiry a device code still says expired_token
+USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"  # RFC 8628 §6.1: no vowels, no look-alikes
+USER_CODE_LENGTH = 8  # 20^8 ≈ 2^34.6 codes; with GUESS_LIMIT tries a guess is hopeless
+GUESS_LIMIT = 5  # wrong codes per window, per IP and per signed-in person (§5.1)
+GUESS_WINDOW = 600
+
+# KEYS device, user-code index, gone; ARGV ttl, gone_ttl, device_hash, field, value, ...
+_CREATE = """
+if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', tonumber(ARGV[1])) then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+redis.call('SET', KEYS[3], 'expired', 'EX', tonumber(ARGV[2]))
+return 1
+"""
+
+# KEYS device, gone; ARGV client_id, step → {status, ...}. Server time (TIME) so that
+# instances with skewed clocks agree on the interval.
+_POLL = """
+local rec = redis.call('HMGET', KEYS[1], 'st', 'c', 'iv', 'lp', 'exp', 'u', 'at')
+local st = rec[1]
+if not st then
+  local gone = redis.call('GET', KEYS[2])
+  if gone then return {gone} end
+  return {'unknown'}
+end
+if rec[2] ~= ARGV[1] then return {'unknown'} end
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if tonumber(rec[5]) * 1000 <= now_ms then return {'expired'} end
+if st == 'approved' then
+  redis.call('HSET', KEYS[1], 'st', 'used')
+  redis.call('SET', KEYS[2], 'used', 'KEEPTTL')
+  return {'approved', rec[6], rec[7]}
+end
+if st ~= 'pending' then return {st} end
+local iv = tonumber(rec[3])
+local last = tonumber(rec[4] or '0')
+redis.call('HSET', KEYS[1], 'lp', tostring(now_ms))
+if last > 0 and now_ms - last < iv * 1000 then
+  iv = iv + tonumber(ARGV[2])
+  redis.call('HSET', KEYS[1], 'iv', tostring(iv))
+  return {'slow_down', tostring(iv)}
+end
+return {'pending'}
+"""
+
+# KEYS device, user-code index; ARGV status, user_id, auth_time → 1 decided now, 0 not pending
+_DECIDE = """
+if redis.call('HGET', KEYS[1], 'st') ~= 'pending' then return 0 end
+redis.call('HSET', KEYS[1], 'st', ARGV[1], 'u', ARGV[2], 'at', ARGV[3])
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+
+# -- user codes (pure) ----------------------------------------------------------------------
+
+
+def new_user_code() -> str:
+    """``XXXX-XXXX`` from the RFC 8628 §6.1 alphabet, drawn with :mod:`secrets`."""
+    chars = "".join(secrets.choice(USER_CODE_ALPHABET) for _ in range(USER_CODE_LENGTH))
+    return f"{chars[:4]}-{chars[4:]}"
+
+
+def normalise_user_code(text: str | None) -> str | None:
+    """What a person typed, as stored: ``" bcdf-ghjk "`` → ``"BCDFGHJK"``; None if malformed.
+
+    §6.1: case and punctuation are not significant, so people need not copy them.
+    """
+    if not text:
+        return None
+    cleaned = "".join(c for c in text.upper() if c not in "- \t")
+    if len(cleaned) != USER_CODE_LENGTH or any(c not in USER_CODE_ALPHABET for c in cleaned):
+        return None
+    return cleaned
+
+
+def format_user_code(normalised: str) -> str:
+    return f"{normalised[:4]}-{normalised[4:]}"
+
+
+# -- storage --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PendingDevice:
+    """A device request waiting for a person's decision, as the verification page sees it."""
+
+    user_code: str  # normalised
+    client_id: str
+    scope: str
+
+
+class DeviceRecords:
+    """Device requests, user-code index, tombstones and wrong-guess counters in Redis."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.p = store.keys.prefix
+        self._create = store.redis.register_script(_CREATE)
+        self._poll = store.redis.register_script(_POLL)
+        self._decide = store.redis.register_script(_DECIDE)
+
+    def key(self, device_code: str) -> str:  # TTL = expires_in
+        return f"{self.p}device:{hash_secret(device_code)}"
+
+    def _device(self, device_hash: str) -> str:
+        return f"{self.p}device:{device_hash}"
+
+    def _index(self, user_code: str) -> str:  # TTL = expires_in; user codes are secrets too
+        return f"{self.p}device-code:{hash_secret(user_code)}"
+
+    def _gone(self, device_hash: str) -> str:  # TTL = expires_in + GONE_TTL
+        return f"{self.p}device-gone:{device_hash}"
+
+    def _tries(self, kind: str, who: str) -> str:  # TTL = GUESS_WINDOW from the first miss
+        return f"{self.p}device-tries:{kind}:{who}"
+
+    @guard
+    def create(self, device_code: str, user_code: str, client_id: str, scope: str, *,
+               expires_in: int = DEVICE_CODE_TTL, interval: int = POLL_INTERVAL) -> bool:
+        """False when the user code is already live (the caller draws another)."""
+        device_hash = hash_secret(device_code)
+        fields = {"c": client_id, "s": scope, "uc": user_code, "iv": str(interval), "lp": "0",
+                  "st": "pending", "exp": str(int(time.time()) + expires_in)}
+        flat = [item for pair in fields.items() for item in pair]
+        keys = [self._device(device_hash), self._index(user_code), self._gone(device_hash)]
+        return bool(self._create(keys=keys,
+                                 args=[expires_in, expires_in + GONE_TTL, device_hash, *flat]))
+
+    @guard
+    def key_for_user_code(self, user_code: str) -> str | None:
+        """The record a live user code points at (operators and tests expire it by hand)."""
+        code = normalise_user_code(user_code)
+        device_hash = self.store.redis.get(self._index(code)) if code else None
+        return self._device(device_hash) if device_hash else None
+
+    @guard
+    def peek(self, device_code: str) -> dict[str, str] | None:
+        data: dict[str, str] = self.store.redis.hgetall(self.key(device_code))
+        return data or None
+
+    @guard
+    def poll(self, device_code: str, client_id: str) -> tuple[str, list[str]]:
+        """One token-endpoint poll: (status, extra). Status is one of ``unknown``,
+        ``expired``, ``used``, ``denied``, ``pending``, ``slow_down`` (extra: new interval)
+        or ``approved`` (extra: user id, auth time; the code is now used)."""
+        device_hash = hash_secret(device_code)
+        answer = self._poll(keys=[self._device(device_hash), self._gone(device_hash)],
+                            args=[client_id, SLOW_DOWN_STEP])
+        return str(answer[0]), [str(v) for v in answer[1:]]
+
+    @guard
+    def pending(self, user_code: str) -> PendingDevice | None:
+        """The request a (normalised) user code names, if it still awaits a decision."""
+        device_hash = self.store.redis.get(self._index(user_code))
+        if not device_hash:
+            return None
+        data = self.store.redis.hgetall(self._device(device_hash))
+        if not data or data.get("st") != "pending" or int(data.get("exp", 0)) <= time.time():
+            return None
+        return PendingDevice(user_code, data["c"], data.get("s", ""))
+
+    @guard
+    def decide(self, user_code: str, *, approved: bool, user_id: str, auth_time: int) -> bool:
+        """Record the person's answer once; False if the code was decided or gone meanwhile."""
+        device_hash = self.store.redis.get(self._index(user_code))
+        if not device_hash:
+            return False
+        status = "approved" if approved else "denied"
+        return bool(self._decide(keys=[self._device(device_hash), self._index(user_code)],
+                                 args=[status, user_id, str(auth_time)]))
+
+    # -- brute force (RFC 8628 §5.1) --------------------------------------------------------
+    # flask-limiter is not a dependency, and what we limit is *wrong* codes (not requests),
+    # per IP and per person across instances: a Redis INCR + EXPIRE NX counter does exactly
+    # that in one round trip.
+
+    @guard
+    def blocked_for(self, ip: str, user_id: str) -> int:
+        """Seconds until another try is allowed (0: allowed now)."""
+        keys = [self._tries("ip", ip), self._tries("user", user_id)]
+        pipe = self.store.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+            pipe.ttl(key)
+        values = pipe.execute()
+        waits = [max(1, int(values[i + 1])) for i in (0, 2)
+                 if values[i] is not None and int(values[i]) >= GUESS_LIMIT]
+        return max(waits, default=0)
+
+    @guard
+    def count_wrong(self, ip: str, user_id: str) -> None:
+        pipe = self.store.redis.pipeline(transaction=True)
+        for key in (self._tries("ip", ip), self._tries("user", user_id)):
+            pipe.incr(key)
+            pipe.expire(key, GUESS_WINDOW, nx=True)
+        pipe.execute()
+
+
+def device_records(app: Flask | None = None) -> DeviceRecords:
+    found: DeviceRecords = (app or current_app).extensions["keycard.device"]
+    return found
+
+
+# -- Authlib's endpoint and grant -----------------------------------------------------------
+
+
+class DeviceAuthorization(DeviceAuthorizationEndpoint):  # type: ignore[misc]
+    """``/device_authorization`` (RFC 8628 §3.1–3.2)."""
+
+    CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
+    EXPIRES_IN = DEVICE_CODE_TTL
+    INTERVAL = POLL_INTERVAL
+
+    def __init__(self, server: KeycardServer, records: DeviceRecords) -> None:
+        super().__init__(server)
+        self.records = records
+
+    def create_endpoint_response(self, request: Any) -> tuple[int, dict[str, Any], Any]:
+        """Authlib's, plus what it leaves out: the client must be registered for this
+        grant, the scope must be the client's, and a user code is never handed out twice
+        while live (Authlib would overwrite whatever its storage hook does)."""
+        client = self.authenticate_client(request)
+        if not client.check_grant_type(DEVICE_CODE_GRANT):
+            raise UnauthorizedClientError("This client may not use the device grant.")
+        scope = request.payload.scope or ""
+        self.server.validate_requested_scope(scope)
+        requested = scope_to_list(scope) or []
+        if not set(requested) <= set(client.scopes):
+            raise InvalidScopeError(
+                f"This client may only ask for: {' '.join(client.scopes) or 'nothing'}.")
+        scope = " ".join(dict.fromkeys(requested))
+        for _ in range(5):
+            device_code, user_code = self.generate_device_code(), self.generate_user_code()
+            if self.records.create(device_code, normalise_user_code(user_code) or "",
+                                   client.get_client_id(), scope, expires_in=self.EXPIRES_IN,
+                                   interval=self.INTERVAL):
+                break
+        else:  # five live collisions in a row: 2.5e10 codes, so something else is wrong
+            raise TemporarilyUnavailableError("Could not allocate a user code; try again.")
+        verification_uri = self.get_verification_uri()
+        data = {
+            "device_code": device_code,
+            "user_code": user_code,
+            "verification_uri": verification_uri,
+            "verification_uri_complete": add_params_to_uri(verification_uri,
+                                                           [("user_code", user_code)]),
+            "expires_in": self.EXPIRES_IN,
+            "interval": self.INTERVAL,
+        }
+        return 200, data, default_json_headers
+
+    def generate_device_code(self) -> str:
+        return new_secret(32)  # 256 bits (RFC 8628 §5.2 needs it unguessable)
+
+    def generate_user_code(self) -> str:
+        return new_user_code()
+
+    def get_verification_uri(self) -> str:
+        return f"{self.server.provider.issuer}/device"
+
+
+class TemporarilyUnavailableError(OAuth2Error):  # type: ignore[misc]
+    """RFC 6749 §4.1.2.1's ``temporarily_unavailable``, as a JSON answer."""
+
+    error = "temporarily_unavailable"
+    status_code = 503
+
+
+@dataclass
+class DeviceSignIn:
+    """What the OpenID extension reads from "the authorization code": here, the approval."""
+
+    auth_time: int
+
+    def get_nonce(self) -> None:
+        return None
+
+    def get_auth_time(self) -> int:
+        return self.auth_time
+
+    def get_acr(self) -> None:
+        return None
+
+    def get_amr(self) -> list[str]:
+        return ["github"]
+
+
+class DeviceCredential:
+    """A device request as Authlib's ``DeviceCredentialMixin`` sees it."""
+
+    def __init__(self, client_id: str, scope: str) -> None:
+        self.client_id = client_id
+        self.scope = scope
+
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def is_expired(self) -> bool:
+        return False  # checked atomically by the poll
+
+
+class DeviceCodeGrant(_DeviceCodeGrant):  # type: ignore[misc]
+    """Token-endpoint polling (RFC 8628 §3.4–3.5).
+
+    Authlib's ``validate_token_request`` reads the credential, then the user's decision,
+    then the polling rate in separate storage calls and never invalidates the code; ours
+    does all of it in one atomic poll, so of two polls after approval exactly one gets
+    tokens and the other ``invalid_grant``.
+    """
+
+    TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH_METHODS
+
+    def validate_token_request(self) -> None:
+        device_code = self.request.payload.data.get("device_code")
+        if not device_code:
+            raise InvalidRequestError("Missing 'device_code'.")
+        client = self.authenticate_token_endpoint_client()
+        if not client.check_grant_type(self.GRANT_TYPE):
+            raise UnauthorizedClientError("This client may not use the device grant.")
+        records = device_records()
+        record = records.peek(device_code)
+        status, extra = records.poll(device_code, client.get_client_id())
+        if status == "pending":
+            raise AuthorizationPendingError()
+        if status == "slow_down":
+            raise SlowDownError(f"Polling too fast: wait {extra[0]} seconds between polls.")
+        if status == "expired":
+            raise ExpiredTokenError("The device code expired; start again.")
+        if status == "denied":
+            raise AccessDeniedError("The request was denied.")
+        if status == "used":
+            raise InvalidGrantError("This device code was already used.")
+        if status != "approved" or record is None:
+            raise InvalidGrantError("Unknown device code.")
+        p: Provider = self.server.provider
+        auth_time = int(extra[1])
+        subject = p.subject(extra[0], auth_time=auth_time, sid="", client=client)
+        if subject is None:  # deprovisioned, or lost the client's required roles since
+            raise AccessDeniedError("Your access to this application has ended.")
+        subject.grant_id = p.records.new_grant_id()
+        self.request.user = subject
+        self.request.client = client
+        self.request.credential = DeviceCredential(record["c"], record.get("s", ""))
+        self.request.authorization_code = DeviceSignIn(auth_time)
+
+
+def register_device_flow(server: KeycardServer, provider: Provider, app: Flask) -> None:
+    """Wire the endpoint, the grant (with ID tokens) and the storage the page shares."""
+    records = DeviceRecords(provider.records.store)
+    app.extensions["keycard.device"] = records
+    server.register_endpoint(DeviceAuthorization(server, records))
+    server.register_grant(DeviceCodeGrant, [OpenIDCode(provider.issuer)])
