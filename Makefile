@@ -18,3 +18,8 @@ lint: $(STAMP)
 
 test: lint
 	$(VENV)/bin/pytest
+
+# Load test against gunicorn + Redis (+ oidc-provider); see docs/benchmarks.md.
+# BENCH_ARGS='--smoke' or e.g. '--workers 4 --worker-class gevent'.
+bench: $(STAMP)
+	$(VENV)/bin/python -m bench $(BENCH_ARGS)

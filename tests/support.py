@@ -39,6 +39,8 @@ class LiveServer:
 
     def __init__(self, app: Any = None, port: int = 0) -> None:
         self.server: BaseWSGIServer = make_server("127.0.0.1", port, app, threaded=True)
+        self.server.daemon_threads = True  # type: ignore[attr-defined]
+        self.server.block_on_close = False  # type: ignore[attr-defined]
         self.port = self.server.server_port
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -50,7 +52,11 @@ class LiveServer:
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
+        # Never let a teardown hang the suite: ask the loop to stop, wait a bounded time,
+        # then close the socket whatever state the loop is in (handler threads are daemons).
+        stopper = threading.Thread(target=self.server.shutdown, daemon=True)
+        stopper.start()
+        stopper.join(timeout=5)
         self.server.server_close()
 
 

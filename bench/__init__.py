@@ -1,0 +1,1 @@
+"""Keycard's benchmark: ``make bench`` or ``.venv/bin/python -m bench`` (see docs/benchmarks.md)."""

@@ -1,0 +1,133 @@
+"""What the bench measures besides the load generator: server CPU from /proc, Redis stats."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
+    return raw[raw.rindex(")") + 2:].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, in seconds (0 when it is gone)."""
+    fields = _stat(pid)
+    if fields is None:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (gunicorn's workers), from /proc."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields is not None and int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return sorted(found)
+
+
+@dataclass
+class CpuSnapshot:
+    per_pid: dict[int, float]
+
+    @property
+    def total(self) -> float:
+        return sum(self.per_pid.values())
+
+
+def process_tree_cpu(root: int) -> CpuSnapshot:
+    """CPU of a server: the root (gunicorn's master, or node) and all its children."""
+    pids = [root, *children(root)]
+    return CpuSnapshot({pid: cpu_seconds(pid) for pid in pids})
+
+
+def cpu_delta(before: CpuSnapshot, after: CpuSnapshot) -> tuple[float, list[int]]:
+    """Seconds spent between two snapshots, and pids seen only once (a worker restarted:
+    its CPU is partly lost, which the report flags)."""
+    changed = sorted(set(before.per_pid) ^ set(after.per_pid))
+    spent = sum(after.per_pid[p] - before.per_pid.get(p, 0.0) for p in after.per_pid)
+    return spent, changed
+
+
+def command_calls(client: redis.Redis) -> dict[str, int]:
+    """``INFO commandstats`` as {command: calls}; our own INFO calls are left out."""
+    stats = client.info("commandstats")
+    calls = {}
+    for name, value in stats.items():
+        command = name.removeprefix("cmdstat_")
+        if command != "info":
+            calls[command] = int(value["calls"])
+    return calls
+
+
+def command_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    delta = {k: after[k] - before.get(k, 0) for k in after}
+    return {k: v for k, v in sorted(delta.items(), key=lambda kv: -kv[1]) if v}
+
+
+@dataclass
+class Snapshot:
+    cpu: CpuSnapshot
+    calls: dict[str, int]
+
+
+def snapshot(root: int, client: redis.Redis | None) -> Snapshot:
+    return Snapshot(process_tree_cpu(root), command_calls(client) if client else {})
+
+
+def diff(before: Snapshot, after: Snapshot) -> dict[str, Any]:
+    spent, changed = cpu_delta(before.cpu, after.cpu)
+    commands = command_delta(before.calls, after.calls)
+    return {"cpu_seconds": spent, "pids_changed": changed, "redis_commands": commands,
+            "redis_total": sum(commands.values())}
+
+
+def used_memory(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def session_memory(sessions: Any, client: redis.Redis, prefix: str, count: int) -> dict[str, Any]:
+    """Redis memory per active session: ``count`` sessions written exactly as Keycard writes
+    them (``SessionStore.save``), copied from a real signed-in session's dict and profile."""
+    import json
+
+    from sso.sessions import ServerSession
+
+    template = None
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        if client.type(key) in (b"hash", "hash") and client.hexists(key, "p"):
+            template = client.hgetall(key)
+            break
+    if template is None:
+        raise RuntimeError("no signed-in session to copy: run the sign-in operation first")
+    field = {(k.decode() if isinstance(k, bytes) else k): v for k, v in template.items()}
+    data, profile = json.loads(field["d"]), json.loads(field["p"])
+    agent = (field.get("ua") or b"").decode() if isinstance(field.get("ua"), bytes) else str(
+        field.get("ua") or "")
+    before = used_memory(client)
+    sid = ""
+    for i in range(count):
+        session = ServerSession(dict(data))
+        session.set_profile(str(90_000_000 + i // 2), profile)  # two sessions per person
+        sid = sessions.save(session, ip="127.0.0.1", user_agent=agent) or sid
+    after = used_memory(client)
+    sample = client.memory_usage(sessions.key(sid), samples=0)
+    index = client.memory_usage(sessions.store.keys.user_sessions(str(90_000_000 + (count - 1)
+                                                                      // 2)), samples=0)
+    return {"sessions": count, "used_memory_delta": after - before,
+            "bytes_per_session": (after - before) / count, "memory_usage_session_key": sample,
+            "memory_usage_user_index": index, "fields": sorted(field)}
