@@ -100,6 +100,10 @@ def callback() -> Response:
     session.set_profile(profile.user_id, profile.as_dict())
     session["auth_time"] = int(time.time())
     login_user(User(profile), fresh=True)
+    # Flask-Login's "_id" (a 128-character IP/UA digest) only serves session_protection,
+    # which is off: server-side sessions bind the browser already. Dropping it keeps a
+    # session record under a kilobyte.
+    session.pop("_id", None)
     svc.audit.record("signin.success", actor=profile.login, subject=profile.login,
                      user_id=profile.user_id, roles=profile.roles, **_client())
     return redirect(safe_next(pending.next_url))

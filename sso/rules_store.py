@@ -8,6 +8,7 @@ optimistic transactions (WATCH/MULTI), so two admins editing at once never lose 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -83,13 +84,24 @@ class Change:
 class RuleStore:
     """The rule set: read whole, changed atomically."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, cache_seconds: float = 2.0) -> None:
         self.store = store
         self.key = f"{store.keys.prefix}rules"
+        # Every sign-in, refresh and code exchange evaluates the rules; a two-second
+        # per-process cache saves that Redis read on the hot paths. Rules apply at the next
+        # re-check anyway, so two seconds of staleness in another process is invisible.
+        self.cache_seconds = cache_seconds
+        self._cached: tuple[float, list[Rule]] | None = None
 
     @guard
     def all(self) -> list[Rule]:
-        return _decode(self.store.redis.get(self.key))
+        now = time.monotonic()
+        cached = self._cached
+        if cached is not None and cached[0] > now:
+            return list(cached[1])
+        rules = _decode(self.store.redis.get(self.key))
+        self._cached = (now + self.cache_seconds, rules)
+        return list(rules)
 
     def _mutate(self, change: Callable[[list[Rule]], list[Rule]]) -> tuple[list[Rule], list[Rule]]:
         """Apply ``change`` under WATCH; retried when another writer got in first."""
@@ -102,6 +114,7 @@ class RuleStore:
                     pipe.multi()
                     pipe.set(self.key, _encode(after))
                     pipe.execute()
+                    self._cached = None
                     return before, after
                 except redis.WatchError:
                     continue

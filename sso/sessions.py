@@ -5,11 +5,14 @@ Redis is a dump of live bearer cookies, and it has neither an absolute lifetime
 nor a per-user index for "sign out everywhere". Here the cookie holds a random
 id; Redis holds only its SHA-256.
 
-A session is one Redis hash: ``d`` (the Flask session dict: Flask-Login's user
-id, CSRF token, auth time), ``u`` (user id), ``p`` (the profile snapshot the
-pages and tokens read, so a request costs one round trip), ``c``/``a``
-(created, absolute expiry), ``ip``/``ua`` for the admin listing. Reading it
-slides the idle TTL in the same round trip (a Lua script); writing an existing
+A session is one Redis string of seven fields joined by the ASCII unit separator
+(``\x1f``, which JSON always escapes): absolute expiry, created, user id, IP,
+user agent, the Flask session dict as JSON (Flask-Login's user id, CSRF token,
+auth time) and the profile snapshot as JSON (what pages and tokens read, so a
+request costs one round trip). A string, not a hash: Redis stores hashes with
+values over 64 bytes as full hash tables, which cost half a kilobyte more per
+session. Reading it slides the idle TTL in the same round trip (a Lua script
+that reads the absolute expiry from the front of the value); writing an existing
 session only succeeds while it still exists, so a session ended by an admin or
 by logout can never be resurrected by a request already in flight.
 """
@@ -29,24 +32,40 @@ from werkzeug.datastructures import CallbackDict
 from sso.crypto import hash_secret, new_secret
 from sso.storage import StorageUnavailable, Store, guard
 
-# KEYS[1] session; ARGV now, idle. Returns the hash (flat list) or {} when gone/expired.
+SEP = "\x1f"
+ABS, CREATED, USER, IP, UA, DATA, PROFILE = range(7)
+
+# KEYS[1] session; ARGV now, idle. Returns the value, or false when gone/expired.
 _READ = """
-local v = redis.call('HGETALL', KEYS[1])
-if #v == 0 then return v end
-local abs = 0
-for i = 1, #v, 2 do if v[i] == 'a' then abs = tonumber(v[i + 1]) end end
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+local abs = tonumber(string.sub(v, 1, string.find(v, '\\31', 1, true) - 1))
 local ttl = math.min(tonumber(ARGV[2]), abs - tonumber(ARGV[1]))
-if ttl <= 0 then redis.call('DEL', KEYS[1]); return {} end
+if ttl <= 0 then redis.call('DEL', KEYS[1]); return false end
 redis.call('EXPIRE', KEYS[1], ttl)
 return v
 """
 
-# KEYS[1] session; ARGV field, value, ... Updates only a session that still exists.
+# KEYS[1] session; ARGV position (0-based), value, ... Updates only a live session.
 _UPDATE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local parts, start = {}, 1
+while true do
+  local i = string.find(v, '\\31', start, true)
+  if not i then table.insert(parts, string.sub(v, start)); break end
+  table.insert(parts, string.sub(v, start, i - 1))
+  start = i + 1
+end
+for i = 1, #ARGV, 2 do parts[tonumber(ARGV[i]) + 1] = ARGV[i + 1] end
+redis.call('SET', KEYS[1], table.concat(parts, '\\31'), 'KEEPTTL')
 return 1
 """
+
+
+def _clean(text: str, limit: int) -> str:
+    """Header values go into the record: no separators or control characters."""
+    return "".join(c for c in text[:limit] if c >= " " and c != "\x7f")
 
 
 class ServerSession(CallbackDict[str, Any], SessionMixin):
@@ -129,11 +148,9 @@ class SessionStore:
         return self.store.keys.session(hash_secret(sid))
 
     @guard
-    def load(self, sid: str) -> dict[str, str] | None:
-        flat = self._read(keys=[self.key(sid)], args=[int(time.time()), self.idle])
-        if not flat:
-            return None
-        return dict(zip(flat[::2], flat[1::2], strict=True))
+    def load(self, sid: str) -> list[str] | None:
+        value = self._read(keys=[self.key(sid)], args=[int(time.time()), self.idle])
+        return value.split(SEP) if value else None
 
     @guard
     def save(self, session: ServerSession, *, ip: str, user_agent: str) -> str | None:
@@ -146,20 +163,18 @@ class SessionStore:
         if session.ended:
             pipe.execute()
             return None
-        fields: dict[str, str] = {"d": json.dumps(dict(session), separators=(",", ":"))}
-        if session.profile is not None and session.profile_dirty:
-            fields["p"] = json.dumps(session.profile, separators=(",", ":"))
+        data = json.dumps(dict(session), separators=(",", ":"))
+        profile = json.dumps(session.profile, separators=(",", ":")) if (
+            session.profile is not None) else ""
         new_sid: str | None = None
         now = int(time.time())
         if session.sid is None:
             new_sid = session.sid = new_secret()
             session.created, session.absolute = now, now + self.absolute
-            fields.update(c=str(now), a=str(session.absolute), ip=ip[:64], ua=user_agent[:200])
-            if session.user_id:
-                fields["u"] = session.user_id
+            fields = [str(session.absolute), str(now), session.user_id or "", _clean(ip, 45),
+                      _clean(user_agent, 120), data, profile]
             key = self.key(new_sid)
-            pipe.hset(key, mapping=fields)
-            pipe.expire(key, min(self.idle, self.absolute))
+            pipe.set(key, SEP.join(fields), ex=min(self.idle, self.absolute))
             if session.user_id:
                 index = keys.user_sessions(session.user_id)
                 pipe.sadd(index, hash_secret(new_sid))
@@ -167,8 +182,10 @@ class SessionStore:
             pipe.execute()
         else:
             pipe.execute()
-            flat = [item for pair in fields.items() for item in pair]
-            self._update(keys=[self.key(session.sid)], args=flat)
+            changes: list[str | int] = [DATA, data]
+            if session.profile_dirty:
+                changes += [PROFILE, profile]
+            self._update(keys=[self.key(session.sid)], args=changes)
         session.profile_dirty = False
         return new_sid
 
@@ -196,7 +213,7 @@ class SessionStore:
         """Push a re-read profile (new groups/roles) into every live session of the user."""
         data = json.dumps(profile, separators=(",", ":"))
         for sid_hash in self.store.redis.smembers(self.store.keys.user_sessions(user_id)):
-            self._update(keys=[self.store.keys.session(sid_hash)], args=["p", data])
+            self._update(keys=[self.store.keys.session(sid_hash)], args=[PROFILE, data])
 
     @guard
     def list_for_user(self, user_id: str) -> list[SessionInfo]:
@@ -216,17 +233,16 @@ class SessionStore:
         hashes = list(hashes)
         pipe = self.store.redis.pipeline(transaction=False)
         for sid_hash in hashes:
-            pipe.hmget(self.store.keys.session(sid_hash), "u", "c", "a", "ip", "ua", "p")
+            pipe.get(self.store.keys.session(sid_hash))
         out, gone = [], []
-        for sid_hash, row in zip(hashes, pipe.execute(), strict=True):
-            if row[0] is None:
+        for sid_hash, value in zip(hashes, pipe.execute(), strict=True):
+            if value is None:
                 gone.append(sid_hash)
                 continue
-            login = json.loads(row[5]).get("login", "") if row[5] else ""
-            out.append(
-                SessionInfo(sid_hash, row[0], int(row[1]), int(row[2]), row[3] or "",
-                            row[4] or "", login)
-            )
+            row = value.split(SEP)
+            login = json.loads(row[PROFILE]).get("login", "") if row[PROFILE] else ""
+            out.append(SessionInfo(sid_hash, row[USER], int(row[CREATED]), int(row[ABS]),
+                                   row[IP], row[UA], login))
         if gone and prune_index:
             self.store.redis.srem(prune_index, *gone)
         return out
@@ -255,12 +271,12 @@ class RedisSessionInterface(SessionInterface):
             session = ServerSession()
             session.stale_cookie = True  # ended or expired: drop the cookie at save
             return session
-        session = ServerSession(json.loads(record.get("d", "{}")), sid=sid)
-        session.user_id = record.get("u")
-        session.created = int(record.get("c", 0))
-        session.absolute = int(record.get("a", 0))
-        if record.get("p"):
-            session.profile = json.loads(record["p"])
+        session = ServerSession(json.loads(record[DATA] or "{}"), sid=sid)
+        session.user_id = record[USER] or None
+        session.created = int(record[CREATED])
+        session.absolute = int(record[ABS])
+        if record[PROFILE]:
+            session.profile = json.loads(record[PROFILE])
         return session
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:

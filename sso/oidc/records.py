@@ -52,6 +52,12 @@ end
 return 1
 """
 
+# KEYS revoked-jti, grant (or the same key twice) → 1 when the access token is alive
+_ALIVE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+return redis.call('EXISTS', KEYS[2])
+"""
+
 # KEYS rt → {1, record} claimed now; {2, record} already rotated (reuse); {0} unknown
 _CLAIM_REFRESH = """
 local v = redis.call('GET', KEYS[1])
@@ -94,6 +100,7 @@ class Records:
         self._consume_code = redis.register_script(_CONSUME_CODE)
         self._create_grant = redis.register_script(_CREATE_GRANT)
         self._claim_refresh = redis.register_script(_CLAIM_REFRESH)
+        self._alive = redis.register_script(_ALIVE)
 
     # -- keys -------------------------------------------------------------------------
 
@@ -231,14 +238,16 @@ class Records:
 
     @guard
     def access_token_alive(self, jti: str) -> bool:
-        """One round trip: not revoked by jti, and its grant (if any) still exists."""
+        """One round trip: not revoked by jti, and its grant (if any) still exists.
+
+        A script rather than a pipeline: the pipeline object's set-up cost more CPU than
+        the round trip on the introspection hot path (bench profile).
+        """
         grant_id = jti.split(".", 1)[0] if "." in jti else ""
-        pipe = self.store.redis.pipeline(transaction=False)
-        pipe.exists(self._revoked(jti))
-        if grant_id:
-            pipe.exists(self._grant(grant_id))
-        results = pipe.execute()
-        return not results[0] and (not grant_id or bool(results[1]))
+        revoked = self._revoked(jti)
+        if not grant_id:
+            return not self.store.redis.exists(revoked)
+        return bool(self._alive(keys=[revoked, self._grant(grant_id)]))
 
     @guard
     def revoke_access_token(self, jti: str, expires_at: int) -> None:
