@@ -386,7 +386,7 @@ class ClientRegistry:
             with self.store.redis.pipeline() as pipe:
                 while True:
                     try:
-                        pipe.watch(key)  # type: ignore[no-untyped-call]
+                        pipe.watch(key)
                         raw = pipe.get(key)
                         if raw is None:
                             raise ClientError(f"no client {client_id!r}")

@@ -220,7 +220,7 @@ class Introspection(_HintTolerant, IntrospectionEndpoint):  # type: ignore[misc]
                     "scope": token.refresh.get("s", ""), "iss": self.provider.issuer,
                     "exp": grant.expires_at if grant else None}
         claims = token.claims
-        payload = {key: claims[key] for key in (
+        payload: dict[str, Any] = {key: claims[key] for key in (
             "scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "auth_time",
             "roles", "groups", "preferred_username") if key in claims}
         payload.update(active=True, token_type="Bearer")

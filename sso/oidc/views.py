@@ -16,9 +16,9 @@ from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749.errors import OAuth2Error
 from flask import (
     Blueprint,
-    Response,
     current_app,
     jsonify,
+    make_response,
     redirect,
     render_template,
     request,
@@ -26,6 +26,7 @@ from flask import (
     url_for,
 )
 from flask_login import current_user
+from werkzeug.wrappers import Response
 
 from sso.crypto import hash_secret
 from sso.oidc.server import KeycardServer, Provider
@@ -145,7 +146,7 @@ def _relogin(params: dict[str, str], *, force: bool) -> Response:
     if prompts:
         again["prompt"] = " ".join(prompts)
     next_url = url_for("oidc.authorize") + "?" + urlencode(again)
-    extra = {"prompt": "login"} if force else {}
+    extra: dict[str, Any] = {"prompt": "login"} if force else {}
     if params.get("login_hint"):
         extra["login_hint"] = params["login_hint"]
     target = url_for("auth.login", next=next_url, **extra)
@@ -224,7 +225,7 @@ def _issue(grant: Any, subject: Subject, status: int) -> Response:
 
 def _consent_page(client: Any, scopes: set[str], params: dict[str, str]) -> Response:
     words = [SCOPE_WORDS[s] for s in SUPPORTED_SCOPES if s in scopes]
-    return Response(render_template("oidc/consent.html", client=client, scopes=words,
+    return make_response(render_template("oidc/consent.html", client=client, scopes=words,
                                     params=params))
 
 
@@ -367,10 +368,10 @@ def end_session() -> Response:
         return _page(400, "Sign-out request not valid", error.description or error.error)
     if validated.id_token_claims is None and request.method == "GET":
         # Without id_token_hint a GET could be forged from any site: ask first.
-        return Response(render_template("oidc/logout_confirm.html", params=request.args))
+        return make_response(render_template("oidc/logout_confirm.html", params=request.args))
     if validated.id_token_claims is None and not _csrf_ok():
         return _page(403, "This form has expired", "Reload the page and try again.")
-    response = server().create_endpoint_response("end_session", validated)
+    response: Response | None = server().create_endpoint_response("end_session", validated)
     if response is None:
         return redirect(url_for("auth.signed_out"), code=303)
     if request.method == "POST":

@@ -35,6 +35,7 @@ from sso.upstream.base import (
 API_VERSION = "2022-11-28"
 SCOPES = "read:org user:email"
 MAX_PAGES = 50  # 5 000 teams at per_page=100: far beyond any real user, bounds a looping Link
+PARENT_CACHE_SECONDS = 300  # team hierarchy changes rarely; membership itself is never cached
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ class GitHubConnector:
         self._adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
         self._http = requests.Session()
         self._mount(self._http)
+        # "org/slug" -> (expires, parent "org/slug" or None): the ancestors GitHub does not
+        # list, learned once per few minutes per process instead of at every sign-in.
+        self._parents: dict[str, tuple[float, str | None]] = {}
 
     def _mount(self, session: requests.Session) -> None:
         session.mount("https://", self._adapter)
@@ -178,12 +182,22 @@ class GitHubConnector:
                 seen.add(parent_key)
                 teams.add(parent_key)
                 if parent_key not in parents:
-                    org, slug = parent_key.split("/", 1)
-                    data = api.get(f"/orgs/{quote(org)}/teams/{quote(slug)}", missing_ok=True)
-                    grand = (data or {}).get("parent")
-                    parents[parent_key] = f"{org}/{grand['slug']}" if grand else None
+                    parents[parent_key] = self._parent_of(api, parent_key)
                 parent_key = parents[parent_key]
         return teams
+
+    def _parent_of(self, api: _Api, team: str) -> str | None:
+        cached = self._parents.get(team)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        org, slug = team.split("/", 1)
+        data = api.get(f"/orgs/{quote(org)}/teams/{quote(slug)}", missing_ok=True)
+        grand = (data or {}).get("parent")
+        parent = f"{org}/{grand['slug']}" if grand else None
+        if len(self._parents) > 10_000:
+            self._parents.clear()
+        self._parents[team] = (time.monotonic() + PARENT_CACHE_SECONDS, parent)
+        return parent
 
 
 def _valid_login(login: str) -> bool:
