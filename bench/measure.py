@@ -105,19 +105,21 @@ def session_memory(sessions: Any, client: redis.Redis, prefix: str, count: int) 
     them (``SessionStore.save``), copied from a real signed-in session's dict and profile."""
     import json
 
-    from sso.sessions import ServerSession
+    from sso.sessions import DATA, PROFILE, SEP, UA, ServerSession
 
     template = None
-    for key in client.scan_iter(match=f"{prefix}*", count=1000):
-        if client.type(key) in (b"hash", "hash") and client.hexists(key, "p"):
-            template = client.hgetall(key)
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):  # prefix: "<p>sess:"
+        if client.type(key) not in (b"string", "string"):
+            continue
+        raw = client.get(key)
+        value = raw.decode() if isinstance(raw, bytes) else str(raw)
+        parts = value.split(SEP)
+        if len(parts) == 7 and parts[PROFILE]:
+            template = parts
             break
     if template is None:
         raise RuntimeError("no signed-in session to copy: run the sign-in operation first")
-    field = {(k.decode() if isinstance(k, bytes) else k): v for k, v in template.items()}
-    data, profile = json.loads(field["d"]), json.loads(field["p"])
-    agent = (field.get("ua") or b"").decode() if isinstance(field.get("ua"), bytes) else str(
-        field.get("ua") or "")
+    data, profile, agent = json.loads(template[DATA]), json.loads(template[PROFILE]), template[UA]
     before = used_memory(client)
     sid = ""
     for i in range(count):
@@ -130,4 +132,4 @@ def session_memory(sessions: Any, client: redis.Redis, prefix: str, count: int) 
                                                                       // 2)), samples=0)
     return {"sessions": count, "used_memory_delta": after - before,
             "bytes_per_session": (after - before) / count, "memory_usage_session_key": sample,
-            "memory_usage_user_index": index, "fields": sorted(field)}
+            "memory_usage_user_index": index, "value_bytes": len(SEP.join(template))}

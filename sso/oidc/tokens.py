@@ -9,7 +9,10 @@ Refresh tokens are opaque random strings, stored hashed.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -140,6 +143,36 @@ class TokenIssuer(JWTBearerTokenGenerator):  # type: ignore[misc]
         key = self.keys.signing_key(alg)
         header = {"alg": alg, "typ": "at+jwt", "kid": key.kid}
         return jwt.encode(header, claims, key, algorithms=[alg])
+
+
+class VerifiedTokens:
+    """Claims of access tokens whose signature we already checked, per process.
+
+    Resource servers introspect, call userinfo and pass forward auth with the same token
+    again and again; a verified signature never changes, so it is checked once. Only good
+    signatures are remembered, expiry is re-checked at every use, and liveness (revocation)
+    is always asked of Redis by the caller.
+    """
+
+    def __init__(self, size: int = 8192) -> None:
+        self.size = size
+        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def verify(self, token: str, keys: Callable[[], KeySet], typ: str) -> dict[str, Any]:
+        with self._lock:
+            claims = self._items.get(token)
+            if claims is not None:
+                self._items.move_to_end(token)
+        if claims is None:
+            claims = verify_jwt(token, keys(), typ=typ)
+            with self._lock:
+                self._items[token] = claims
+                if len(self._items) > self.size:
+                    self._items.popitem(last=False)
+        elif claims["exp"] < time.time():
+            raise InvalidToken("expired")
+        return claims
 
 
 class InvalidToken(Exception):
