@@ -6,7 +6,6 @@ and is never retrievable afterwards: only its hash is stored.
 
 from __future__ import annotations
 
-import getpass
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +13,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from sso.cli.common import emit, json_option
+from sso.cli.common import actor, emit, json_option
 from sso.oidc.clients import ID_TOKEN_ALGS, Client, ClientError, ClientRegistry
 from sso.services import services
 
@@ -28,13 +27,6 @@ def registry() -> ClientRegistry:
     if found is None:
         raise click.ClickException("the client registry is not set up in this app")
     return found  # type: ignore[no-any-return]
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
 
 
 def _client_or_exit(client_id: str) -> Client:
@@ -119,7 +111,7 @@ def clients_create(name: str, public: bool, trusted: bool, require_pkce: bool, a
     except ClientError as exc:
         raise click.ClickException(str(exc)) from exc
     services().audit.record(
-        "client.created", actor=_actor(), subject=client.client_id, name=client.name,
+        "client.created", actor=actor(), subject=client.client_id, name=client.name,
         public=client.public, redirect_uris=client.redirect_uris,
         grant_types=client.grant_types, scopes=client.scopes,
         required_roles=client.required_roles, trusted=client.trusted,
@@ -202,7 +194,7 @@ def clients_update(client_id: str, add_redirect_uri: tuple[str, ...],
         client = registry().update(client_id, **changes)
     except ClientError as exc:
         raise click.ClickException(f"{exc}; nothing was changed") from exc
-    services().audit.record("client.updated", actor=_actor(), subject=client_id,
+    services().audit.record("client.updated", actor=actor(), subject=client_id,
                             changes=sorted(changes),
                             before={k: before.to_dict()[k] for k in changes},
                             after={k: client.to_dict()[k] for k in changes})
@@ -217,7 +209,7 @@ def clients_delete(client_id: str, as_json: bool) -> None:
     client = _client_or_exit(client_id)
     if not registry().delete(client_id):
         raise click.ClickException(f"no client {client_id!r}")
-    services().audit.record("client.deleted", actor=_actor(), subject=client_id,
+    services().audit.record("client.deleted", actor=actor(), subject=client_id,
                             name=client.name)
     emit({"deleted": client_id, "name": client.name}, as_json,
          lambda: click.echo(f"Deleted client {client.name!r} ({client_id})."))
@@ -232,7 +224,7 @@ def clients_rotate_secret(client_id: str, as_json: bool) -> None:
         secret = registry().rotate_secret(client_id)
     except ClientError as exc:
         raise click.ClickException(str(exc)) from exc
-    services().audit.record("client.secret_rotated", actor=_actor(), subject=client_id)
+    services().audit.record("client.secret_rotated", actor=actor(), subject=client_id)
 
     def text() -> None:
         click.echo(f"New secret for {client_id}: {secret}")

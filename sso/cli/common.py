@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,14 @@ def emit(data: Any, as_json: bool, text: Callable[[], None]) -> None:
     else:
         text()
 
+
+
+def actor() -> str:
+    """Who ran the command, for the audit trail."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
 
 
 def profile_or_exit(login: str) -> Profile:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import time
 from typing import Any
 
@@ -10,7 +9,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from sso.cli.common import emit, json_option
+from sso.cli.common import actor, emit, json_option
 from sso.oidc.keys import KeyRing
 from sso.services import services
 
@@ -21,13 +20,6 @@ def keyring() -> KeyRing:
     if found is None:
         raise click.ClickException("the signing keys are not set up in this app")
     return found  # type: ignore[no-any-return]
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
 
 
 def _when(epoch: float | None) -> str:
@@ -67,7 +59,7 @@ def keys_list(as_json: bool) -> None:
 def keys_rotate(grace: int, publish_delay: int, as_json: bool) -> None:
     ring = keyring()
     kids = ring.rotate(grace_seconds=grace, publish_delay=publish_delay)
-    services().audit.record("keys.rotated", actor=_actor(), new_kids=kids, grace=grace,
+    services().audit.record("keys.rotated", actor=actor(), new_kids=kids, grace=grace,
                             publish_delay=publish_delay)
     rows = ring.list()
 

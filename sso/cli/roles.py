@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import getpass
 from pathlib import Path
 from typing import Any
 
 import click
 from flask.cli import with_appcontext
 
-from sso.cli.common import emit, json_option, profile_or_exit
+from sso.cli.common import actor, emit, json_option, profile_or_exit
 from sso.roles import Rule, explain
 from sso.rules_store import (
     RuleError,
@@ -20,13 +19,6 @@ from sso.rules_store import (
     rule_to_dict,
 )
 from sso.services import services
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
 
 
 def _target(args: tuple[str, ...], user: str | None) -> tuple[str, str, str, tuple[str, ...]]:
@@ -48,7 +40,7 @@ def _target(args: tuple[str, ...], user: str | None) -> tuple[str, str, str, tup
 
 def _record(before: list[Rule], after: list[Rule], **details: Any) -> None:
     services().audit.record(
-        "rules.changed", actor=_actor(),
+        "rules.changed", actor=actor(),
         before=[rule_to_dict(r) for r in before], after=[rule_to_dict(r) for r in after],
         **details,
     )
@@ -205,6 +197,6 @@ def roles_explain(login: str, as_json: bool) -> None:
 @json_option
 @with_appcontext
 def roles_apply(as_json: bool) -> None:
-    changed = services().accounts.apply_rules_now(actor=_actor())
+    changed = services().accounts.apply_rules_now(actor=actor())
     emit({"changed": changed}, as_json,
          lambda: click.echo(f"Roles recomputed; {changed} signed-in people changed."))
