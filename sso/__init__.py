@@ -67,9 +67,13 @@ def create_app(
     )
     logging.getLogger("keycard").setLevel(logging.INFO)
 
+    prefix = settings.redis_prefix
+    if "+cluster" in settings.redis_url.split("://", 1)[0] and "{" not in prefix:
+        # Scripts and transactions touch several keys: in a cluster they must share a slot.
+        prefix = "{" + prefix.rstrip(":") + "}:"
     store = Store(
         connect(settings.redis_url),
-        settings.redis_prefix,
+        prefix,
         TTL(
             login_state=settings.login_state_seconds,
             session_idle=settings.session_idle_seconds,

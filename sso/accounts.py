@@ -22,10 +22,12 @@ from sso.roles import Rule, evaluate
 from sso.sessions import SessionStore
 from sso.storage import Store, guard
 from sso.upstream.base import (
+    AccessDenied,
     BadCredentials,
     Connector,
     Identity,
     NotAMember,
+    SamlSsoRequired,
     UpstreamError,
     UpstreamToken,
 )
@@ -193,7 +195,10 @@ class Accounts:
         try:
             identity = self.connector.refresh(token)
             self.admit(identity)
-        except (NotAMember, BadCredentials) as exc:
+        except (NotAMember, BadCredentials, SamlSsoRequired, AccessDenied) as exc:
+            # Lost membership, a revoked token, SAML enforcement or an org that now blocks
+            # Keycard: we can no longer vouch for the person, so access ends until they sign
+            # in again (outages and rate limits, below, keep the session).
             self.end_access(user_id, reason=exc.audit_reason, actor=actor, login=current.login)
             return None
         except UpstreamError as exc:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
@@ -165,6 +165,8 @@ def find_session(short_id: str) -> SessionInfo | None:
 
 def end_session(info: SessionInfo, *, actor: str) -> bool:
     ended = services().sessions.end_by_hash(info.user_id, info.sid_hash)
+    # The refresh tokens born in that session end with it (a stolen laptop's apps too).
+    current_app.extensions["keycard.records"].revoke_session_grants(info.sid_hash)
     if ended:
         services().audit.record("session.ended", actor=actor, subject=info.login,
                                 session=info.sid_hash[:16], user_id=info.user_id)

@@ -36,6 +36,11 @@ def fail(status: int, code: str, message: str) -> NoReturn:
     abort(error_response(status, code, message, code=code))
 
 
+def admin_resource() -> str:
+    """The RFC 8707 resource identifier of this API (the audience its tokens must carry)."""
+    return f"{services().settings.issuer}/api/admin"
+
+
 def admin_principal() -> str:
     """The login of the admin making this call, or a 401/403 JSON error.
 
@@ -49,6 +54,13 @@ def admin_principal() -> str:
         claims = provider.token_claims(header[7:].strip())
         if claims is None:
             fail(401, "invalid_token", "The bearer token is invalid, expired or revoked.")
+        audience = claims.get("aud")
+        audiences = [audience] if isinstance(audience, str) else list(audience or [])
+        if admin_resource() not in audiences:
+            # A token an admin obtained for some app must not administer Keycard: only tokens
+            # requested for this API (resource=ISSUER/api/admin, RFC 8707) are accepted.
+            fail(401, "invalid_token", "The bearer token was not issued for the admin API; "
+                 f"request it with resource={admin_resource()}.")
         if "admin" not in (claims.get("roles") or []):
             fail(403, "insufficient_scope", "The admin API needs a token with the admin role.")
         return str(claims.get("preferred_username") or claims["sub"])

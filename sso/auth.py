@@ -7,6 +7,7 @@ import time
 from flask import (
     Blueprint,
     after_this_request,
+    current_app,
     make_response,
     redirect,
     render_template,
@@ -17,6 +18,7 @@ from flask import (
 from flask_login import current_user, login_required, login_user
 from werkzeug.wrappers import Response
 
+from sso.crypto import hash_secret
 from sso.services import services
 from sso.sessions import ServerSession
 from sso.signin import SignInRefused
@@ -95,6 +97,12 @@ def callback() -> Response:
 
     # A fresh id at every sign-in: a cookie planted earlier is never the signed-in one.
     assert isinstance(session, ServerSession)
+    if session.sid:
+        old = hash_secret(session.sid)
+        if session.user_id == profile.user_id:
+            session.carry_grants_from = old
+        else:  # another person's session in this browser ends, and its tokens with it
+            current_app.extensions["keycard.records"].revoke_session_grants(old)
     session.clear()
     session.regenerate()
     session.set_profile(profile.user_id, profile.as_dict())

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from flask import Blueprint, Response, current_app, jsonify, redirect, request, url_for
 from flask_login import current_user
@@ -70,7 +70,9 @@ def _identity_from_token(token: str) -> dict[str, Any] | None:
         return None
     sub = str(claims.get("sub", ""))
     verified = claims.get("email_verified") is True
+    audience = claims.get("aud")
     return {
+        "aud": [audience] if isinstance(audience, str) else list(audience or []),
         "sub": sub,
         # A client-credentials token has no person: its subject ("client:<id>") names it.
         "preferred_username": str(claims.get("preferred_username") or sub),
@@ -78,6 +80,11 @@ def _identity_from_token(token: str) -> dict[str, Any] | None:
         "groups": [str(g) for g in claims.get("groups", []) or []],
         "roles": [str(r) for r in claims.get("roles", []) or []],
     }
+
+
+def _addressed_to_this_app(identity: dict[str, Any]) -> bool:
+    host = _requested_host()
+    return any(urlsplit(str(aud)).hostname == host for aud in identity.get("aud", []))
 
 
 def _requested_host() -> str:
@@ -146,6 +153,10 @@ def _sign_in_redirect() -> BaseResponse | None:
 def verify() -> BaseResponse:
     token = _bearer()
     identity = _identity_from_token(token) if token else _identity_from_session()
+    if token and identity is not None and not _addressed_to_this_app(identity):
+        # A token issued to app A must not open app B: bearer tokens are accepted only when
+        # their audience names this host (request them with resource=https://HOST, RFC 8707).
+        identity = None
     if identity is None:
         if not token:
             sign_in = _sign_in_redirect()

@@ -87,6 +87,7 @@ class ServerSession(CallbackDict[str, Any], SessionMixin):
         self.retired_sid: str | None = None  # the id replaced by regenerate(), deleted at save
         self.stale_cookie = False  # the browser sent an id that no longer exists
         self.unavailable: StorageUnavailable | None = None  # Redis failed while loading
+        self.carry_grants_from: str | None = None  # old id's hash: its tokens follow the user
 
     def regenerate(self) -> None:
         """Give this browser a brand-new id (no fixation); the old record goes at save."""
@@ -179,6 +180,14 @@ class SessionStore:
                 index = keys.user_sessions(session.user_id)
                 pipe.sadd(index, hash_secret(new_sid))
                 pipe.expire(index, self.absolute)
+            if session.carry_grants_from:
+                # Re-sign-in of the same person: the tokens born in the old session now
+                # belong to this one, so signing out here still ends them.
+                old, new = (keys.session_grants(session.carry_grants_from),
+                            keys.session_grants(hash_secret(new_sid)))
+                pipe.sunionstore(new, [new, old])
+                pipe.expire(new, self.absolute)
+                session.carry_grants_from = None
             pipe.execute()
         else:
             pipe.execute()

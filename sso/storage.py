@@ -61,6 +61,9 @@ class Keys:
     def session(self, sid_hash: str) -> str:  # TTL.session_idle, sliding, capped by absolute
         return f"{self.prefix}sess:{sid_hash}"
 
+    def session_grants(self, sid_hash: str) -> str:  # set of grant keys; TTL only grows
+        return f"{self.prefix}sessgrants:{sid_hash}"
+
     def user_sessions(self, user_id: str) -> str:  # set of session hashes; TTL = absolute
         return f"{self.prefix}user:{user_id}:sessions"
 

@@ -151,6 +151,7 @@ def obtain_tokens(
     *,
     scope: str = "openid profile email groups roles offline_access",
     redirect_uri: str = RP_CALLBACK,
+    resource: str | None = None,
 ) -> dict[str, Any]:
     """Code flow + PKCE with Authlib's client, for a browser (``http``) already signed in."""
     from authlib.common.security import generate_token
@@ -161,7 +162,9 @@ def obtain_tokens(
                        code_challenge_method="S256",
                        token_endpoint_auth_method="client_secret_basic" if secret else "none")
     verifier = generate_token(48)
-    url, _ = rp.create_authorization_url(meta["authorization_endpoint"], code_verifier=verifier)
+    extra = {"resource": resource} if resource else {}
+    url, _ = rp.create_authorization_url(meta["authorization_endpoint"], code_verifier=verifier,
+                                         **extra)
     response = http.get(url, allow_redirects=False)
     assert response.status_code == 302, response.text[:500]
     token: dict[str, Any] = rp.fetch_token(meta["token_endpoint"],

@@ -202,13 +202,20 @@ def test_bearer_access_token_with_admin_role_is_accepted_without_csrf(keycard):
     from tests.support import obtain_tokens, sign_in
 
     registry = keycard.app.extensions["keycard.clients"]
+    api = f"{keycard.url}/api/admin"
     client, secret = registry.create(name="Admin tool", redirect_uris=["http://127.0.0.1:9/cb"],
-                                     trusted=True)
+                                     trusted=True, audiences=[api])
     alice, bob = requests.Session(), requests.Session()
     sign_in(alice, keycard.url, "alice")
     sign_in(bob, keycard.url, "bob")
-    admin_token = obtain_tokens(alice, keycard.url, client.client_id, secret)["access_token"]
-    user_token = obtain_tokens(bob, keycard.url, client.client_id, secret)["access_token"]
+    admin_token = obtain_tokens(alice, keycard.url, client.client_id, secret,
+                                resource=api)["access_token"]
+    user_token = obtain_tokens(bob, keycard.url, client.client_id, secret,
+                               resource=api)["access_token"]
+    # An admin's token obtained for some other app (not addressed to this API) is refused.
+    app_token = obtain_tokens(alice, keycard.url, client.client_id, secret)["access_token"]
+    assert requests.get(api + "/rules", headers={
+        "Authorization": f"Bearer {app_token}"}).status_code == 401
 
     created = requests.post(keycard.url + "/api/admin/rules",
                             json={"target": "acme/sre", "roles": ["oncall"]},

@@ -174,9 +174,21 @@ def test_any_of_the_allowed_roles_is_enough(keycard, http):
 @pytest.fixture
 def bob_tokens(keycard, http) -> Iterator[tuple[Any, str, dict[str, Any]]]:
     registry = keycard.app.extensions["keycard.clients"]
-    client, secret = registry.create(name="CLI", redirect_uris=[RP_CALLBACK], trusted=True)
+    client, secret = registry.create(name="CLI", redirect_uris=[RP_CALLBACK], trusted=True,
+                                     audiences=[f"https://{APP_HOST}"])
     sign_in(http, keycard.url, "bob")
-    yield client, secret, obtain_tokens(http, keycard.url, client.client_id, secret)
+    yield client, secret, obtain_tokens(http, keycard.url, client.client_id, secret,
+                                        resource=f"https://{APP_HOST}")
+
+
+def test_bearer_token_issued_for_another_app_is_refused(keycard, http):
+    """A token app A received (its audience is A) must not open app B."""
+    registry = keycard.app.extensions["keycard.clients"]
+    client, secret = registry.create(name="App A", redirect_uris=[RP_CALLBACK], trusted=True)
+    sign_in(http, keycard.url, "bob")
+    token = obtain_tokens(http, keycard.url, client.client_id, secret)["access_token"]
+    response = verify(requests.Session(), keycard, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
 
 
 def test_bearer_access_token_answers_200(keycard, bob_tokens):

@@ -81,6 +81,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
             "cc": data.get("code_challenge"),
             "ccm": data.get("code_challenge_method"),
             "g": provider(self).records.new_grant_id(),
+            "res": request.payload.datalist.get("resource", []),  # checked at /authorize
         })
 
     def query_authorization_code(self, code: str, client: Any) -> AuthorizationCode | None:
@@ -101,12 +102,23 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
 
     def authenticate_user(self, authorization_code: AuthorizationCode) -> Subject | None:
         data = authorization_code.data
+        store = provider(self).records.store
+        if data["sid"] and not store.redis.exists(store.keys.session(data["sid"])):
+            return None  # signed out (or deprovisioned) since the code was issued
         subject = provider(self).subject(data["u"], auth_time=int(data["at"]), sid=data["sid"],
                                          client=self.request.client)
         if subject is None:
             return None
         subject.grant_id = data["g"]
+        _address_tokens_to(data.get("res") or [])
         return subject
+
+
+def _address_tokens_to(resources: list[str]) -> None:
+    """RFC 8707: the access tokens of this grant name its resources as their audience."""
+    from flask import g
+
+    g.token_audience = list(resources)
 
 
 class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
@@ -142,6 +154,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
         if subject is None:
             raise InvalidGrantError("Your access has ended; sign in again.")
         subject.grant_id = grant.grant_id
+        _address_tokens_to(refresh_token.resources)
         return subject
 
     def revoke_old_credential(self, refresh_token: RefreshRecord) -> None:
@@ -156,6 +169,7 @@ class RefreshRecord:
         self.grant_id = str(record["g"])
         self.client_id = str(record["c"])
         self.scope = str(record["s"])
+        self.resources = list(record.get("a") or [])
 
     def check_client(self, client: Any) -> bool:
         # RFC 9700 §4.14: refresh tokens are bound to the client they were issued to.

@@ -43,11 +43,14 @@ _CREATE_GRANT = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-redis.call('SADD', KEYS[3], KEYS[1])
-redis.call('EXPIRE', KEYS[3], tonumber(ARGV[1]))
-if KEYS[4] ~= '' then
-  redis.call('SADD', KEYS[4], KEYS[1])
-  redis.call('EXPIRE', KEYS[4], tonumber(ARGV[1]))
+-- An index must outlive every grant it lists: its TTL only ever grows.
+for i = 3, 4 do
+  if KEYS[i] ~= '' then
+    redis.call('SADD', KEYS[i], KEYS[1])
+    if redis.call('TTL', KEYS[i]) < tonumber(ARGV[1]) then
+      redis.call('EXPIRE', KEYS[i], tonumber(ARGV[1]))
+    end
+  end
 end
 return 1
 """
@@ -126,7 +129,7 @@ class Records:
         return f"{self.p}user:{user_id}:grants"
 
     def _session_grants(self, sid_hash: str) -> str:
-        return f"{self.p}sessgrants:{sid_hash}"
+        return self.store.keys.session_grants(sid_hash)
 
     def _consent(self, user_id: str) -> str:
         return f"{self.p}user:{user_id}:consents"
@@ -214,8 +217,10 @@ class Records:
 
     @guard
     def save_refresh_token(self, token: str, grant_id: str, client_id: str, scope: str,
-                           ttl: int) -> None:
-        record = {"g": grant_id, "c": client_id, "s": scope, "r": 0}
+                           ttl: int, resources: list[str] | None = None) -> None:
+        record: dict[str, Any] = {"g": grant_id, "c": client_id, "s": scope, "r": 0}
+        if resources:
+            record["a"] = resources
         self.store.redis.set(self._rt(token), json.dumps(record), ex=max(1, ttl))
 
     @guard

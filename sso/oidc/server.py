@@ -119,9 +119,12 @@ class KeycardServer(AuthorizationServer):  # type: ignore[misc]
             records.create_grant(grant)
         refresh = token.get("refresh_token")
         if refresh and "offline_access" in scopes and client.check_grant_type("refresh_token"):
+            from flask import g
+
             records.save_refresh_token(refresh, user.grant_id, client.get_client_id(),
                                        str(token.get("scope", "")),
-                                       int(getattr(client, "refresh_idle_ttl", 14 * 86400)))
+                                       int(getattr(client, "refresh_idle_ttl", 14 * 86400)),
+                                       g.get("token_audience") or None)
         else:
             token.pop("refresh_token", None)
 

@@ -154,23 +154,31 @@ class VerifiedTokens:
     is always asked of Redis by the caller.
     """
 
-    def __init__(self, size: int = 8192) -> None:
+    def __init__(self, size: int = 8192, max_age: float = 60.0) -> None:
         self.size = size
-        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # Bounded life: a key retired early (compromise, ``sso keys rotate --grace 0``) stops
+        # validating remembered tokens within a minute.
+        self.max_age = max_age
+        self._items: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def verify(self, token: str, keys: Callable[[], KeySet], typ: str) -> dict[str, Any]:
+        now = time.monotonic()
         with self._lock:
-            claims = self._items.get(token)
-            if claims is not None:
+            entry = self._items.get(token)
+            if entry is not None and entry[0] > now:
                 self._items.move_to_end(token)
-        if claims is None:
+            else:
+                entry = None
+        if entry is None:
             claims = verify_jwt(token, keys(), typ=typ)
             with self._lock:
-                self._items[token] = claims
+                self._items[token] = (now + self.max_age, claims)
                 if len(self._items) > self.size:
                     self._items.popitem(last=False)
-        elif claims["exp"] < time.time():
+            return claims
+        claims = entry[1]
+        if claims["exp"] < time.time():
             raise InvalidToken("expired")
         return claims
 

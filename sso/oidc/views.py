@@ -181,10 +181,14 @@ def authorize() -> Response:
     except OAuth2Error as error:
         return _redirect_error(redirect_uri, error.error, error.description or "", state, status)
 
+    resources = values.getlist("resource")
+    if any(r not in (client.audiences or []) for r in resources):
+        return _redirect_error(redirect_uri, "invalid_target", "A requested resource is not "
+                               "registered for this application.", state, status)
     prompts = set(values.get("prompt", "").split())
     max_age = values.get("max_age")
     if subject is not None and max_age is not None:
-        if not max_age.isdigit():
+        if not (max_age.isascii() and max_age.isdigit()):
             return _redirect_error(redirect_uri, "invalid_request", "max_age must be a number.",
                                    state, status)
         if time.time() - subject.auth_time > int(max_age):
@@ -203,8 +207,11 @@ def authorize() -> Response:
                               f"{', '.join(client.required_roles)}. Ask an administrator if "
                               "you need it.", code="access_denied")
     scopes = set(grant.request.scope.split())
+    # An untrusted app asking for no scope still learns who the person is (sub, roles in
+    # the access token): that too needs consent.
     needs_consent = not client.trusted and (
         "consent" in prompts
+        or not scopes
         or not scopes <= p.records.consented_scopes(subject.profile.user_id, client.client_id)
     )
     if needs_consent:
@@ -366,6 +373,13 @@ def end_session() -> Response:
         validated = server().validate_endpoint_request("end_session")
     except OAuth2Error as error:
         return _page(400, "Sign-out request not valid", error.description or error.error)
+    hint = validated.id_token_claims
+    sid = session.sid if isinstance(session, ServerSession) else None
+    own = bool(hint) and bool(sid) and hint.get("sid") == hash_secret(str(sid))[:22]
+    if hint is not None and not own and request.method == "GET":
+        # Anyone can hold *some* Keycard ID token: only the hint of this very session may
+        # sign the browser out without asking (else <img src=/end-session?...> would).
+        return make_response(render_template("oidc/logout_confirm.html", params=request.args))
     if validated.id_token_claims is None and request.method == "GET":
         # Without id_token_hint a GET could be forged from any site: ask first.
         return make_response(render_template("oidc/logout_confirm.html", params=request.args))

@@ -268,6 +268,9 @@ class _Api:
                 raise UpstreamError("GitHub answered in an unexpected shape.", detail=path)
             yield from page
             url = response.links.get("next", {}).get("url")
+            if url and not url.startswith(self._config.api_url + "/"):
+                # Never send the user's GitHub token to a host a Link header names.
+                raise UpstreamError("GitHub's pagination pointed elsewhere.", detail=str(url))
 
 
 def _json(response: requests.Response) -> Any:

@@ -66,8 +66,9 @@ def test_client_without_the_grant_is_unauthorized_client(keycard):
 
 def test_service_token_opens_forward_auth_with_its_roles(keycard, service):
     client, secret = service
-    token = fetch(keycard, client.client_id, secret, scope="roles")["access_token"]
+    token = fetch(keycard, client.client_id, secret, scope="roles", resource=API)["access_token"]
     answer = requests.get(keycard.url + "/auth/verify?allowed_roles=deployer",
-                          headers={"Authorization": f"Bearer {token}"})
+                          headers={"Authorization": f"Bearer {token}",
+                                   "X-Forwarded-Host": "deploy-api.acme.test"})
     assert answer.status_code == 200
     assert answer.headers["X-Auth-Request-Roles"] == "deployer"
