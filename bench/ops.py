@@ -30,6 +30,7 @@ CHALLENGE = base64.urlsafe_b64encode(hashlib.sha256(VERIFIER.encode()).digest())
     b"=").decode()
 LOGIN = "alice"  # acme member with teams: the richest profile of the demo directory
 COOKIE = "keycard_session"
+FORWARDED_APP = "https://app.bench.test"  # the app forward auth protects in the bench
 FORWARDED = {"X-Forwarded-Proto": "http", "X-Forwarded-Host": "app.bench.test",
              "X-Forwarded-Uri": "/dashboard", "X-Forwarded-Method": "GET"}
 
@@ -283,7 +284,7 @@ def form(**values: str) -> str:
     return urlencode(values).replace("%7Bv%7D", "{v}")
 
 
-def specs(*, rp: Client, service: Client, user_token: str, service_token: str,
+def specs(*, rp: Client, service: Client, user_token: str, service_token: str, app_token: str,
           session_cookie: str) -> dict[str, Callable[[list[str]], dict[str, Any]]]:
     """Keycard's wrk operations; each takes the pool it needs (ignored by static ones)."""
     basic_rp = {"Authorization": rp.basic}
@@ -307,7 +308,7 @@ def specs(*, rp: Client, service: Client, user_token: str, service_token: str,
         "forward_auth_session": lambda _: wrk_spec(
             "GET", "/auth/verify", headers={**FORWARDED, "Cookie": f"{COOKIE}={session_cookie}"}),
         "forward_auth_bearer": lambda _: wrk_spec(
-            "GET", "/auth/verify", headers={**FORWARDED, "Authorization": f"Bearer {user_token}"}),
+            "GET", "/auth/verify", headers={**FORWARDED, "Authorization": f"Bearer {app_token}"}),
     }
 
 

@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         http, tokens, _ = ops.sign_in(kc, bench.upstream.url, bench.rp)
         spec = ops.specs(rp=bench.rp, service=bench.service, user_token=tokens["access_token"],
                          service_token=ops.client_credentials_token(kc, "/token", bench.service),
+                         app_token=ops.client_credentials_token(
+                             kc, "/token", bench.service, resource=ops.FORWARDED_APP),
                          session_cookie=http.cookies.get(ops.COOKIE) or "")
         for op in args.ops:
             s = spec[op]([])

@@ -180,7 +180,8 @@ class Bench:
             grant_types=["authorization_code", "refresh_token"], id_token_alg=self.args.alg)
         svc, svc_secret = registry.create(
             name="Bench service", grant_types=["client_credentials"], scopes=[],
-            roles=["bench"], trusted=True, id_token_alg=self.args.alg)
+            roles=["bench"], trusted=True, id_token_alg=self.args.alg,
+            audiences=[ops.FORWARDED_APP])
         self.rp = ops.Client(rp.client_id, str(rp_secret))
         self.service = ops.Client(svc.client_id, str(svc_secret))
 
@@ -194,8 +195,11 @@ class Bench:
             tokens.append(token)
         user_token = tokens[0]["access_token"]
         service_token = ops.client_credentials_token(kc, "/token", self.service)
+        # Forward auth accepts only bearer tokens addressed to the protected app (RFC 8707).
+        app_token = ops.client_credentials_token(kc, "/token", self.service,
+                                                 resource=ops.FORWARDED_APP)
         spec = ops.specs(rp=self.rp, service=self.service, user_token=user_token,
-                         service_token=service_token,
+                         service_token=service_token, app_token=app_token,
                          session_cookie=browsers[0].cookies.get(ops.COOKIE) or "")
         print("Keycard:", flush=True)
         if self.wanted("signin"):
