@@ -376,15 +376,16 @@ def end_session() -> Response:
     hint = validated.id_token_claims
     sid = session.sid if isinstance(session, ServerSession) else None
     own = bool(hint) and bool(sid) and hint.get("sid") == hash_secret(str(sid))[:22]
-    if hint is not None and not own and request.method == "GET":
-        # Anyone can hold *some* Keycard ID token: only the hint of this very session may
-        # sign the browser out without asking (else <img src=/end-session?...> would).
-        return make_response(render_template("oidc/logout_confirm.html", params=request.args))
-    if validated.id_token_claims is None and request.method == "GET":
-        # Without id_token_hint a GET could be forged from any site: ask first.
-        return make_response(render_template("oidc/logout_confirm.html", params=request.args))
-    if validated.id_token_claims is None and not _csrf_ok():
-        return _page(403, "This form has expired", "Reload the page and try again.")
+    if sid and not own:
+        # A live session the request cannot prove it belongs to (no hint, or someone
+        # else's: anyone can hold *some* Keycard ID token): ask, with a CSRF-protected form,
+        # so <img src=/end-session?...> cannot sign people out. With no session there is
+        # nothing to end, and the RP gets its redirect at once.
+        if request.method == "GET":
+            return make_response(render_template("oidc/logout_confirm.html",
+                                                 params=request.args))
+        if not _csrf_ok():
+            return _page(403, "This form has expired", "Reload the page and try again.")
     response: Response | None = server().create_endpoint_response("end_session", validated)
     if response is None:
         return redirect(url_for("auth.signed_out"), code=303)

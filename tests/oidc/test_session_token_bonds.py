@@ -93,3 +93,27 @@ def test_a_grant_index_never_expires_before_the_grants_it_lists(keycard, rdb, pr
     records.create_grant(Grant("short", "77", "b", "openid", "", now, now + 3600))
     assert rdb.ttl(f"{prefix}user:77:grants") > 80 * 86400
     assert records.revoke_user_grants("77") == 2
+
+
+def test_logout_without_hint_asks_and_needs_the_forms_csrf_token(keycard, http):
+    sign_in(http, keycard.url, "bob")
+    page = http.get(keycard.url + "/end-session")
+    assert page.status_code == 200 and "Sign out of Keycard?" in page.text
+    refused = http.post(keycard.url + "/end-session", data={})
+    assert refused.status_code == 403
+    assert "Bob Builder" in http.get(keycard.url + "/").text
+    confirmed = http.post(keycard.url + "/end-session",
+                          data={"csrf_token": csrf_token(page.text)}, allow_redirects=False)
+    assert confirmed.status_code == 303
+    assert "Sign in with GitHub" in http.get(keycard.url + "/").text
+
+
+def test_rp_logout_after_the_session_already_ended_goes_straight_back(keycard, http,
+                                                                       make_client):
+    rp = make_client(post_logout_redirect_uris=["http://127.0.0.1:9/bye"])
+    tokens = tokens_for(http, rp, "bob")
+    logout(http, keycard)
+    back = http.get(keycard.url + "/end-session", params={
+        "id_token_hint": tokens["id_token"], "post_logout_redirect_uri": "http://127.0.0.1:9/bye",
+        "state": "s"}, allow_redirects=False)
+    assert back.status_code == 302 and back.headers["Location"] == "http://127.0.0.1:9/bye?state=s"
