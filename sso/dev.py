@@ -113,6 +113,8 @@ def run_dev(*, port: int | None = None, upstream_port: int = 5001, demo_port: in
         click.echo(f"Started a private Redis for this run at {redis_url}")
 
     upstream_url = f"http://127.0.0.1:{upstream_port}"
+    if port is not None and not os.environ.get("SSO_ISSUER"):
+        os.environ["SSO_ISSUER"] = f"http://127.0.0.1:{port}"  # --port moves the issuer too
     env = dev_environment(upstream_url, redis_url)
     issuer = env["SSO_ISSUER"]
     keycard_port = port or urlsplit(issuer).port or 5000
