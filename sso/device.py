@@ -116,17 +116,23 @@ def _checked_client(pending: PendingDevice) -> tuple[Any, Response | None]:
     return client, _refuse_if_no_access(pending, client)
 
 
+def _vetted() -> tuple[PendingDevice, Any] | Response:
+    """Both POSTs start alike: signed in, a live code within the try limits, an app the
+    person may use. Returns the request and its client, or the page to answer instead."""
+    vetted = _vetted()
+    if not isinstance(vetted, tuple):
+        return vetted
+    pending, client = vetted
+    return pending, client
+
+
 @bp.post("/device")
 def confirm() -> Response:
     """After a valid code: which app asks for what, and Approve / Deny."""
-    if not current_user.is_authenticated:
-        return _to_login(_typed_code())
-    pending, answer = _checked_request()
-    if pending is None:
-        return answer or _entry_page(_typed_code())
-    client, answer = _checked_client(pending)
-    if answer is not None:
-        return answer
+    vetted = _vetted()
+    if not isinstance(vetted, tuple):
+        return vetted
+    pending, client = vetted
     scopes = set(pending.scope.split())
     words = [SCOPE_WORDS[s] for s in SUPPORTED_SCOPES if s in scopes]
     return make_response(render_template("device/confirm.html", client=client, scopes=words,
@@ -136,14 +142,10 @@ def confirm() -> Response:
 @bp.post("/device/decision")
 def decision() -> Response:
     """Approve or deny (CSRF-protected like every form); answers 303 (SECURITY 6)."""
-    if not current_user.is_authenticated:
-        return _to_login(_typed_code())
-    pending, answer = _checked_request()
-    if pending is None:
-        return answer or _entry_page(_typed_code())
-    client, answer = _checked_client(pending)
-    if answer is not None:
-        return answer
+    vetted = _vetted()
+    if not isinstance(vetted, tuple):
+        return vetted
+    pending, client = vetted
     profile = current_user.profile
     approved = request.form.get("decision") == "approve"
     if not device_records().decide(pending.user_code, approved=approved,
