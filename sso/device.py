@@ -119,10 +119,14 @@ def _checked_client(pending: PendingDevice) -> tuple[Any, Response | None]:
 def _vetted() -> tuple[PendingDevice, Any] | Response:
     """Both POSTs start alike: signed in, a live code within the try limits, an app the
     person may use. Returns the request and its client, or the page to answer instead."""
-    vetted = _vetted()
-    if not isinstance(vetted, tuple):
-        return vetted
-    pending, client = vetted
+    if not current_user.is_authenticated:
+        return _to_login(_typed_code())
+    pending, answer = _checked_request()
+    if pending is None:
+        return answer or _entry_page(_typed_code())
+    client, answer = _checked_client(pending)
+    if answer is not None:
+        return answer
     return pending, client
 
 
