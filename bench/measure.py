@@ -50,8 +50,11 @@ class CpuSnapshot:
 
 
 def process_tree_cpu(root: int) -> CpuSnapshot:
-    """CPU of a server: the root (gunicorn's master, or node) and all its children."""
-    pids = [root, *children(root)]
+    """CPU of a server: the root (gunicorn's or granian's main process, or node) and all its
+    descendants (workers, and whatever they spawn)."""
+    pids = [root]
+    for pid in pids:  # grows while iterating: breadth-first over the tree
+        pids.extend(children(pid))
     return CpuSnapshot({pid: cpu_seconds(pid) for pid in pids})
 
 

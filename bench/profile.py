@@ -1,4 +1,4 @@
-"""``python -m bench.profile OP [OP...]``: py-spy on Keycard's gunicorn workers while wrk
+"""``python -m bench.profile OP [OP...]``: py-spy on Keycard's worker processes while wrk
 drives one operation; prints the functions with the most samples (self and inclusive).
 Needs py-spy (``.venv/bin/pip install py-spy``) and ptrace rights (root, or
 kernel.yama.ptrace_scope=0)."""

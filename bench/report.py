@@ -10,6 +10,15 @@ from typing import Any
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
+def server_label(config: dict[str, Any]) -> str:
+    """How Keycard was served, in words (results from before ``--server`` were gunicorn)."""
+    if config.get("server", "gunicorn") == "granian":
+        return (f"granian (WSGI), {config['workers']} workers × {config['threads']} "
+                "blocking threads")
+    return (f"gunicorn, {config['workers']} workers × `{config['worker_class']}`, "
+            f"{config['threads']} threads")
+
+
 def _num(value: float | None, digits: int = 0) -> str:
     if value is None:
         return "–"
@@ -81,8 +90,7 @@ def render(result: dict[str, Any]) -> str:
         f"{machine['redis']}, node {machine['node']}, wrk {machine['wrk']}, "
         f"oidc-provider {machine['peer_version']}.",
         "",
-        f"Keycard: gunicorn, {config['workers']} workers, worker class "
-        f"`{config['worker_class']}`, {config['threads']} threads; load: wrk "
+        f"Keycard: {server_label(config)}; load: wrk "
         f"{config['wrk_threads']} threads × {config['connections']} connections, "
         f"{config['duration']:g} s per operation; sign-in: {config['signin_procs']} driver "
         "processes.",
@@ -161,8 +169,7 @@ def chart(result: dict[str, Any], path: Path) -> None:
     axes[0].set_yticks(range(len(rows)), labels)
     axes[0].legend(loc="upper right")
     machine, config = result["machine"], result["config"]
-    fig.suptitle(f"Keycard, gunicorn {config['workers']}×{config['worker_class']}"
-                 f"({config['threads']} threads) on {machine['nproc']} CPUs, {result['when']}",
+    fig.suptitle(f"Keycard, {server_label(config)}, on {machine['nproc']} CPUs, {result['when']}",
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -1,6 +1,6 @@
-"""``python -m bench``: start Redis, the development upstream, Keycard under gunicorn (and
-the oidc-provider peer), drive each operation from separate processes and report what it
-cost the server. ``--smoke`` does a few hundred requests per operation and checks errors."""
+"""``python -m bench``: start Redis, the development upstream, Keycard under granian or
+gunicorn (and the oidc-provider peer), drive each operation from separate processes and
+report what it cost the server. ``--smoke`` does a few hundred requests per operation and checks errors."""
 
 from __future__ import annotations
 
@@ -45,9 +45,13 @@ EXIT_ERRORS, EXIT_SETUP, EXIT_NO_WRK = 1, 2, 3
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
-    p.add_argument("--worker-class", choices=("sync", "gthread", "gevent"), default="gthread")
-    p.add_argument("--threads", type=int, default=8, help="threads per gthread worker")
+    p.add_argument("--server", choices=("granian", "gunicorn"), default="granian",
+                   help="WSGI server for Keycard (default granian; gunicorn as SPEC deploys it)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--worker-class", choices=("sync", "gthread", "gevent"), default="gthread",
+                   help="gunicorn's worker class (gunicorn only)")
+    p.add_argument("--threads", type=int, default=8,
+                   help="Python threads per worker (gunicorn gthread, granian blocking threads)")
     p.add_argument("--alg", choices=("ES256", "RS256"), default="ES256",
                    help="signing algorithm of the bench clients (ES256: a client setting that "
                         "makes signing ~7x cheaper than RS256)")
@@ -159,14 +163,14 @@ class Bench:
 
     def start(self) -> None:
         a = self.args
-        print(f"Starting Redis, the development upstream and Keycard (gunicorn {a.workers} × "
-              f"{a.worker_class}, {a.threads} threads); logs in {self.workdir}", flush=True)
+        print(f"Starting Redis, the development upstream and Keycard "
+              f"({report.server_label(vars(a))}); logs in {self.workdir}", flush=True)
         self.redis = servers.start_redis(self.workdir)
         self.procs.append(self.redis)
         self.upstream = servers.start_upstream(self.workdir)
         self.procs.append(self.upstream)
         self.keycard = servers.start_keycard(
-            self.workdir, self.upstream.url, self.redis.url, workers=a.workers,
+            self.workdir, self.upstream.url, self.redis.url, server=a.server, workers=a.workers,
             worker_class=a.worker_class, threads=a.threads)
         self.procs.append(self.keycard)
         self.rdb = redis.Redis.from_url(self.redis.url)
@@ -276,8 +280,9 @@ def main(argv: list[str] | None = None) -> int:
             "command": " ".join(["python -m bench", *(argv if argv is not None
                                                       else sys.argv[1:])]),
             "machine": machine(),
-            "config": {"workers": args.workers, "worker_class": args.worker_class,
-                       "threads": args.threads, "wrk_threads": args.wrk_threads,
+            "config": {"server": args.server, "workers": args.workers,
+                       "worker_class": args.worker_class, "threads": args.threads,
+                       "wrk_threads": args.wrk_threads,
                        "alg": args.alg,
                        "connections": args.connections, "duration": args.duration,
                        "signin_procs": bench.load.signin_procs, "smoke": args.smoke},

@@ -1,5 +1,6 @@
 """The processes a bench run starts: a private Redis, the development upstream, Keycard
-under gunicorn and (optionally) the oidc-provider peer. All on loopback, all stopped at exit."""
+under granian or gunicorn and (optionally) the oidc-provider peer. All on loopback, all
+stopped at exit."""
 
 from __future__ import annotations
 
@@ -125,12 +126,30 @@ def start_upstream(workdir: Path) -> Proc:
     return proc
 
 
-def start_keycard(workdir: Path, upstream_url: str, redis_url: str, *, workers: int,
-                  worker_class: str, threads: int) -> Proc:
+def _granian(name: str, target: str, port: int, workdir: Path, *, workers: int,
+             threads: int, env: dict[str, str]) -> Proc:
+    """Granian: HTTP parsing and connection handling in Rust, the WSGI app on a pool of
+    ``threads`` Python threads per worker process."""
+    log = workdir / f"{name}.log"
+    cmd = [sys.executable, "-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1",
+           "--port", str(port), "--workers", str(workers), "--blocking-threads", str(threads),
+           "--no-ws", "--log-level", "warning", target]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    return Proc(name, proc, f"http://127.0.0.1:{port}", log)
+
+
+def start_keycard(workdir: Path, upstream_url: str, redis_url: str, *, server: str,
+                  workers: int, worker_class: str, threads: int) -> Proc:
     port = free_port()
     env = keycard_env(f"http://127.0.0.1:{port}", upstream_url, redis_url)
-    proc = _gunicorn("keycard", "bench.wsgi:app", port, workdir, workers=workers,
-                     worker_class=worker_class, threads=threads, env=env)
+    if server == "granian":
+        proc = _granian("keycard", "bench.wsgi:app", port, workdir, workers=workers,
+                        threads=threads, env=env)
+    else:
+        proc = _gunicorn("keycard", "bench.wsgi:app", port, workdir, workers=workers,
+                         worker_class=worker_class, threads=threads, env=env)
     proc.extra = env
 
     def ready() -> bool:
