@@ -1,6 +1,7 @@
 """``python -m bench``: start Redis, the development upstream, Keycard under granian or
 gunicorn (and the oidc-provider peer), drive each operation from separate processes and
-report what it cost the server. ``--smoke`` does a few hundred requests per operation and checks errors."""
+report what it cost the server. ``--smoke`` does a few hundred requests per operation and
+checks errors."""
 
 from __future__ import annotations
 
