@@ -21,7 +21,7 @@ from sso.config import Settings, load_settings
 from sso.crypto import Sealer
 from sso.rules_store import RuleStore
 from sso.services import Services
-from sso.sessions import RedisSessionInterface, SessionStore, raise_if_unavailable
+from sso.sessions import RedisSessionInterface, SessionStore
 from sso.signin import SignInFlow
 from sso.storage import TTL, Store, connect
 from sso.upstream.github import GitHubConfig, GitHubConnector
@@ -121,7 +121,6 @@ def create_app(
         rules=rules,
     )
     app.session_interface = RedisSessionInterface(sessions, cookie_name=_cookie_name(settings))
-    app.before_request(raise_if_unavailable)
 
     web.init_app(app)
     users.init_app(app)

@@ -10,8 +10,9 @@ domains in ``SSO_FORWARD_AUTH_DOMAINS`` (SECURITY: no open redirects).
 
 The verify view is the hot path: a browser session costs the one Redis round trip
 that opening the session already is, a bearer token the one ``token_claims`` makes;
-nothing is written (no audit per check) and nothing is cached per person in the
-process, so a revoked session or token stops working at the next request.
+nothing is written (no audit per check) and no decision is cached in the process,
+so a revoked session or token stops working at the next request. Only the signed
+assertion is reused, for half its life, when the same person asks for the same app.
 """
 
 from __future__ import annotations
@@ -96,10 +97,46 @@ def _requested_host() -> str:
     return host.rsplit(":", 1)[0] if ":" in host else host
 
 
+class AssertionCache:
+    """Signed assertions, reused while more than half their life is left.
+
+    Signing was the largest cost of a check, and a proxy asks about every request a
+    page makes (its scripts, images, API calls) for the same person and app. Only the
+    signature is reused: the session or token behind it is still checked at every
+    request, so revoking either still takes effect at once.
+    """
+
+    LIMIT = 10_000  # entries; cleared whole when full (a dict, no eviction bookkeeping)
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[Any, ...], tuple[str, int]] = {}
+
+    def get(self, key: tuple[Any, ...], now: int) -> str | None:
+        found = self._entries.get(key)
+        if found is not None and found[1] - now > ASSERTION_TTL // 2:
+            return found[0]
+        return None
+
+    def put(self, key: tuple[Any, ...], assertion: str, expires: int) -> None:
+        if len(self._entries) >= self.LIMIT:
+            self._entries.clear()
+        self._entries[key] = (assertion, expires)
+
+
+bp.record_once(lambda state: state.app.extensions.setdefault("keycard.assertions",
+                                                             AssertionCache()))
+
+
 def _assertion(identity: dict[str, Any], audience: str) -> str:
-    keys = current_app.extensions["keycard.keys"]
-    key = keys.signing_key(ASSERTION_ALG)
+    extensions = current_app.extensions
+    key = extensions["keycard.keys"].signing_key(ASSERTION_ALG)
+    cache: AssertionCache = extensions["keycard.assertions"]
     now = int(time.time())
+    cache_key = (key.kid, audience, identity["sub"], identity["preferred_username"],
+                 identity["email"], tuple(identity["groups"]), tuple(identity["roles"]))
+    reused = cache.get(cache_key, now)
+    if reused is not None:
+        return reused
     claims: dict[str, Any] = {
         "iss": services().settings.issuer,
         "sub": identity["sub"],
@@ -114,7 +151,9 @@ def _assertion(identity: dict[str, Any], audience: str) -> str:
         claims["email"] = identity["email"]
         claims["email_verified"] = True
     header = {"alg": ASSERTION_ALG, "typ": "JWT", "kid": key.kid}
-    return jwt.encode(header, claims, key, algorithms=[ASSERTION_ALG])
+    assertion = jwt.encode(header, claims, key, algorithms=[ASSERTION_ALG])
+    cache.put(cache_key, assertion, claims["exp"])
+    return assertion
 
 
 def _denied(status: int, error: str, description: str, challenge: str) -> Response:

@@ -16,6 +16,7 @@ import requests
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
+from sso.forward_auth import AssertionCache
 from sso.oidc.tokens import subject_for
 from tests.support import (
     RP_CALLBACK,
@@ -117,6 +118,29 @@ def test_assertion_is_a_short_lived_es256_jwt_for_the_requested_host(keycard, ht
     other = verify(http, keycard, headers={"X-Forwarded-Host": "wiki.acme.test:8443"})
     with pytest.raises(Exception, match="aud"):
         decode_assertion(keycard, other.headers["X-Auth-Request-Assertion"])
+
+
+def test_assertion_is_reused_for_the_same_person_and_app_only(keycard, http):
+    sign_in(http, keycard.url, "bob")
+    first = verify(http, keycard).headers["X-Auth-Request-Assertion"]
+    assert verify(http, keycard).headers["X-Auth-Request-Assertion"] == first
+    other_app = verify(http, keycard, headers={"X-Forwarded-Host": "wiki.acme.test"})
+    assert other_app.headers["X-Auth-Request-Assertion"] != first
+    carol = requests.Session()
+    sign_in(carol, keycard.url, "carol")
+    assert verify(carol, keycard).headers["X-Auth-Request-Assertion"] != first
+
+
+def test_assertion_cache_serves_only_while_half_the_life_is_left():
+    cache = AssertionCache()
+    cache.put(("k",), "signed", expires=1_000)
+    assert cache.get(("k",), now=1_000 - 31) == "signed"
+    assert cache.get(("k",), now=1_000 - 30) is None  # half of 60 s left: sign a new one
+    assert cache.get(("other",), now=0) is None
+    for i in range(AssertionCache.LIMIT):
+        cache.put((i,), "x", expires=1_000)
+    assert cache.get(("k",), now=0) is None  # bounded: cleared when full
+    assert len(cache._entries) <= AssertionCache.LIMIT
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "HEAD", "OPTIONS"])

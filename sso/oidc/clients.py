@@ -311,21 +311,27 @@ class ClientRegistry:
                 return
 
     def get(self, client_id: str) -> Client | None:
-        """The client, or ``None``. Cached per process for a couple of seconds, so a
-        burst of token requests from one client costs one Redis GET."""
+        """The client, or ``None``: a copy the caller may change."""
+        client = self.shared(client_id)
+        return None if client is None else _copy(client)
+
+    def shared(self, client_id: str) -> Client | None:
+        """The client, or ``None``, as cached: read it, never change it. Cached per
+        process for a couple of seconds, so a burst of token requests from one client
+        costs one Redis GET."""
         if not isinstance(client_id, str) or not CLIENT_ID.fullmatch(client_id):
             return None  # attacker-supplied garbage never reaches Redis
         now = time.monotonic()
         hit = self._cache.get(client_id)
         if hit is not None and hit[0] > now:
-            return _copy(hit[1])  # a caller's edit must not leak into the cache
+            return hit[1]
         client = self._load(client_id)
         if client is not None:
             with self._lock:
                 if len(self._cache) >= CACHE_MAX_ENTRIES:
                     self._cache.clear()
                 self._cache[client_id] = (now + self.cache_seconds, client)
-            return _copy(client)
+            return client
         self._forget(client_id)
         return None
 

@@ -112,6 +112,36 @@ class _Snapshot:
         return sorted(result, key=lambda item: (rank[item[1]], ALGORITHMS.index(item[0].alg)))
 
 
+@dataclass(frozen=True)
+class _View:
+    """What the hot paths read off a snapshot at one moment, computed once: it stays valid
+    until the snapshot changes or the next key activates or retires (``until``)."""
+
+    snapshot: _Snapshot
+    since: float
+    until: float
+    states: list[tuple[_Entry, str]]
+    active: dict[str, _Entry]
+    keyset: KeySet
+    jwks: dict[str, builtins.list[dict[str, Any]]]
+
+    @classmethod
+    def build(cls, snapshot: _Snapshot, now: float) -> _View:
+        states = snapshot.states(now)
+        moments = [t for e in snapshot.entries.values()
+                   for t in (e.record["activates_at"], e.record.get("retire_at"))
+                   if t is not None and t > now]
+        return cls(
+            snapshot=snapshot, since=now, until=min(moments, default=math.inf), states=states,
+            active={e.alg: e for e, state in states if state == "active"},
+            keyset=KeySet([e.public for e, _ in states]),
+            jwks={"keys": [KeyRing._public_jwk(e) for e, _ in states]},
+        )
+
+    def fresh(self, snapshot: _Snapshot, now: float) -> bool:
+        return snapshot is self.snapshot and self.since <= now < self.until
+
+
 class KeyRing:
     """The signing keys shared by every Keycard process. Thread-safe."""
 
@@ -132,6 +162,7 @@ class KeyRing:
         self.version_key = f"{prefix}keys:version"  # INCR at every change
         self.lock_key = f"{prefix}keys:lock"  # TTL LOCK_SECONDS, held while writing keys
         self._snapshot: _Snapshot | None = None
+        self._view: _View | None = None
         self._next_check = 0.0
         self._lock = threading.Lock()
 
@@ -156,16 +187,15 @@ class KeyRing:
         return entry.private
 
     def jwks(self) -> dict[str, builtins.list[dict[str, Any]]]:
-        """The public JWK Set: active, next and retired-but-not-expired keys."""
-        snapshot = self._current()
-        if not snapshot.entries:
+        """The public JWK Set: active, next and retired-but-not-expired keys (shared: do
+        not modify)."""
+        if not self._current().entries:
             self.ensure()
-            snapshot = self._current()
-        return {"keys": [self._public_jwk(e) for e, _ in snapshot.states(self.clock())]}
+        return self._current_view().jwks
 
     def public_keyset(self) -> KeySet:
         """The same keys as :meth:`jwks`, as a joserfc ``KeySet`` for verification."""
-        return KeySet([e.public for e, _ in self._current().states(self.clock())])
+        return self._current_view().keyset
 
     def list(self) -> builtins.list[dict[str, Any]]:
         """Every live key with its effective state, read fresh from Redis (for the CLI)."""
@@ -177,10 +207,17 @@ class KeyRing:
         ]
 
     def _active(self, snapshot: _Snapshot, alg: str) -> _Entry | None:
-        for entry, state in snapshot.states(self.clock()):
-            if entry.alg == alg and state == "active":
-                return entry
-        return None
+        return self._view_of(snapshot).active.get(alg)
+
+    def _current_view(self) -> _View:
+        return self._view_of(self._current())
+
+    def _view_of(self, snapshot: _Snapshot) -> _View:
+        now = self.clock()
+        view = self._view
+        if view is None or not view.fresh(snapshot, now):
+            view = self._view = _View.build(snapshot, now)  # a race only builds it twice
+        return view
 
     @staticmethod
     def _public_jwk(entry: _Entry) -> dict[str, Any]:

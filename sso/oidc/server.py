@@ -10,13 +10,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 from authlib.integrations.flask_oauth2 import AuthorizationServer
+from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload, FlaskOAuth2Request
+from authlib.oauth2.rfc6749 import InsecureTransportError, OAuth2Request
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc9207 import IssuerParameter
 from authlib.oidc.rpinitiated import EndSessionEndpoint
-from flask import request
+from flask import Response, request
+from flask import request as flask_request
 
 from sso.accounts import Accounts, Profile
 from sso.audit import Audit
@@ -91,13 +95,47 @@ class Provider:
         return claims
 
 
+class _Request(FlaskOAuth2Request):  # type: ignore[misc]
+    """Authlib's Flask request, built for the hot path.
+
+    ``OAuth2Request.__init__`` rebuilds ``request.url`` (an IRI round trip) and parses
+    it for its https check on every request: together a tenth of an introspection.
+    Here the URI is the issuer's, checked once when the server is built, and the same
+    attributes are set (tests/oidc/test_provider_internals.py compares them with
+    Authlib's). Behind a TLS-terminating proxy ``request.url`` said ``http`` anyway
+    where the issuer, which the configuration validates, says ``https``.
+    """
+
+    def __init__(self, request: Any, base: str) -> None:
+        self.method = request.method
+        self.uri = base + request.path
+        self.headers = request.headers
+        self._body = None
+        self.payload = FlaskOAuth2Payload(request)
+        self.client = self.auth_method = self.user = None
+        self.authorization_code = self.refresh_token = self.credential = None
+        self._scope = None
+        self._request = request
+
+
 class KeycardServer(AuthorizationServer):  # type: ignore[misc]
     def __init__(self, provider: Provider) -> None:
         super().__init__()
         self.provider = provider
+        self._base = provider.issuer.rstrip("/")
+        InsecureTransportError.check(self._base)  # once, for every request (see _Request)
+
+    def create_oauth2_request(self, request: Any) -> OAuth2Request:
+        return _Request(flask_request, self._base)
+
+    def handle_response(self, status_code: int, payload: Any, headers: Any) -> Response:
+        if isinstance(payload, dict):
+            payload = orjson.dumps(payload)
+        return Response(payload, status=status_code, headers=headers)
 
     def query_client(self, client_id: str) -> Any:
-        return self.provider.clients.get(client_id) if client_id else None
+        # Authlib only reads the client: the registry's shared copy saves a copy per request.
+        return self.provider.clients.shared(client_id) if client_id else None
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
         """Persist what the response will carry (the grant, the refresh token)."""
