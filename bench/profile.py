@@ -58,7 +58,7 @@ def summarise(raw: Path, top: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.profile")
-    p.add_argument("ops", nargs="+", choices=["client_credentials", "introspection",
+    p.add_argument("ops", nargs="+", choices=["signin", "client_credentials", "introspection",
                                               "userinfo", "jwks", "forward_auth_session",
                                               "forward_auth_bearer"])
     p.add_argument("--seconds", type=int, default=12)
@@ -79,11 +79,16 @@ def main(argv: list[str] | None = None) -> int:
                              kc, "/token", bench.service, resource=ops.FORWARDED_APP),
                          session_cookie=http.cookies.get(ops.COOKIE) or "")
         for op in args.ops:
-            s = spec[op]([])
-            ops.run_wrk(kc, s, bench.load, duration=2)  # warm up
             raw = bench.workdir / f"profile-{op}.txt"
-            load = threading.Thread(target=ops.run_wrk, args=(kc, s, bench.load),
-                                    kwargs={"duration": args.seconds + 2})
+            if op == "signin":
+                bench.load.duration = args.seconds + 2
+                load = threading.Thread(target=ops.run_signins,
+                                        args=(kc, bench.upstream.url, bench.rp, bench.load))
+            else:
+                s = spec[op]([])
+                ops.run_wrk(kc, s, bench.load, duration=2)  # warm up
+                load = threading.Thread(target=ops.run_wrk, args=(kc, s, bench.load),
+                                        kwargs={"duration": args.seconds + 2})
             load.start()
             subprocess.run([pyspy, "record", "--pid", str(bench.keycard.pid), "--subprocesses",
                             "--duration", str(args.seconds), "--rate", "250", "--gil",

@@ -10,11 +10,12 @@ instead), primary and secondary rate limits, SAML SSO enforcement
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 from authlib.integrations.base_client.errors import OAuthError
@@ -57,6 +58,7 @@ class GitHubConnector:
         self.config = config
         # One pooled adapter for the process: keep-alive toward the upstream.
         self._adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
+        self._environment = _environment((config.web_url, config.api_url))
         self._http = requests.Session()
         self._mount(self._http)
         # "org/slug" -> (expires, parent "org/slug" or None): the ancestors GitHub does not
@@ -66,6 +68,10 @@ class GitHubConnector:
     def _mount(self, session: requests.Session) -> None:
         session.mount("https://", self._adapter)
         session.mount("http://", self._adapter)
+        # Proxies and CA bundle as the environment said at start: requests would otherwise
+        # re-read every environment variable on every call (a tenth of a sign-in's CPU).
+        session.trust_env = False
+        session.proxies, session.verify = self._environment
 
     def _oauth(self, redirect_uri: str) -> OAuth2Session:
         client = OAuth2Session(
@@ -143,8 +149,8 @@ class GitHubConnector:
             raise UpstreamUnavailable(
                 "GitHub answered with an error. Please try again in a minute.", detail=repr(exc)
             ) from exc
-        finally:
-            client.close()
+        # Not client.close(): it would close the shared adapter, and with it the pool of
+        # keep-alive connections every sign-in reuses.
         access_token = data.get("access_token")
         if not isinstance(access_token, str) or not access_token:
             raise BadCredentials("GitHub returned no access token.", detail=str(sorted(data)))
@@ -222,6 +228,22 @@ def _pick_email(user: dict[str, Any], api: _Api) -> tuple[str | None, bool]:
 
 class _Missing(Exception):
     """A 404 the caller said it can live with."""
+
+
+def _environment(urls: tuple[str, ...]) -> tuple[dict[str, str], bool | str]:
+    """What ``requests`` reads from the environment per call when ``trust_env`` is on,
+    read once: a proxy per upstream host (``HTTPS_PROXY``, ``NO_PROXY``...) and the CA
+    bundle (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``; GitHub Enterprise often has a
+    private CA). Proxies are keyed by host: a host not listed is reached directly."""
+    proxies: dict[str, str] = {}
+    for url in urls:
+        parts = urlsplit(url)
+        found = requests.utils.get_environ_proxies(url)
+        proxy = found.get(parts.scheme) or found.get("all")
+        if proxy:
+            proxies[f"{parts.scheme}://{parts.hostname}"] = proxy
+    verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    return proxies, verify
 
 
 class _Api:

@@ -268,3 +268,37 @@ def test_api_requests_send_github_media_type_and_api_version(upstream, sign_in_a
         assert lowered.get("accept") == "application/vnd.github+json"
         assert lowered.get("x-github-api-version") == API_VERSION
         assert lowered.get("authorization", "").startswith("Bearer gho_")
+
+
+# -- the HTTP client -------------------------------------------------------------------------
+
+
+def test_sign_ins_reuse_the_pooled_keep_alive_connections(connector, sign_in_as):
+    sign_in_as("bob")
+    pools = connector._adapter.poolmanager.pools
+    (key,) = pools.keys()  # the token exchange did not close the shared adapter
+    pool = pools[key]
+    calls = pool.num_requests
+    sign_in_as("alice")
+    assert pools[key] is pool and pool.num_requests >= calls + 4
+    assert pool.num_connections <= 2  # keep-alive: not a connection per call
+
+
+def test_proxy_and_ca_bundle_are_read_from_the_environment_once_at_start(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp.test:3128")
+    monkeypatch.setenv("NO_PROXY", "ghe.corp.test")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/corp-ca.pem")
+    for variable in ("https_proxy", "no_proxy", "ALL_PROXY", "all_proxy", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(variable, raising=False)
+    connector = GitHubConnector(GitHubConfig(
+        client_id="x", client_secret="y", web_url="https://github.com",
+        api_url="https://ghe.corp.test/api/v3"))
+    monkeypatch.setenv("HTTPS_PROXY", "http://changed.test:1")  # read at start, not per call
+    session = connector._http
+    assert session.trust_env is False
+    assert session.proxies == {"https://github.com": "http://proxy.corp.test:3128"}
+    assert session.verify == "/etc/ssl/corp-ca.pem"
+    assert requests.utils.select_proxy("https://github.com/login", session.proxies) == (
+        "http://proxy.corp.test:3128")
+    assert requests.utils.select_proxy("https://ghe.corp.test/api/v3/user",
+                                       session.proxies) is None  # NO_PROXY: direct
