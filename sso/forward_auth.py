@@ -29,6 +29,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from sso.oidc.tokens import subject_for
 from sso.services import services
+from sso.users import session_user
 from sso.web import csrf, error_response, origin_exempt, safe_return_url
 
 bp = Blueprint("forward_auth", __name__)
@@ -51,11 +52,12 @@ def _bearer() -> str | None:
 
 
 def _identity_from_session() -> dict[str, Any] | None:
-    # current_user comes from the session opened before the view (one Redis round trip);
+    # The user comes from the session opened before the view (one Redis round trip);
     # the user loader re-checks membership upstream only when the snapshot is stale.
-    if not current_user.is_authenticated:
+    user = session_user()
+    if user is None:
         return None
-    profile = current_user.profile
+    profile = user.profile
     return {
         "sub": subject_for(services().settings.issuer, profile.user_id),
         "preferred_username": profile.login,
@@ -212,16 +214,16 @@ def verify() -> BaseResponse:
         return _denied(403, "insufficient_role",
                        "You are signed in but do not hold a role this app requires.",
                        'Bearer realm="keycard", error="insufficient_scope"')
-    response = current_app.response_class(status=200)
-    headers = response.headers
-    headers[HEADER_PREFIX + "User"] = identity["preferred_username"]
-    headers[HEADER_PREFIX + "Sub"] = identity["sub"]
-    headers[HEADER_PREFIX + "Groups"] = ",".join(identity["groups"])
-    headers[HEADER_PREFIX + "Roles"] = ",".join(identity["roles"])
+    headers = [
+        (HEADER_PREFIX + "User", identity["preferred_username"]),
+        (HEADER_PREFIX + "Sub", identity["sub"]),
+        (HEADER_PREFIX + "Groups", ",".join(identity["groups"])),
+        (HEADER_PREFIX + "Roles", ",".join(identity["roles"])),
+        (HEADER_PREFIX + "Assertion", _assertion(identity, _requested_host())),
+    ]
     if identity["email"]:
-        headers[HEADER_PREFIX + "Email"] = identity["email"]
-    headers[HEADER_PREFIX + "Assertion"] = _assertion(identity, _requested_host())
-    return response
+        headers.append((HEADER_PREFIX + "Email", identity["email"]))
+    return current_app.response_class(status=200, headers=headers)
 
 
 # -- sending a browser through sign-in and back ---------------------------------------------

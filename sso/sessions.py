@@ -265,6 +265,9 @@ class RedisSessionInterface(SessionInterface):
         self.cookie_name = cookie_name
 
     def open_session(self, app: Flask, request: Request) -> ServerSession:
+        # API clients send no cookie: skip parsing the header into a dict for them.
+        if self.cookie_name not in request.environ.get("HTTP_COOKIE", ""):
+            return ServerSession()
         sid = request.cookies.get(self.cookie_name)
         if not sid or len(sid) > 128:
             return ServerSession()

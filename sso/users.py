@@ -47,6 +47,14 @@ def load_user(user_id: str) -> User | None:
     return User(Profile.from_dict(session.profile))
 
 
+def session_user() -> User | None:
+    """This request's signed-in person, for hot paths that need nothing else from
+    Flask-Login (which hashes the IP and user agent on every load, even with session
+    protection off). Same rules: :func:`load_user` on the id Flask-Login stored."""
+    user_id = session.get("_user_id")
+    return load_user(user_id) if isinstance(user_id, str) else None
+
+
 def init_app(app: Flask) -> None:
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
