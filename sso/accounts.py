@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sso.audit import Audit
@@ -61,7 +61,8 @@ class Profile:
         return self.name or self.login
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: its recursive deep copy was a seventh of a token refresh.
+        return {k: list(v) if isinstance(v, list) else v for k, v in vars(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Profile:
@@ -238,7 +239,7 @@ class Accounts:
         roles = evaluate(profile.user_id, profile.login, profile.orgs, profile.teams,
                          self.rules() if rules is None else rules,
                          self.settings.bootstrap_admins)
-        return Profile(**{**profile.as_dict(), "roles": roles})
+        return replace(profile, roles=roles)
 
     def apply_rules_now(self, *, actor: str) -> int:
         """Recompute the roles of everyone with a live session; returns how many changed."""

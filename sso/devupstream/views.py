@@ -16,7 +16,17 @@ from dataclasses import asdict
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from flask import Blueprint, Response, abort, current_app, g, redirect, render_template, request
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+)
 from markupsafe import escape
 from werkzeug.exceptions import HTTPException
 
@@ -171,6 +181,13 @@ def _fault_response(fault: Fault) -> Response | None:
     if fault.kind == "server_error":
         status = int(params.get("status", 502))
         return Response("<html>Unicorn!</html>", status, mimetype="text/html")
+    if fault.kind == "redirect":  # GitHub's answer for a moved resource
+        target = str(params.get("location", "https://elsewhere.example/moved"))
+        resp = jsonify(message="Moved Permanently", url=target,
+                       documentation_url="https://docs.github.com/rest")
+        resp.status_code = int(params.get("status", 301))
+        resp.headers["Location"] = target
+        return resp
     if fault.kind == "token_error":
         return _token_error(str(params.get("error", "bad_verification_code")))
     return None

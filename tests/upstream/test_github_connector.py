@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+import urllib3
 
 from sso.upstream.base import (
     BadCredentials,
@@ -23,6 +24,7 @@ from sso.upstream.base import (
     Identity,
     RateLimited,
     SamlSsoRequired,
+    UpstreamError,
     UpstreamToken,
     UpstreamUnavailable,
 )
@@ -275,30 +277,47 @@ def test_api_requests_send_github_media_type_and_api_version(upstream, sign_in_a
 
 def test_sign_ins_reuse_the_pooled_keep_alive_connections(connector, sign_in_as):
     sign_in_as("bob")
-    pools = connector._adapter.poolmanager.pools
-    (key,) = pools.keys()  # the token exchange did not close the shared adapter
-    pool = pools[key]
-    calls = pool.num_requests
+    token_pools = connector._adapter.poolmanager.pools
+    api_pools = connector._api_pool.pools
+    (token_key,), (api_key,) = token_pools.keys(), api_pools.keys()
+    token_pool, api_pool = token_pools[token_key], api_pools[api_key]
+    calls = api_pool.num_requests
     sign_in_as("alice")
-    assert pools[key] is pool and pool.num_requests >= calls + 4
-    assert pool.num_connections <= 2  # keep-alive: not a connection per call
+    # The token exchange did not close the shared adapter; the API pool served alice too.
+    assert token_pools[token_key] is token_pool and token_pool.num_requests == 2
+    assert api_pools[api_key] is api_pool and api_pool.num_requests >= calls + 4
+    assert api_pool.num_connections == 1  # keep-alive: one connection for every call
 
 
-def test_proxy_and_ca_bundle_are_read_from_the_environment_once_at_start(monkeypatch):
+def test_a_redirect_from_the_api_is_an_error_and_is_not_followed(upstream, sign_in_as,
+                                                                  connector):
+    upstream.state.add_fault("/api/v3/user", "redirect")
+    with pytest.raises(UpstreamError, match="redirect"):
+        sign_in_as("bob")
+
+
+def test_proxy_and_ca_bundle_are_read_from_the_environment_once_at_start(monkeypatch, tmp_path):
+    bundle = tmp_path / "corp-ca.pem"
+    bundle.write_text("")
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp.test:3128")
     monkeypatch.setenv("NO_PROXY", "ghe.corp.test")
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/corp-ca.pem")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
     for variable in ("https_proxy", "no_proxy", "ALL_PROXY", "all_proxy", "CURL_CA_BUNDLE"):
         monkeypatch.delenv(variable, raising=False)
-    connector = GitHubConnector(GitHubConfig(
-        client_id="x", client_secret="y", web_url="https://github.com",
-        api_url="https://ghe.corp.test/api/v3"))
+
+    def build(api_url: str) -> GitHubConnector:
+        return GitHubConnector(GitHubConfig(
+            client_id="x", client_secret="y", web_url="https://github.com", api_url=api_url))
+
+    direct, proxied = build("https://ghe.corp.test/api/v3"), build("https://api.github.com")
     monkeypatch.setenv("HTTPS_PROXY", "http://changed.test:1")  # read at start, not per call
-    session = connector._http
+    session = requests.Session()
+    direct._mount(session)  # what every token-exchange session gets
     assert session.trust_env is False
     assert session.proxies == {"https://github.com": "http://proxy.corp.test:3128"}
-    assert session.verify == "/etc/ssl/corp-ca.pem"
-    assert requests.utils.select_proxy("https://github.com/login", session.proxies) == (
-        "http://proxy.corp.test:3128")
-    assert requests.utils.select_proxy("https://ghe.corp.test/api/v3/user",
-                                       session.proxies) is None  # NO_PROXY: direct
+    assert session.verify == str(bundle)
+    # NO_PROXY names the Enterprise API host: straight there; api.github.com: via the proxy.
+    assert not isinstance(direct._api_pool, urllib3.ProxyManager)
+    assert isinstance(proxied._api_pool, urllib3.ProxyManager)
+    assert proxied._api_pool.proxy.host == "proxy.corp.test"
+    assert direct._api_pool.connection_pool_kw["ca_certs"] == str(bundle)
