@@ -209,7 +209,8 @@ def verify() -> BaseResponse:
             else "Sign in to Keycard first.",
             'Bearer realm="keycard", error="invalid_token"' if token else 'Bearer realm="keycard"',
         )
-    wanted = {r.strip() for r in request.args.get("allowed_roles", "").split(",") if r.strip()}
+    wanted = {r.strip() for r in request.args.get("allowed_roles", "").split(",") if r.strip()
+              } if request.environ.get("QUERY_STRING") else set()
     if wanted and not wanted & set(identity["roles"]):
         return _denied(403, "insufficient_role",
                        "You are signed in but do not hold a role this app requires.",

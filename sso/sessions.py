@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from flask import Flask, Request, Response
 from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.datastructures import CallbackDict
@@ -283,12 +284,12 @@ class RedisSessionInterface(SessionInterface):
             session = ServerSession()
             session.stale_cookie = True  # ended or expired: drop the cookie at save
             return session
-        session = ServerSession(json.loads(record[DATA] or "{}"), sid=sid)
+        session = ServerSession(orjson.loads(record[DATA] or "{}"), sid=sid)
         session.user_id = record[USER] or None
         session.created = int(record[CREATED])
         session.absolute = int(record[ABS])
         if record[PROFILE]:
-            session.profile = json.loads(record[PROFILE])
+            session.profile = orjson.loads(record[PROFILE])
         return session
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
