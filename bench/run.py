@@ -51,7 +51,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     p.add_argument("--worker-class", choices=("sync", "gthread", "gevent"), default="gthread",
                    help="gunicorn's worker class (gunicorn only)")
-    p.add_argument("--threads", type=int, default=8,
+    p.add_argument("--threads", type=int, default=4,
                    help="Python threads per worker (gunicorn gthread, granian blocking threads)")
     p.add_argument("--alg", choices=("ES256", "RS256"), default="ES256",
                    help="signing algorithm of the bench clients (ES256: a client setting that "
