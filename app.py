@@ -1,4 +1,5 @@
-"""WSGI entry point: ``gunicorn 'app:create_app()'`` or ``flask --app app run``."""
+"""WSGI entry point: ``granian --interface wsgi --factory app:create_app``,
+``gunicorn 'app:create_app()'`` or ``flask --app app run``."""
 
 from sso import create_app
 

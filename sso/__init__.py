@@ -14,7 +14,7 @@ from typing import Any
 from dotenv import dotenv_values
 from flask import Flask
 
-from sso import admin, admin_api, auth, device, forward_auth, health, portal, users, web
+from sso import admin, admin_api, auth, device, forward_auth, health, metrics, portal, users, web
 from sso.accounts import Accounts
 from sso.audit import Audit
 from sso.config import Settings, load_settings
@@ -124,8 +124,9 @@ def create_app(
 
     web.init_app(app)
     users.init_app(app)
-    for module in (auth, portal, health, admin, admin_api, forward_auth, device):
+    for module in (auth, portal, health, metrics, admin, admin_api, forward_auth, device):
         app.register_blueprint(module.bp)
+    app.wsgi_app = metrics.RequestMetrics(app.wsgi_app)  # type: ignore[method-assign]
     from sso import cli, oidc
 
     oidc.init_app(app, app.extensions["keycard"])

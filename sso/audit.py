@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any, cast
 
+from sso.metrics import AUDIT_EVENTS
 from sso.storage import OUTAGE_ERRORS, Store, guard
 
 log = logging.getLogger("keycard.audit")
@@ -42,6 +43,7 @@ class Audit:
             "details": details,
         }
         log.info(json.dumps({"audit": entry}, sort_keys=True))
+        AUDIT_EVENTS.labels(event).inc()
         fields = {k: v if isinstance(v, str) else json.dumps(v) for k, v in entry.items()}
         try:
             self.store.redis.xadd(self.key, fields, maxlen=self.max_events, approximate=True)

@@ -24,6 +24,7 @@ from flask import request as flask_request
 
 from sso.accounts import Accounts, Profile
 from sso.audit import Audit
+from sso.metrics import TOKENS
 from sso.oidc.device import register_device_flow
 from sso.oidc.grants import (
     AuthorizationCodeGrant,
@@ -139,6 +140,7 @@ class KeycardServer(AuthorizationServer):  # type: ignore[misc]
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
         """Persist what the response will carry (the grant, the refresh token)."""
+        TOKENS.labels(request.payload.grant_type or "").inc()
         user = request.user
         client = request.client
         if not isinstance(user, Subject):
