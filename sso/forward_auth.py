@@ -30,7 +30,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from sso.oidc.tokens import subject_for
 from sso.services import services
 from sso.users import session_user
-from sso.web import csrf, error_response, origin_exempt, safe_return_url
+from sso.web import HOSTNAME, csrf, error_response, origin_exempt, safe_return_url
 
 bp = Blueprint("forward_auth", __name__)
 
@@ -108,7 +108,9 @@ class AssertionCache:
     request, so revoking either still takes effect at once.
     """
 
-    LIMIT = 10_000  # entries; cleared whole when full (a dict, no eviction bookkeeping)
+    # Entries; cleared whole when full (a dict, no eviction bookkeeping). With hosts limited
+    # to real host names (see _assertion) an entry stays under a few kilobytes.
+    LIMIT = 4096
 
     def __init__(self) -> None:
         self._entries: dict[tuple[Any, ...], tuple[str, int]] = {}
@@ -134,9 +136,12 @@ def _assertion(identity: dict[str, Any], audience: str) -> str:
     key = extensions["keycard.keys"].signing_key(ASSERTION_ALG)
     cache: AssertionCache = extensions["keycard.assertions"]
     now = int(time.time())
+    # The audience comes from a request header: only a plausible host name is remembered,
+    # so nobody can fill the cache with long, ever-changing values.
+    cacheable = len(audience) <= 253 and HOSTNAME.fullmatch(audience) is not None
     cache_key = (key.kid, audience, identity["sub"], identity["preferred_username"],
                  identity["email"], tuple(identity["groups"]), tuple(identity["roles"]))
-    reused = cache.get(cache_key, now)
+    reused = cache.get(cache_key, now) if cacheable else None
     if reused is not None:
         return reused
     claims: dict[str, Any] = {
@@ -154,7 +159,8 @@ def _assertion(identity: dict[str, Any], audience: str) -> str:
         claims["email_verified"] = True
     header = {"alg": ASSERTION_ALG, "typ": "JWT", "kid": key.kid}
     assertion = jwt.encode(header, claims, key, algorithms=[ASSERTION_ALG])
-    cache.put(cache_key, assertion, claims["exp"])
+    if cacheable:
+        cache.put(cache_key, assertion, claims["exp"])
     return assertion
 
 

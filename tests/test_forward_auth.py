@@ -131,6 +131,17 @@ def test_assertion_is_reused_for_the_same_person_and_app_only(keycard, http):
     assert verify(carol, keycard).headers["X-Auth-Request-Assertion"] != first
 
 
+@pytest.mark.parametrize("host", ["x" * 300 + ".acme.test", "app_1.acme.test", "[::1]"])
+def test_odd_hosts_are_answered_but_never_fill_the_assertion_cache(keycard, http, host):
+    sign_in(http, keycard.url, "bob")
+    cache = keycard.app.extensions["keycard.assertions"]
+    before = len(cache._entries)
+    answers = {verify(http, keycard, headers={"X-Forwarded-Host": host})
+               .headers["X-Auth-Request-Assertion"] for _ in range(2)}
+    assert len(answers) == 2  # signed afresh each time, never remembered
+    assert len(cache._entries) == before
+
+
 def test_assertion_cache_serves_only_while_half_the_life_is_left():
     cache = AssertionCache()
     cache.put(("k",), "signed", expires=1_000)

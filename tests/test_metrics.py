@@ -93,16 +93,22 @@ def test_worker_processes_are_summed_with_a_multiprocess_directory(
                 return False
 
         wait_until(up, timeout=30)
-        before = value(scrape(url), "keycard_http_requests_total", route="/healthz",
-                       method="GET", status="200")
-        for _ in range(40):  # a new connection each: the kernel spreads them over workers
+        sent = 1  # the probe above
+
+        def both_workers_counted() -> bool:
+            # A new connection each time: the kernel spreads them over the two workers,
+            # and each worker keeps its counts in its own file.
+            nonlocal sent
             assert requests.get(url + "/healthz", timeout=5).status_code == 200
-        # Every scrape, whichever worker answers it, sees all 40.
+            sent += 1
+            return len(list(metrics_dir.glob("counter_*.db"))) == 2
+
+        wait_until(both_workers_counted, timeout=30, interval=0)
+        # Every scrape, whichever worker answers it, sees every request of both.
         for _ in range(4):
             seen = value(scrape(url), "keycard_http_requests_total", route="/healthz",
                          method="GET", status="200")
-            assert seen == before + 40
-        assert len(list(metrics_dir.glob("counter_*.db"))) == 2  # one file per worker
+            assert seen == sent
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(15)

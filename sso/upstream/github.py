@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import certifi
 import orjson
@@ -25,6 +25,7 @@ from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.requests_client import OAuth2Session
 from requests.adapters import HTTPAdapter
 
+from sso.config import ConfigError
 from sso.upstream.base import (
     AccessDenied,
     BadCredentials,
@@ -39,6 +40,8 @@ from sso.upstream.base import (
 API_VERSION = "2022-11-28"
 SCOPES = "read:org user:email"
 MAX_PAGES = 50  # 5 000 teams at per_page=100: far beyond any real user, bounds a looping Link
+MAX_REDIRECTS = 3  # GitHub answers 301/307 for renamed orgs and teams
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
 PARENT_CACHE_SECONDS = 300  # team hierarchy changes rarely; membership itself is never cached
 
 
@@ -255,8 +258,7 @@ def _pool_for(url: str, proxies: dict[str, str], verify: bool | str, *,
               timeout: float) -> urllib3.PoolManager:
     """Keep-alive connections to one upstream host, through its proxy if it has one,
     verifying TLS like requests does (certifi's bundle unless one is configured).
-    No retries and no redirects: a redirect is reported, and the token never follows
-    it to another host."""
+    No retries; redirects are followed by :class:`_Api`, on the API host only."""
     parts = urlsplit(url)
     bundle = verify if isinstance(verify, str) else certifi.where()
     options: dict[str, Any] = {
@@ -265,9 +267,15 @@ def _pool_for(url: str, proxies: dict[str, str], verify: bool | str, *,
         "ca_cert_dir" if os.path.isdir(bundle) else "ca_certs": bundle,
     }
     proxy = proxies.get(f"{parts.scheme}://{parts.hostname}")
-    if proxy:
-        return urllib3.ProxyManager(proxy, **options)
-    return urllib3.PoolManager(**options)
+    if not proxy:
+        return urllib3.PoolManager(**options)
+    if urlsplit(proxy).scheme not in ("http", "https"):
+        raise ConfigError([f"the proxy for {parts.hostname} (HTTPS_PROXY/ALL_PROXY) must be an "
+                           "http:// or https:// URL"])
+    # urllib3 ignores user:password in the proxy URL; requests turned it into this header.
+    user, password = requests.utils.get_auth_from_url(proxy)
+    headers = urllib3.make_headers(proxy_basic_auth=f"{user}:{password}") if user else None
+    return urllib3.ProxyManager(proxy, proxy_headers=headers, **options)
 
 
 @dataclass(frozen=True)
@@ -305,15 +313,22 @@ class _Api:
         }
 
     def _request(self, url: str) -> _Reply:
-        try:
-            answer = self._http.request("GET", url, headers=self._headers, redirect=False)
-        except urllib3.exceptions.HTTPError as exc:  # timeouts, refused, reset, TLS
-            raise UpstreamUnavailable(
-                "GitHub did not answer in time. Please try again in a minute.", detail=repr(exc)
-            ) from exc
-        reply = _Reply("GET", url, answer.status, answer.headers, answer.data)
-        _raise_for_failure(reply)
-        return reply
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                answer = self._http.request("GET", url, headers=self._headers, redirect=False)
+            except urllib3.exceptions.HTTPError as exc:  # timeouts, refused, reset, TLS
+                raise UpstreamUnavailable(
+                    "GitHub did not answer in time. Please try again in a minute.",
+                    detail=repr(exc),
+                ) from exc
+            reply = _Reply("GET", url, answer.status, answer.headers, answer.data)
+            target = urljoin(url, reply.headers.get("Location", ""))
+            if reply.status in REDIRECTS and target.startswith(self._config.api_url + "/"):
+                url = target  # a renamed org or team; the token stays on the API host
+                continue
+            _raise_for_failure(reply)  # a redirect anywhere else is an error, not followed
+            return reply
+        raise UpstreamError("GitHub redirected too many times.", detail=url)
 
     def get(self, path: str, *, missing_ok: bool = False) -> Any:
         try:

@@ -25,7 +25,8 @@ def test_fast_request_has_every_attribute_authlib_sets():
 
 
 @pytest.mark.parametrize("issuer", ["http://sso.acme.test", "ftp://127.0.0.1"])
-def test_the_https_check_authlib_makes_per_request_is_made_once_at_start(issuer):
+def test_the_https_check_authlib_makes_per_request_is_made_once_at_start(issuer, monkeypatch):
+    monkeypatch.delenv("AUTHLIB_INSECURE_TRANSPORT", raising=False)
     with pytest.raises(InsecureTransportError):
         KeycardServer(SimpleNamespace(issuer=issuer))
     KeycardServer(SimpleNamespace(issuer="http://127.0.0.1:5000"))  # loopback: allowed

@@ -4,6 +4,11 @@ proper answer, and a malformed one a 4xx, never a 500."""
 
 from __future__ import annotations
 
+import base64
+import http.client
+import socket
+from urllib.parse import urlsplit
+
 import pytest
 import requests
 
@@ -57,10 +62,44 @@ def test_too_many_fields_is_400(keycard, service):
     assert response.json()["error"] == "invalid_request"
 
 
-def test_body_over_the_limit_is_413_before_it_is_read(keycard, service):
-    body = "grant_type=client_credentials&pad=" + "x" * (1024 * 1024)
-    response = post(keycard, service, body)
-    assert response.status_code == 413
+def raw_post(keycard, service, length: int, body: bytes,
+             extra: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """A POST whose Content-Length says ``length`` whatever the body is."""
+    connection = http.client.HTTPConnection(urlsplit(keycard.url).netloc, timeout=10)
+    try:
+        connection.putrequest("POST", "/token")
+        auth = base64.b64encode(f"{service[0]}:{service[1]}".encode()).decode()
+        for name, value in {"Content-Type": FORM, "Content-Length": str(length),
+                            "Authorization": f"Basic {auth}", **(extra or {})}.items():
+            connection.putheader(name, value)
+        connection.endheaders(body)
+        if length > len(body):
+            connection.sock.shutdown(socket.SHUT_WR)  # the client gives up mid-body
+        answer = connection.getresponse()
+        return answer.status, answer.read()
+    finally:
+        connection.close()
+
+
+def test_body_declared_over_the_limit_is_413_before_it_is_read(keycard, service):
+    status, _ = raw_post(keycard, service, 2 * 1024 * 1024, b"grant_type=client_credentials")
+    assert status == 413
+
+
+def test_body_shorter_than_its_content_length_is_400(keycard, service):
+    status, body = raw_post(keycard, service, 500, b"grant_type=client_credentials")
+    assert status == 400, body
+
+
+def test_chunked_bodies_take_werkzeugs_way(keycard, service):
+    def chunks():
+        yield b"grant_type=client_"
+        yield b"credentials&scope=roles"
+
+    response = requests.post(keycard.url + "/token", data=chunks(), auth=service, timeout=10,
+                             headers={"Content-Type": FORM})
+    assert response.request.headers.get("Transfer-Encoding") == "chunked"
+    assert response.status_code == 200, response.text
 
 
 def test_multipart_bodies_take_werkzeugs_way(keycard, service):

@@ -7,10 +7,16 @@ that comes back is exchanged by :meth:`GitHubConnector.handle_callback`.
 
 from __future__ import annotations
 
+import base64
 import inspect
+import os
 import secrets
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import get_type_hints
 from urllib.parse import parse_qs, urlsplit
 
@@ -18,6 +24,7 @@ import pytest
 import requests
 import urllib3
 
+from sso.config import ConfigError
 from sso.upstream.base import (
     BadCredentials,
     Connector,
@@ -29,7 +36,9 @@ from sso.upstream.base import (
     UpstreamUnavailable,
 )
 from sso.upstream.github import API_VERSION, GitHubConfig, GitHubConnector
-from tests.support import pick_upstream_user
+from tests.support import free_port, pick_upstream_user, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 REDIRECT_URI = "http://127.0.0.1:9/auth/github/callback"  # never contacted: redirects stop here
 
@@ -275,25 +284,80 @@ def test_api_requests_send_github_media_type_and_api_version(upstream, sign_in_a
 # -- the HTTP client -------------------------------------------------------------------------
 
 
-def test_sign_ins_reuse_the_pooled_keep_alive_connections(connector, sign_in_as):
-    sign_in_as("bob")
-    token_pools = connector._adapter.poolmanager.pools
-    api_pools = connector._api_pool.pools
+@pytest.fixture
+def keepalive_upstream() -> Iterator[str]:
+    """The development upstream behind a server that keeps connections alive, as GitHub
+    does (the tests' Werkzeug server answers ``Connection: close``)."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "granian", "--interface", "wsgi", "--factory", "--workers", "1",
+         "--blocking-threads", "2", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "warning", "sso.devupstream:create_upstream_app"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return requests.get(url + "/api/v3/", timeout=2).status_code < 500
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_until(up, timeout=30)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(15)
+
+
+def test_sign_ins_reuse_the_pooled_keep_alive_connections(keepalive_upstream):
+    connector = GitHubConnector(GitHubConfig(
+        client_id="keycard-dev", client_secret="keycard-dev-secret", web_url=keepalive_upstream,
+        api_url=keepalive_upstream + "/api/v3", allowed_orgs=("acme",), timeout=5.0))
+
+    def sign_in(login: str) -> Identity:
+        code, verifier = authorize(connector, login)
+        identity, _ = connector.handle_callback(code=code, redirect_uri=REDIRECT_URI,
+                                                code_verifier=verifier)
+        return identity
+
+    assert sign_in("bob").login == "bob"
+    token_pools, api_pools = connector._adapter.poolmanager.pools, connector._api_pool.pools
     (token_key,), (api_key,) = token_pools.keys(), api_pools.keys()
     token_pool, api_pool = token_pools[token_key], api_pools[api_key]
-    calls = api_pool.num_requests
-    sign_in_as("alice")
-    # The token exchange did not close the shared adapter; the API pool served alice too.
-    assert token_pools[token_key] is token_pool and token_pool.num_requests == 2
-    assert api_pools[api_key] is api_pool and api_pool.num_requests >= calls + 4
-    assert api_pool.num_connections == 1  # keep-alive: one connection for every call
+    (token_conn,) = [c for c in token_pool.pool.queue if c is not None]  # idle, pooled
+    (api_conn,) = [c for c in api_pool.pool.queue if c is not None]
+    token_socket, api_socket = token_conn.sock, api_conn.sock
+    assert token_socket is not None and api_socket is not None  # kept open
+    assert sign_in("alice").login == "alice"
+    # The token exchange did not close the shared adapter, and alice's calls went over the
+    # very sockets bob's sign-in left open: no new connection per sign-in or per call.
+    assert token_pools[token_key] is token_pool and token_conn.sock is token_socket
+    assert api_pools[api_key] is api_pool and api_conn.sock is api_socket
+    assert api_pool.num_connections == 1 and token_pool.num_connections == 1
 
 
-def test_a_redirect_from_the_api_is_an_error_and_is_not_followed(upstream, sign_in_as,
-                                                                  connector):
-    upstream.state.add_fault("/api/v3/user", "redirect")
+def test_a_redirect_off_the_api_host_is_an_error_and_is_not_followed(upstream, sign_in_as):
+    upstream.state.add_fault("/api/v3/user", "redirect")  # to https://elsewhere.example
     with pytest.raises(UpstreamError, match="redirect"):
         sign_in_as("bob")
+
+
+def test_a_redirect_on_the_api_host_is_followed_like_a_renamed_org(upstream, sign_in_as):
+    # Once: /user answers 301 to itself (as GitHub does for a renamed org or team).
+    upstream.state.add_fault("/api/v3/user", "redirect", location=upstream.url + "/api/v3/user")
+    identity, _ = sign_in_as("bob")
+    assert identity.login == "bob"
+
+
+def test_endless_redirects_on_the_api_host_end_in_an_error(upstream, sign_in_as):
+    upstream.state.add_fault("/api/v3/user", "redirect", count=-1,
+                             location=upstream.url + "/api/v3/user")
+    try:
+        with pytest.raises(UpstreamError, match="too many times"):
+            sign_in_as("bob")
+    finally:
+        upstream.state.clear_faults()
 
 
 def test_proxy_and_ca_bundle_are_read_from_the_environment_once_at_start(monkeypatch, tmp_path):
@@ -320,4 +384,22 @@ def test_proxy_and_ca_bundle_are_read_from_the_environment_once_at_start(monkeyp
     assert not isinstance(direct._api_pool, urllib3.ProxyManager)
     assert isinstance(proxied._api_pool, urllib3.ProxyManager)
     assert proxied._api_pool.proxy.host == "proxy.corp.test"
+    assert proxied._api_pool.proxy_headers == {}
     assert direct._api_pool.connection_pool_kw["ca_certs"] == str(bundle)
+
+
+def test_proxy_credentials_become_a_proxy_authorization_header(monkeypatch):
+    for variable in ("https_proxy", "no_proxy", "NO_PROXY", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://svc%40corp:s3cret@proxy.corp.test:3128")
+    connector = GitHubConnector(GitHubConfig(client_id="x", client_secret="y"))
+    expected = "Basic " + base64.b64encode(b"svc@corp:s3cret").decode()
+    assert connector._api_pool.proxy_headers == {"proxy-authorization": expected}
+
+
+def test_an_unsupported_proxy_scheme_stops_start_up_with_a_clear_message(monkeypatch):
+    for variable in ("https_proxy", "no_proxy", "NO_PROXY", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://proxy.corp.test:1080")
+    with pytest.raises(ConfigError, match="http:// or https://"):
+        GitHubConnector(GitHubConfig(client_id="x", client_secret="y"))
