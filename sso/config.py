@@ -52,6 +52,7 @@ class Settings:
     login_state_seconds: int = 600
     upstream_timeout: float = 10.0
     audit_max_events: int = 100_000
+    metrics_token: str | None = None  # when set, /metrics wants it as a bearer token
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -219,6 +220,11 @@ def load_settings(
         problems.append(f"SSO_GITHUB_TIMEOUT={timeout_raw!r} must be a positive number of seconds.")
         upstream_timeout = 10.0
 
+    metrics_token = env.get("SSO_METRICS_TOKEN", "").strip() or None
+    if metrics_token is not None and len(metrics_token) < 32:
+        problems.append("SSO_METRICS_TOKEN must be at least 32 characters (e.g. from "
+                        "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`).")
+
     settings = Settings(
         env=mode,
         issuer=issuer,
@@ -245,6 +251,7 @@ def load_settings(
         audit_max_events=_int(
             "SSO_AUDIT_MAX_EVENTS", env.get("SSO_AUDIT_MAX_EVENTS"), 100_000, problems
         ),
+        metrics_token=metrics_token,
     )
     if problems:
         raise ConfigError(problems)

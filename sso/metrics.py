@@ -9,16 +9,18 @@ each scrape sees the one process that answered it.
 Labels are bounded by construction: route *templates* (``/oauth/<x>``), never paths;
 event names and grant types are constants of the code; no person, client or token
 ever appears in a label. Counting costs a few microseconds per request, on hot paths too.
+With ``SSO_METRICS_TOKEN`` set, reading ``/metrics`` needs it as a bearer token.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -84,4 +86,16 @@ def _registry() -> CollectorRegistry:
 
 @bp.get("/metrics")
 def metrics() -> Response:
+    # Traffic volumes and failure rates are for operators: with SSO_METRICS_TOKEN set,
+    # only a scraper presenting it (Prometheus' `authorization: credentials:`) reads them.
+    expected = current_app.config["SSO_SETTINGS"].metrics_token
+    if expected is not None:
+        header = request.headers.get("Authorization", "")
+        given = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            response = jsonify(error="unauthorized",
+                               error_description="/metrics needs the SSO_METRICS_TOKEN bearer.")
+            response.status_code = 401
+            response.headers["WWW-Authenticate"] = 'Bearer realm="keycard-metrics"'
+            return response
     return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)

@@ -80,3 +80,10 @@ def test_development_generates_and_keeps_a_secret_key(tmp_path):
     second = load_settings({}, instance_dir=tmp_path)
     assert len(first.secret_key) >= 48 and first.secret_key == second.secret_key
     assert oct((tmp_path / "dev-secret-key").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_metrics_token_must_be_long_enough_to_be_a_secret():
+    assert "SSO_METRICS_TOKEN" in problems({**GOOD_PRODUCTION, "SSO_METRICS_TOKEN": "short"})
+    settings = load_settings({**GOOD_PRODUCTION, "SSO_METRICS_TOKEN": "m" * 32})
+    assert settings.metrics_token == "m" * 32
+    assert load_settings(GOOD_PRODUCTION).metrics_token is None

@@ -112,3 +112,17 @@ def test_worker_processes_are_summed_with_a_multiprocess_directory(
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(15)
+
+
+def test_a_metrics_token_when_set_is_required_as_a_bearer(make_keycard):
+    token = secrets.token_urlsafe(32)
+    keycard = make_keycard(SSO_METRICS_TOKEN=token)
+    anonymous = requests.get(keycard.url + "/metrics", timeout=10)
+    assert anonymous.status_code == 401 and anonymous.json()["error"] == "unauthorized"
+    assert anonymous.headers["WWW-Authenticate"].startswith("Bearer")
+    wrong = requests.get(keycard.url + "/metrics", timeout=10,
+                         headers={"Authorization": "Bearer " + token[:-1] + "x"})
+    assert wrong.status_code == 401
+    right = requests.get(keycard.url + "/metrics", timeout=10,
+                         headers={"Authorization": "Bearer " + token})
+    assert right.status_code == 200 and "keycard_http_requests_total" in right.text
