@@ -62,10 +62,10 @@ class GitHubConnector:
 
     def __init__(self, config: GitHubConfig) -> None:
         self.config = config
-        # One pooled adapter for the process: keep-alive toward the upstream.
-        # The token exchange goes through Authlib's requests-based client, on one pooled
-        # adapter; the REST calls (four or more per sign-in) straight through urllib3, which
-        # requests wraps at about half again the CPU per call.
+        # Keep-alive toward the upstream, pooled for the process: the token exchange goes
+        # through Authlib's requests-based client on one shared adapter; the REST calls (four
+        # or more per sign-in) straight through urllib3, which requests wraps at about half
+        # again the CPU per call.
         self._adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
         self._environment = _environment((config.web_url, config.api_url))
         self._api_pool = _pool_for(config.api_url, *self._environment, timeout=config.timeout)
