@@ -72,12 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.start()
         kc = bench.keycard.url
-        http, tokens, _ = ops.sign_in(kc, bench.upstream.url, bench.rp)
-        spec = ops.specs(rp=bench.rp, service=bench.service, user_token=tokens["access_token"],
-                         service_token=ops.client_credentials_token(kc, "/token", bench.service),
-                         app_token=ops.client_credentials_token(
-                             kc, "/token", bench.service, resource=ops.FORWARDED_APP),
-                         session_cookie=http.cookies.get(ops.COOKIE) or "")
+        spec = bench.single_specs()
         for op in args.ops:
             raw = bench.workdir / f"profile-{op}.txt"
             if op == "signin":

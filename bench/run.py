@@ -190,6 +190,17 @@ class Bench:
         self.rp = ops.Client(rp.client_id, str(rp_secret))
         self.service = ops.Client(svc.client_id, str(svc_secret))
 
+    def single_specs(self) -> dict[str, Callable[[list[str]], dict[str, Any]]]:
+        """The wrk specs after one sign-in, for the tools that look at one operation at a
+        time (bench.profile, bench.inprocess)."""
+        kc = self.keycard.url
+        http, tokens, _ = ops.sign_in(kc, self.upstream.url, self.rp)
+        return ops.specs(rp=self.rp, service=self.service, user_token=tokens["access_token"],
+                         service_token=ops.client_credentials_token(kc, "/token", self.service),
+                         app_token=ops.client_credentials_token(
+                             kc, "/token", self.service, resource=ops.FORWARDED_APP),
+                         session_cookie=http.cookies.get(ops.COOKIE) or "")
+
     def keycard_ops(self) -> None:
         kc, up, load = self.keycard.url, self.upstream.url, self.load
         pid, rdb = self.keycard.pid, self.rdb

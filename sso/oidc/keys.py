@@ -189,9 +189,11 @@ class KeyRing:
     def jwks(self) -> dict[str, builtins.list[dict[str, Any]]]:
         """The public JWK Set: active, next and retired-but-not-expired keys (shared: do
         not modify)."""
-        if not self._current().entries:
+        snapshot = self._current()
+        if not snapshot.entries:
             self.ensure()
-        return self._current_view().jwks
+            snapshot = self._current()
+        return self._view_of(snapshot).jwks
 
     def public_keyset(self) -> KeySet:
         """The same keys as :meth:`jwks`, as a joserfc ``KeySet`` for verification."""
