@@ -14,15 +14,20 @@ from typing import Any
 from dotenv import dotenv_values
 from flask import Flask
 
-from sso import admin, admin_api, auth, device, forward_auth, health, metrics, portal, users, web
+from sso import forward_auth, health, metrics, portal, web
 from sso.accounts import Accounts
+from sso.admin import api as admin_api
+from sso.admin import console as admin
 from sso.audit import Audit
 from sso.config import Settings, load_settings
 from sso.crypto import Sealer
+from sso.device import views as device
+from sso.login import users
+from sso.login import views as auth
+from sso.login.flow import SignInFlow
+from sso.registry import Services
 from sso.rules_store import RuleStore
-from sso.services import Services
 from sso.sessions import RedisSessionInterface, SessionStore
-from sso.signin import SignInFlow
 from sso.storage import TTL, Store, connect
 from sso.upstream.github import GitHubConfig, GitHubConnector
 

@@ -27,10 +27,12 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from joserfc import jwt
 from werkzeug.wrappers import Response as BaseResponse
 
+from sso.login.users import session_user
 from sso.oidc.tokens import subject_for
-from sso.services import services
-from sso.users import session_user
-from sso.web import HOSTNAME, csrf, error_response, origin_exempt, safe_return_url
+from sso.registry import services
+from sso.web.csrf import csrf, origin_exempt
+from sso.web.errors import error_response
+from sso.web.redirects import HOSTNAME, safe_return_url
 
 bp = Blueprint("forward_auth", __name__)
 

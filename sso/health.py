@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from sso.services import services
+from sso.registry import services
 from sso.storage import StorageUnavailable
 
 bp = Blueprint("health", __name__)

@@ -8,7 +8,7 @@ from flask import Blueprint, current_app, redirect, render_template, url_for
 from flask_login import current_user, login_required
 from werkzeug.wrappers import Response
 
-from sso.services import services
+from sso.registry import services
 
 bp = Blueprint("portal", __name__)
 

@@ -10,7 +10,7 @@ import click
 from flask.cli import with_appcontext
 
 from sso.cli.common import json_option
-from sso.services import services
+from sso.registry import services
 
 
 def _line(event: dict[str, Any], as_json: bool) -> str:

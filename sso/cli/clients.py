@@ -15,7 +15,7 @@ from flask.cli import with_appcontext
 
 from sso.cli.common import actor, emit, json_option
 from sso.oidc.clients import ID_TOKEN_ALGS, Client, ClientError, ClientRegistry
-from sso.services import services
+from sso.registry import services
 
 SECRET_WARNING = ("Store the client secret now: it is shown only once and cannot be "
                   "recovered (`sso clients rotate-secret ID` makes a new one).")

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from sso.accounts import Profile
-from sso.services import services
+from sso.registry import services
 
 
 def json_option(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -11,7 +11,7 @@ from flask.cli import with_appcontext
 
 from sso.cli.common import actor, emit, json_option
 from sso.oidc.keys import KeyRing
-from sso.services import services
+from sso.registry import services
 
 
 def keyring() -> KeyRing:

@@ -9,6 +9,7 @@ import click
 from flask.cli import with_appcontext
 
 from sso.cli.common import actor, emit, json_option, profile_or_exit
+from sso.registry import services
 from sso.roles import Rule, explain
 from sso.rules_store import (
     RuleError,
@@ -18,7 +19,6 @@ from sso.rules_store import (
     parse_yaml,
     rule_to_dict,
 )
-from sso.services import services
 
 
 def _target(args: tuple[str, ...], user: str | None) -> tuple[str, str, str, tuple[str, ...]]:

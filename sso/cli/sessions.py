@@ -6,7 +6,7 @@ import click
 from flask.cli import with_appcontext
 
 from sso.cli.common import emit, json_option, profile_or_exit
-from sso.services import services
+from sso.registry import services
 
 
 @click.group("sessions", help="List and end browser sessions.")

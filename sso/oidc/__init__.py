@@ -15,7 +15,7 @@ from sso.oidc.keys import KeyRing
 from sso.oidc.records import Records
 from sso.oidc.server import Provider, build_server
 from sso.oidc.views import bp, discovery_document
-from sso.services import Services
+from sso.registry import Services
 
 
 def init_app(app: Flask, svc: Services) -> Provider:

@@ -24,8 +24,8 @@ from flask import request as flask_request
 
 from sso.accounts import Accounts, Profile
 from sso.audit import Audit
-from sso.metrics import TOKENS
 from sso.oidc.device import register_device_flow
+from sso.metrics import TOKENS
 from sso.oidc.grants import (
     AuthorizationCodeGrant,
     ClientCredentialsGrant,

@@ -31,9 +31,10 @@ from werkzeug.wrappers import Response
 from sso.crypto import hash_secret
 from sso.oidc.server import KeycardServer, Provider
 from sso.oidc.tokens import SUPPORTED_SCOPES, Subject, subject_for
-from sso.services import services
+from sso.registry import services
 from sso.sessions import ServerSession
-from sso.web import csrf, error_response, origin_exempt
+from sso.web.csrf import csrf, origin_exempt
+from sso.web.errors import error_response
 
 bp = Blueprint("oidc", __name__)
 

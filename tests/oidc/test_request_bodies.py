@@ -1,5 +1,5 @@
 """Form bodies at the OAuth endpoints, read by Keycard's direct url-encoded path
-(sso.web.KeycardRequest) or, for anything unusual, by Werkzeug's: each shape gets a
+(sso.web.fastpath.KeycardRequest) or, for anything unusual, by Werkzeug's: each shape gets a
 proper answer, and a malformed one a 4xx, never a 500."""
 
 from __future__ import annotations

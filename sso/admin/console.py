@@ -1,6 +1,6 @@
 """The ``admin`` blueprint: the console under ``/admin`` (rules, people, sessions, audit).
 
-Views are thin. The operations the JSON API (:mod:`sso.admin_api`) shares with the
+Views are thin. The operations the JSON API (:mod:`sso.admin.api`) shares with the
 console (changing rules, explaining roles, ending sessions, filtering the audit
 trail) are the plain functions at the top, so both surfaces do exactly the same thing
 and record the same audit events.
@@ -18,12 +18,12 @@ from flask_login import current_user
 from werkzeug.wrappers import Response
 
 from sso.accounts import Profile
+from sso.login.users import login_manager
+from sso.registry import services
 from sso.roles import ADMIN_ROLE, Rule, evaluate, explain
 from sso.rules_store import RuleError, check_roles, describe, parse_target, rule_to_dict
-from sso.services import services
 from sso.sessions import SessionInfo
-from sso.users import login_manager
-from sso.web import safe_next
+from sso.web.redirects import safe_next
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 

@@ -14,9 +14,9 @@ from sso.accounts import Accounts
 from sso.audit import Audit
 from sso.config import Settings
 from sso.crypto import Sealer
+from sso.login.flow import SignInFlow
 from sso.rules_store import RuleStore
 from sso.sessions import SessionStore
-from sso.signin import SignInFlow
 from sso.storage import Store
 from sso.upstream.base import Connector
 

@@ -22,7 +22,7 @@ from sso.oidc.device import (
 )
 from sso.oidc.tokens import SUPPORTED_SCOPES
 from sso.oidc.views import SCOPE_WORDS, provider
-from sso.web import error_response
+from sso.web.errors import error_response
 
 bp = Blueprint("device", __name__)
 

@@ -6,8 +6,8 @@ from flask import Flask, session
 from flask_login import LoginManager, UserMixin
 
 from sso.accounts import Profile
+from sso.registry import services
 from sso.roles import ADMIN_ROLE
-from sso.services import services
 from sso.sessions import ServerSession
 
 login_manager = LoginManager()

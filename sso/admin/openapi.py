@@ -1,4 +1,4 @@
-"""The OpenAPI 3.1 description of the admin API (:mod:`sso.admin_api`), as a plain dict.
+"""The OpenAPI 3.1 description of the admin API (:mod:`sso.admin.api`), as a plain dict.
 
 Served at ``/api/admin/openapi.json``; a test checks every registered route is here.
 """

@@ -19,12 +19,13 @@ from flask_login import current_user, login_required, login_user
 from werkzeug.wrappers import Response
 
 from sso.crypto import hash_secret
-from sso.services import services
+from sso.login.flow import SignInRefused
+from sso.login.users import User
+from sso.registry import services
 from sso.sessions import ServerSession
-from sso.signin import SignInRefused
 from sso.upstream.base import AccessDenied, UpstreamError
-from sso.users import User
-from sso.web import error_response, safe_next
+from sso.web.errors import error_response
+from sso.web.redirects import safe_next
 
 bp = Blueprint("auth", __name__)
 

@@ -13,11 +13,12 @@ from flask import Blueprint, Response, abort, current_app, g, jsonify, request
 from flask.blueprints import BlueprintSetupState
 from flask_login import current_user
 
-from sso import admin
-from sso.openapi import document
+from sso.admin import console as admin
+from sso.admin.openapi import document
+from sso.registry import services
 from sso.rules_store import RuleError
-from sso.services import services
-from sso.web import csrf, error_response
+from sso.web.csrf import csrf
+from sso.web.errors import error_response
 
 bp = Blueprint("admin_api", __name__, url_prefix="/api/admin")
 

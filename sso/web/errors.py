@@ -1,0 +1,101 @@
+"""One place turns typed errors into pages (browsers) or JSON (APIs).
+
+No view formats an error itself and no stack trace ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, current_app, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
+
+from sso.storage import StorageUnavailable
+from sso.upstream.base import RateLimited, SamlSsoRequired, UpstreamError
+
+log = logging.getLogger("keycard.web")
+
+
+def wants_json() -> bool:
+    if request.path.startswith(("/api/", "/oauth/", "/token", "/userinfo", "/introspect",
+                                "/revoke", "/device_authorization", "/auth/verify",
+                                "/.well-known/", "/jwks.json")):
+        return True
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes[
+        "text/html"
+    ]
+
+
+def error_response(
+    status: int, title: str, message: str, *, code: str = "error", **context: Any
+) -> Response:
+    if wants_json():
+        response = jsonify(error=code, error_description=message)
+    else:
+        response = current_app.make_response(
+            render_template("errors/error.html", status=status, title=title, message=message,
+                            **context)
+        )
+    response.status_code = status
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(StorageUnavailable)
+    def storage_down(exc: StorageUnavailable) -> Response:
+        log.error("redis unavailable: %s", exc)
+        response = error_response(
+            503,
+            "Keycard is temporarily unavailable",
+            "Keycard cannot reach its session store right now. Nothing was changed; "
+            "please try again in a few seconds.",
+            code="temporarily_unavailable",
+        )
+        response.headers["Retry-After"] = "5"
+        return response
+
+    @app.errorhandler(UpstreamError)
+    def upstream_failed(exc: UpstreamError) -> Response:
+        log.warning("upstream error %s: %s", type(exc).__name__, exc.detail)
+        extra: dict[str, Any] = {}
+        if isinstance(exc, SamlSsoRequired) and exc.url:
+            extra["action_url"], extra["action_label"] = exc.url, "Authorise on GitHub"
+        if exc.status in (502, 503) or isinstance(exc, SamlSsoRequired):
+            extra.setdefault("retry", True)
+        response = error_response(exc.status, exc.title, exc.message, code=exc.audit_reason,
+                                  **extra)
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+
+    @app.errorhandler(CSRFError)
+    def csrf_failed(exc: CSRFError) -> Response:
+        return error_response(
+            403,
+            "This form has expired",
+            "The form was missing its security token or came from another site. "
+            "Go back, reload the page and try again.",
+            code="csrf_failed",
+        )
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        titles = {403: "Not allowed", 404: "Page not found", 405: "Method not allowed"}
+        return error_response(
+            status, titles.get(status, exc.name), exc.description or exc.name,
+            code={403: "access_denied", 404: "not_found"}.get(status, "invalid_request"),
+        )
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(
+            500,
+            "Something went wrong",
+            "Keycard hit an unexpected error. It has been logged; please try again.",
+            code="server_error",
+        )

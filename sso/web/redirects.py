@@ -1,0 +1,51 @@
+"""Where a browser may be sent back to: local paths, and allowed forward-auth domains."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+
+def safe_next(value: str | None, default: str = "/") -> str:
+    """Only same-site paths: ``/x`` yes; ``//evil``, ``/\\evil``, ``https://evil`` no."""
+    if not value or not value.startswith("/") or value.startswith(("//", "/\\")):
+        return default
+    if any(ord(c) < 0x20 or c == "\\" for c in value):
+        return default
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        return default
+    return value
+
+
+HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
+
+
+def safe_return_url(url: str | None, allowed_domains: Iterable[str]) -> str | None:
+    """An absolute http(s) URL on an allowed domain (or a subdomain of one), else None.
+
+    SECURITY (no open redirects): whole-label match, so ``evil-acme.test`` is not
+    ``acme.test``; no userinfo (``https://acme.test@evil``), backslashes, control
+    characters, percent-encoded or trailing-dot host names that browsers and parsers
+    could read differently.
+    """
+    if not url or len(url) > 4096 or any(ord(c) <= 0x20 or c in "\\\x7f" for c in url):
+        return None
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
+        return None
+    if not url.lower().startswith(parts.scheme.lower() + "://"):
+        return None
+    host = (parts.hostname or "").lower()
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        return None
+    if not HOSTNAME.fullmatch(host):
+        return None
+    for domain in allowed_domains:
+        domain = domain.lower().strip(".")
+        if domain and (host == domain or host.endswith("." + domain)):
+            return url
+    return None
