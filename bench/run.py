@@ -177,13 +177,14 @@ class Bench:
         self.rdb = redis.Redis.from_url(self.redis.url)
 
         from sso import create_app
+        from sso.registry import registry
 
         self.app = create_app(self.keycard.extra)  # same Redis and prefix as the server
-        registry = self.app.extensions["keycard.clients"]
-        rp, rp_secret = registry.create(
+        clients = registry(self.app).clients
+        rp, rp_secret = clients.create(
             name="Bench RP", redirect_uris=[ops.RP_CALLBACK], trusted=True,
             grant_types=["authorization_code", "refresh_token"], id_token_alg=self.args.alg)
-        svc, svc_secret = registry.create(
+        svc, svc_secret = clients.create(
             name="Bench service", grant_types=["client_credentials"], scopes=[],
             roles=["bench"], trusted=True, id_token_alg=self.args.alg,
             audiences=[ops.FORWARDED_APP])
@@ -265,7 +266,9 @@ class Bench:
     def memory(self) -> dict[str, Any]:
         count = 500 if self.smoke else self.args.sessions
         print(f"Redis memory: writing {count:,} sessions ...", flush=True)
-        svc = self.app.extensions["keycard"]
+        from sso.registry import registry
+
+        svc = registry(self.app)
         return measure.session_memory(svc.sessions, self.rdb, svc.store.keys.session(""), count)
 
     def stop(self) -> None:

@@ -7,35 +7,29 @@ at import time.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from dotenv import dotenv_values
 from flask import Flask
 
-from sso import forward_auth, health, metrics, portal, web
-from sso.accounts import Accounts
+from sso import forward_auth, health, metrics, portal, registry, web
 from sso.admin import api as admin_api
 from sso.admin import console as admin
-from sso.audit import Audit
 from sso.config import Settings, load_settings
-from sso.crypto import Sealer
 from sso.device import views as device
 from sso.login import users
 from sso.login import views as auth
-from sso.login.flow import SignInFlow
-from sso.registry import Services
-from sso.rules_store import RuleStore
-from sso.sessions import RedisSessionInterface, SessionStore
-from sso.storage import TTL, Store, connect
-from sso.upstream.github import GitHubConfig, GitHubConnector
+from sso.oidc import views as oidc_views
+from sso.sessions import RedisSessionInterface
+from sso.upstream.base import Connector
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def create_app(
-    settings: Settings | Mapping[str, str] | None = None, *, connector: Any = None
+    settings: Settings | Mapping[str, str] | None = None, *, connector: Connector | None = None
 ) -> Flask:
     """Build a Keycard app.
 
@@ -44,7 +38,7 @@ def create_app(
     """
     if not isinstance(settings, Settings):
         if settings is None:
-            environ = {**dotenv_values(".env"), **__import__("os").environ}
+            environ = {**dotenv_values(".env"), **os.environ}
             settings = load_settings({k: v for k, v in environ.items() if v is not None})
         else:
             settings = load_settings(settings)
@@ -68,73 +62,20 @@ def create_app(
         # Referrer-Policy: no-referrer means browsers send no Referer; Origin is checked instead.
         WTF_CSRF_SSL_STRICT=False,
         MAX_CONTENT_LENGTH=1024 * 1024,
-        JSON_SORT_KEYS=False,
     )
     logging.getLogger("keycard").setLevel(logging.INFO)
 
-    prefix = settings.redis_prefix
-    if "+cluster" in settings.redis_url.split("://", 1)[0] and "{" not in prefix:
-        # Scripts and transactions touch several keys: in a cluster they must share a slot.
-        prefix = "{" + prefix.rstrip(":") + "}:"
-    store = Store(
-        connect(settings.redis_url),
-        prefix,
-        TTL(
-            login_state=settings.login_state_seconds,
-            session_idle=settings.session_idle_seconds,
-            session_absolute=settings.session_absolute_seconds,
-        ),
-    )
-    sealer = Sealer(settings.secret_key)
-    if connector is None:
-        connector = GitHubConnector(
-            GitHubConfig(
-                client_id=settings.github_client_id,
-                client_secret=settings.github_client_secret,
-                web_url=settings.github_url,
-                api_url=settings.github_api_url,
-                allowed_orgs=settings.github_orgs if not settings.allow_any_github_user else (),
-                timeout=settings.upstream_timeout,
-            )
-        )
-    sessions = SessionStore(
-        store, idle=settings.session_idle_seconds, absolute=settings.session_absolute_seconds
-    )
-    audit = Audit(store, settings.audit_max_events)
-    rules = RuleStore(store)
-    accounts = Accounts(
-        store=store,
-        settings=settings,
-        connector=connector,
-        sealer=sealer,
-        sessions=sessions,
-        audit=audit,
-        rules=rules.all,
-    )
-    app.extensions["keycard"] = Services(
-        settings=settings,
-        store=store,
-        sealer=sealer,
-        connector=connector,
-        sessions=sessions,
-        audit=audit,
-        accounts=accounts,
-        signin=SignInFlow(
-            store, connector, f"{settings.issuer}/auth/github/callback",
-            settings.login_state_seconds,
-        ),
-        rules=rules,
-    )
-    app.session_interface = RedisSessionInterface(sessions, cookie_name=_cookie_name(settings))
+    reg = registry.build(app, settings, connector)
+    app.extensions[registry.EXTENSION] = reg
+    app.session_interface = RedisSessionInterface(reg.sessions, cookie_name=_cookie_name(settings))
 
     web.init_app(app)
     users.init_app(app)
-    for module in (auth, portal, health, metrics, admin, admin_api, forward_auth, device):
+    for module in (auth, portal, health, metrics, admin, admin_api, forward_auth, device,
+                   oidc_views):
         app.register_blueprint(module.bp)
     app.wsgi_app = metrics.RequestMetrics(app.wsgi_app)  # type: ignore[method-assign]
-    from sso import cli, oidc
-
-    oidc.init_app(app, app.extensions["keycard"])
+    from sso import cli
 
     cli.init_app(app)
     return app

@@ -83,6 +83,7 @@ class Accounts:
         sessions: SessionStore,
         audit: Audit,
         rules: Callable[[], list[Rule]],
+        on_access_end: Callable[[str], int] = lambda user_id: 0,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -91,8 +92,9 @@ class Accounts:
         self.sessions = sessions
         self.audit = audit
         self.rules = rules
-        # Called with a user id whenever their access ends, so tokens die with sessions.
-        self.token_revokers: list[Callable[[str], int]] = []
+        # Told the user id whenever their access ends (returns how many token grants
+        # ended), so tokens die with sessions without this module knowing about tokens.
+        self.on_access_end = on_access_end
 
     # -- policy ---------------------------------------------------------------------
 
@@ -137,6 +139,12 @@ class Accounts:
     # -- storage --------------------------------------------------------------------
 
     @guard
+    def complete_sign_in(self, identity: Identity, token: UpstreamToken) -> Profile:
+        """An admitted person's profile (roles applied), stored with their upstream token."""
+        profile = self.profile_for(identity)
+        self.save(profile, token, signed_in=True)
+        return profile
+
     def save(self, profile: Profile, token: UpstreamToken | None, *, signed_in: bool) -> None:
         """Write the user record, the directory and the login index in one transaction."""
         keys = self.store.keys
@@ -261,7 +269,7 @@ class Accounts:
     def end_access(self, user_id: str, *, reason: str, actor: str, login: str = "") -> int:
         """Deprovision: end every session of the person (and, later, their tokens)."""
         ended = self.sessions.end_user_sessions(user_id)
-        tokens = sum(revoke(user_id) for revoke in self.token_revokers)
+        tokens = self.on_access_end(user_id)
         self.audit.record(
             "access.ended", actor=actor, subject=login or user_id, reason=reason, sessions=ended,
             token_grants=tokens,
@@ -271,6 +279,5 @@ class Accounts:
     def end_all_sessions(self, user_id: str) -> int:
         """Sign out everywhere: every session and every token the person holds."""
         ended = self.sessions.end_user_sessions(user_id)
-        for revoke in self.token_revokers:
-            revoke(user_id)
+        self.on_access_end(user_id)
         return ended

@@ -19,6 +19,7 @@ import redis
 from werkzeug.serving import make_server
 
 from sso.config import DEV_UPSTREAM_CLIENT_ID, DEV_UPSTREAM_CLIENT_SECRET
+from sso.registry import registry
 
 
 def free_port() -> int:
@@ -75,17 +76,17 @@ def dev_environment(upstream_url: str, redis_url: str) -> dict[str, str]:
 
 def register_demo_client(app: Any, demo_url: str) -> tuple[str, str]:
     """Register (or re-key) the demo app's OIDC client; its id is remembered in Redis."""
-    registry = app.extensions["keycard.clients"]
-    store = app.extensions["keycard"].store
+    clients = registry(app).clients
+    store = registry(app).store
     marker = f"{store.keys.prefix}dev:demo-client"
-    fields = {"name": "Demo app", "redirect_uris": [f"{demo_url}/callback"],
+    fields: dict[str, Any] = {"name": "Demo app", "redirect_uris": [f"{demo_url}/callback"],
               "post_logout_redirect_uris": [f"{demo_url}/"], "home_url": f"{demo_url}/",
               "trusted": True}
     client_id = store.redis.get(marker)
-    if client_id and registry.get(client_id) is not None:
-        registry.update(client_id, **fields)
-        return str(client_id), str(registry.rotate_secret(client_id))
-    client, secret = registry.create(**fields)
+    if client_id and clients.get(client_id) is not None:
+        clients.update(client_id, **fields)
+        return str(client_id), str(clients.rotate_secret(client_id))
+    client, secret = clients.create(**fields)
     store.redis.set(marker, client.client_id)
     return client.client_id, str(secret)
 

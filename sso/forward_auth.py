@@ -17,27 +17,23 @@ assertion is reused, for half its life, when the same person asks for the same a
 
 from __future__ import annotations
 
-import time
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from flask import Blueprint, Response, current_app, jsonify, redirect, request, url_for
 from flask_login import current_user
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from joserfc import jwt
 from werkzeug.wrappers import Response as BaseResponse
 
 from sso.login.users import session_user
 from sso.oidc.tokens import subject_for
-from sso.registry import services
+from sso.registry import registry
 from sso.web.csrf import csrf, origin_exempt
 from sso.web.errors import error_response
-from sso.web.redirects import HOSTNAME, safe_return_url
+from sso.web.redirects import safe_return_url
 
 bp = Blueprint("forward_auth", __name__)
 
-ASSERTION_TTL = 60  # seconds: the app checks it on arrival; it is never stored
-ASSERTION_ALG = "ES256"
 HEADER_PREFIX = "X-Auth-Request-"
 # Traefik forwards the original request's method; answer every one of them.
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -61,7 +57,7 @@ def _identity_from_session() -> dict[str, Any] | None:
         return None
     profile = user.profile
     return {
-        "sub": subject_for(services().settings.issuer, profile.user_id),
+        "sub": subject_for(registry().settings.issuer, profile.user_id),
         "preferred_username": profile.login,
         "email": profile.email if profile.email and profile.email_verified else None,
         "groups": list(profile.groups),
@@ -70,7 +66,7 @@ def _identity_from_session() -> dict[str, Any] | None:
 
 
 def _identity_from_token(token: str) -> dict[str, Any] | None:
-    claims = current_app.extensions["keycard.oidc"].provider.token_claims(token)
+    claims = registry().provider.token_claims(token)
     if claims is None:
         return None
     sub = str(claims.get("sub", ""))
@@ -101,71 +97,6 @@ def _requested_host() -> str:
     return host.rsplit(":", 1)[0] if ":" in host else host
 
 
-class AssertionCache:
-    """Signed assertions, reused while more than half their life is left.
-
-    Signing was the largest cost of a check, and a proxy asks about every request a
-    page makes (its scripts, images, API calls) for the same person and app. Only the
-    signature is reused: the session or token behind it is still checked at every
-    request, so revoking either still takes effect at once.
-    """
-
-    # Entries; cleared whole when full (a dict, no eviction bookkeeping). With hosts limited
-    # to real host names (see _assertion) an entry stays under a few kilobytes.
-    LIMIT = 4096
-
-    def __init__(self) -> None:
-        self._entries: dict[tuple[Any, ...], tuple[str, int]] = {}
-
-    def get(self, key: tuple[Any, ...], now: int) -> str | None:
-        found = self._entries.get(key)
-        if found is not None and found[1] - now > ASSERTION_TTL // 2:
-            return found[0]
-        return None
-
-    def put(self, key: tuple[Any, ...], assertion: str, expires: int) -> None:
-        if len(self._entries) >= self.LIMIT:
-            self._entries.clear()
-        self._entries[key] = (assertion, expires)
-
-
-bp.record_once(lambda state: state.app.extensions.setdefault("keycard.assertions",
-                                                             AssertionCache()))
-
-
-def _assertion(identity: dict[str, Any], audience: str) -> str:
-    extensions = current_app.extensions
-    key = extensions["keycard.keys"].signing_key(ASSERTION_ALG)
-    cache: AssertionCache = extensions["keycard.assertions"]
-    now = int(time.time())
-    # The audience comes from a request header: only a plausible host name is remembered,
-    # so nobody can fill the cache with long, ever-changing values.
-    cacheable = len(audience) <= 253 and HOSTNAME.fullmatch(audience) is not None
-    cache_key = (key.kid, audience, identity["sub"], identity["preferred_username"],
-                 identity["email"], tuple(identity["groups"]), tuple(identity["roles"]))
-    reused = cache.get(cache_key, now) if cacheable else None
-    if reused is not None:
-        return reused
-    claims: dict[str, Any] = {
-        "iss": services().settings.issuer,
-        "sub": identity["sub"],
-        "aud": audience,
-        "iat": now,
-        "exp": now + ASSERTION_TTL,
-        "preferred_username": identity["preferred_username"],
-        "groups": identity["groups"],
-        "roles": identity["roles"],
-    }
-    if identity["email"]:
-        claims["email"] = identity["email"]
-        claims["email_verified"] = True
-    header = {"alg": ASSERTION_ALG, "typ": "JWT", "kid": key.kid}
-    assertion = jwt.encode(header, claims, key, algorithms=[ASSERTION_ALG])
-    if cacheable:
-        cache.put(cache_key, assertion, claims["exp"])
-    return assertion
-
-
 def _denied(status: int, error: str, description: str, challenge: str) -> Response:
     response = jsonify(error=error, error_description=description)
     response.status_code = status
@@ -190,10 +121,10 @@ def _sign_in_redirect() -> BaseResponse | None:
         return None
     if request.method not in ("GET", "HEAD") or not request.accept_mimetypes.accept_html:
         return None  # an API call or a form post gets the 401, not a page
-    target = safe_return_url(_original_url(), services().settings.forward_auth_domains)
+    target = safe_return_url(_original_url(), registry().settings.forward_auth_domains)
     if target is None:
         return None
-    return redirect(services().settings.issuer + "/auth/start?rd=" + quote(target, safe=""))
+    return redirect(registry().settings.issuer + "/auth/start?rd=" + quote(target, safe=""))
 
 
 @bp.route("/auth/verify", methods=ALL_METHODS)
@@ -228,7 +159,7 @@ def verify() -> BaseResponse:
         (HEADER_PREFIX + "Sub", identity["sub"]),
         (HEADER_PREFIX + "Groups", ",".join(identity["groups"])),
         (HEADER_PREFIX + "Roles", ",".join(identity["roles"])),
-        (HEADER_PREFIX + "Assertion", _assertion(identity, _requested_host())),
+        (HEADER_PREFIX + "Assertion", registry().asserter.sign(identity, _requested_host())),
     ]
     if identity["email"]:
         headers.append((HEADER_PREFIX + "Email", identity["email"]))
@@ -239,7 +170,7 @@ def verify() -> BaseResponse:
 
 
 def _serializer() -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(services().settings.secret_key,
+    return URLSafeTimedSerializer(registry().settings.secret_key,
                                   salt="keycard.forward-auth.return")
 
 
@@ -263,7 +194,7 @@ def _refused() -> Response:
 
 @bp.get("/auth/start")
 def start() -> BaseResponse:
-    rd = safe_return_url(_raw_rd(), services().settings.forward_auth_domains)
+    rd = safe_return_url(_raw_rd(), registry().settings.forward_auth_domains)
     if rd is None:
         return _refused()
     if current_user.is_authenticated:
@@ -277,12 +208,12 @@ def start() -> BaseResponse:
 def back() -> BaseResponse:
     try:
         rd = _serializer().loads(request.args.get("rd", ""),
-                                 max_age=services().settings.login_state_seconds)
+                                 max_age=registry().settings.login_state_seconds)
     except BadSignature:
         rd = None
     # Checked again: the allowed domains may have changed while the person signed in.
     rd = safe_return_url(rd if isinstance(rd, str) else None,
-                         services().settings.forward_auth_domains)
+                         registry().settings.forward_auth_domains)
     if rd is None:
         return _refused()
     if not current_user.is_authenticated:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from sso.registry import services
+from sso.registry import registry
 from sso.storage import StorageUnavailable
 
 bp = Blueprint("health", __name__)
@@ -18,7 +18,7 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
     try:
-        services().store.ping()
+        registry().store.ping()
     except StorageUnavailable as exc:
         return jsonify(status="unavailable", redis="unreachable", detail=str(exc)[:200]), 503
     return jsonify(status="ready", redis="ok"), 200

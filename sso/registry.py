@@ -1,39 +1,140 @@
-"""The services one app instance uses, built once by the factory (Warehouse-style lookup).
+"""The composition root: every service of one app instance, built once and typed.
 
-Views ask ``services()`` for what they need instead of importing globals, so a
-test can stand up an app against its own Redis and upstream.
+:func:`build` wires the services in dependency order (storage, then people and
+sessions, then the OpenID provider on top) and is the only place that knows how
+they connect: the session store announces ended sessions and the accounts
+service announces ended access through callbacks given here, so neither ever
+imports :mod:`sso.oidc`. Views and CLI commands ask :func:`registry` for what
+they need; nothing else is kept in ``app.extensions``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from authlib.oidc.discovery import OpenIDProviderMetadata
 from flask import Flask, current_app
 
 from sso.accounts import Accounts
+from sso.admin.service import AdminService
+from sso.assertions import Asserter
 from sso.audit import Audit
 from sso.config import Settings
 from sso.crypto import Sealer
 from sso.login.flow import SignInFlow
+from sso.oidc.clients import ClientRegistry
+from sso.oidc.device import DeviceRecords
+from sso.oidc.discovery import discovery_document
+from sso.oidc.keys import KeyRing
+from sso.oidc.records import Records
+from sso.oidc.server import KeycardServer, Provider, build_server
 from sso.rules_store import RuleStore
 from sso.sessions import SessionStore
-from sso.storage import Store
+from sso.storage import TTL, Store, connect
 from sso.upstream.base import Connector
+from sso.upstream.github import GitHubConfig, GitHubConnector
+
+EXTENSION = "keycard"
 
 
-@dataclass
-class Services:
+@dataclass(frozen=True, slots=True)
+class Registry:
     settings: Settings
     store: Store
     sealer: Sealer
     connector: Connector
-    sessions: SessionStore
     audit: Audit
+    rules: RuleStore
+    sessions: SessionStore
     accounts: Accounts
     signin: SignInFlow
-    rules: RuleStore
+    admin: AdminService
+    clients: ClientRegistry
+    keys: KeyRing
+    records: Records
+    devices: DeviceRecords
+    provider: Provider
+    server: KeycardServer
+    discovery: dict[str, Any]
+    asserter: Asserter
 
 
-def services(app: Flask | None = None) -> Services:
-    found: Services = (app or current_app).extensions["keycard"]
+def registry(app: Flask | None = None) -> Registry:
+    found: Registry = (app or current_app).extensions[EXTENSION]
     return found
+
+
+def redis_prefix(settings: Settings) -> str:
+    prefix = settings.redis_prefix
+    if "+cluster" in settings.redis_url.split("://", 1)[0] and "{" not in prefix:
+        # Scripts and transactions touch several keys: in a cluster they must share a slot.
+        prefix = "{" + prefix.rstrip(":") + "}:"
+    return prefix
+
+
+def github_connector(settings: Settings) -> GitHubConnector:
+    return GitHubConnector(
+        GitHubConfig(
+            client_id=settings.github_client_id,
+            client_secret=settings.github_client_secret,
+            web_url=settings.github_url,
+            api_url=settings.github_api_url,
+            allowed_orgs=settings.github_orgs if not settings.allow_any_github_user else (),
+            timeout=settings.upstream_timeout,
+        )
+    )
+
+
+def build(app: Flask, settings: Settings, connector: Connector | None = None) -> Registry:
+    """Every service, once; the OAuth server is bound to ``app`` (it reads its config)."""
+    store = Store(
+        connect(settings.redis_url),
+        redis_prefix(settings),
+        TTL(
+            login_state=settings.login_state_seconds,
+            session_idle=settings.session_idle_seconds,
+            session_absolute=settings.session_absolute_seconds,
+        ),
+    )
+    sealer = Sealer(settings.secret_key)
+    connector = connector or github_connector(settings)
+    audit = Audit(store, settings.audit_max_events)
+    rules = RuleStore(store)
+    records = Records(store)
+    # Tokens end with the browser session they were born in, and with a person's access.
+    sessions = SessionStore(store, idle=settings.session_idle_seconds,
+                            absolute=settings.session_absolute_seconds,
+                            on_end=records.revoke_session_grants)
+    accounts = Accounts(store=store, settings=settings, connector=connector, sealer=sealer,
+                        sessions=sessions, audit=audit, rules=rules.all,
+                        on_access_end=records.revoke_user_grants)
+    clients = ClientRegistry(store)
+    keys = KeyRing(store, sealer)
+    devices = DeviceRecords(store)
+    provider = Provider(issuer=settings.issuer, records=records, accounts=accounts, keys=keys,
+                        clients=clients, audit_log=audit, sessions=sessions, devices=devices)
+    metadata = OpenIDProviderMetadata(discovery_document(settings.issuer))
+    metadata.validate()  # a malformed discovery document is a start-up error, not a surprise
+    return Registry(
+        settings=settings,
+        store=store,
+        sealer=sealer,
+        connector=connector,
+        audit=audit,
+        rules=rules,
+        sessions=sessions,
+        accounts=accounts,
+        signin=SignInFlow(store, connector, f"{settings.issuer}/auth/github/callback",
+                          settings.login_state_seconds),
+        admin=AdminService(settings=settings, rules=rules, accounts=accounts,
+                           sessions=sessions, audit=audit),
+        clients=clients,
+        keys=keys,
+        records=records,
+        devices=devices,
+        provider=provider,
+        server=build_server(provider, app),
+        discovery=dict(metadata),
+        asserter=Asserter(settings.issuer, keys),
+    )

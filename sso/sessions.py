@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from flask import Flask, Request, Response
 from flask.sessions import SessionInterface, SessionMixin
 from werkzeug.datastructures import CallbackDict
 
+from sso.audit import Audit
 from sso.crypto import hash_secret, new_secret
 from sso.storage import StorageUnavailable, Store, guard
 
@@ -139,10 +140,14 @@ class SessionInfo:
 class SessionStore:
     """Session records and the per-user index: the service behind sign-out and admin views."""
 
-    def __init__(self, store: Store, *, idle: int, absolute: int) -> None:
+    def __init__(self, store: Store, *, idle: int, absolute: int,
+                 on_end: Callable[[str], object] = lambda sid_hash: None) -> None:
         self.store = store
         self.idle = idle
         self.absolute = absolute
+        # Told the hash of every session that ends here (the provider revokes the tokens
+        # born in it): the store announces, so it never needs to know who listens.
+        self.on_end = on_end
         self._read = store.redis.register_script(_READ)
         self._update = store.redis.register_script(_UPDATE)
 
@@ -199,6 +204,28 @@ class SessionStore:
         session.profile_dirty = False
         return new_sid
 
+    def begin(self, session: ServerSession, user_id: str, profile: dict[str, Any]) -> None:
+        """A completed sign-in: a fresh id (a cookie planted earlier is never the signed-in
+        one), the profile snapshot and the time of authentication."""
+        if session.sid:
+            if session.user_id == user_id:
+                # Re-sign-in of the same person: the old session's tokens follow them.
+                session.carry_grants_from = hash_secret(session.sid)
+            else:  # another person's session in this browser ends, and its tokens with it
+                self.on_end(hash_secret(session.sid))
+        session.clear()
+        session.regenerate()
+        session.set_profile(user_id, profile)
+        session["auth_time"] = int(time.time())
+
+    def end(self, session: ServerSession) -> str | None:
+        """End this browser's session (deleted at save); returns who was signed in."""
+        login = (session.profile or {}).get("login") if session.user_id else None
+        if session.sid:
+            self.on_end(hash_secret(session.sid))
+        session.end()
+        return str(login) if login else None
+
     @guard
     def end_user_sessions(self, user_id: str) -> int:
         """Delete every session of a person (sign out everywhere, deprovisioning)."""
@@ -216,7 +243,9 @@ class SessionStore:
         pipe = self.store.redis.pipeline(transaction=True)
         pipe.delete(self.store.keys.session(sid_hash))
         pipe.srem(self.store.keys.user_sessions(user_id), sid_hash)
-        return bool(pipe.execute()[0])
+        ended = bool(pipe.execute()[0])
+        self.on_end(sid_hash)  # even when already gone: its tokens must not outlive it
+        return ended
 
     @guard
     def update_profiles(self, user_id: str, profile: dict[str, Any]) -> None:
@@ -337,3 +366,14 @@ def raise_if_unavailable() -> None:
 
     if isinstance(session, ServerSession) and session.unavailable is not None:
         raise session.unavailable
+
+
+def end_browser_session(sessions: SessionStore, audit: Audit, *, reason: str, ip: str) -> None:
+    """Sign this browser out (logout, RP-initiated logout): its tokens end with it."""
+    from flask import session
+
+    if not isinstance(session, ServerSession):
+        return
+    login = sessions.end(session)
+    if login:
+        audit.record("signout", actor=login, subject=login, reason=reason, ip=ip)

@@ -18,7 +18,7 @@ def register_device_client(keycard: Any, **fields: Any) -> Any:
     fields.setdefault("name", "Deploy CLI")
     fields.setdefault("grant_types", [DEVICE_GRANT, "refresh_token"])
     fields.setdefault("public", True)
-    client, _ = keycard.app.extensions["keycard.clients"].create(**fields)
+    client, _ = keycard.services.clients.create(**fields)
     return client
 
 

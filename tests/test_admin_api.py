@@ -201,7 +201,7 @@ def test_openapi_document_describes_every_route(keycard):
 def test_bearer_access_token_with_admin_role_is_accepted_without_csrf(keycard):
     from tests.support import obtain_tokens, sign_in
 
-    registry = keycard.app.extensions["keycard.clients"]
+    registry = keycard.services.clients
     api = f"{keycard.url}/api/admin"
     client, secret = registry.create(name="Admin tool", redirect_uris=["http://127.0.0.1:9/cb"],
                                      trusted=True, audiences=[api])

@@ -16,7 +16,7 @@ import requests
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from sso.forward_auth import AssertionCache
+from sso.assertions import AssertionCache
 from sso.oidc.tokens import subject_for
 from tests.support import (
     RP_CALLBACK,
@@ -134,7 +134,7 @@ def test_assertion_is_reused_for_the_same_person_and_app_only(keycard, http):
 @pytest.mark.parametrize("host", ["x" * 300 + ".acme.test", "app_1.acme.test", "[::1]"])
 def test_odd_hosts_are_answered_but_never_fill_the_assertion_cache(keycard, http, host):
     sign_in(http, keycard.url, "bob")
-    cache = keycard.app.extensions["keycard.assertions"]
+    cache = keycard.services.asserter.cache
     before = len(cache._entries)
     answers = {verify(http, keycard, headers={"X-Forwarded-Host": host})
                .headers["X-Auth-Request-Assertion"] for _ in range(2)}
@@ -208,7 +208,7 @@ def test_any_of_the_allowed_roles_is_enough(keycard, http):
 
 @pytest.fixture
 def bob_tokens(keycard, http) -> Iterator[tuple[Any, str, dict[str, Any]]]:
-    registry = keycard.app.extensions["keycard.clients"]
+    registry = keycard.services.clients
     client, secret = registry.create(name="CLI", redirect_uris=[RP_CALLBACK], trusted=True,
                                      audiences=[f"https://{APP_HOST}"])
     sign_in(http, keycard.url, "bob")
@@ -218,7 +218,7 @@ def bob_tokens(keycard, http) -> Iterator[tuple[Any, str, dict[str, Any]]]:
 
 def test_bearer_token_issued_for_another_app_is_refused(keycard, http):
     """A token app A received (its audience is A) must not open app B."""
-    registry = keycard.app.extensions["keycard.clients"]
+    registry = keycard.services.clients
     client, secret = registry.create(name="App A", redirect_uris=[RP_CALLBACK], trusted=True)
     sign_in(http, keycard.url, "bob")
     token = obtain_tokens(http, keycard.url, client.client_id, secret)["access_token"]

@@ -53,7 +53,7 @@ def test_requests_are_counted_by_route_template_never_by_path(keycard):
 
 
 def test_sign_ins_and_tokens_are_counted_without_naming_anyone(keycard, http):
-    registry = keycard.app.extensions["keycard.clients"]
+    registry = keycard.services.clients
     client, secret = registry.create(name="Metrics bot", grant_types=["client_credentials"],
                                      scopes=[], roles=["bot"])
     before = scrape(keycard.url)

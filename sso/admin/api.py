@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-from flask import Blueprint, Response, abort, current_app, g, jsonify, request
+from flask import Blueprint, Response, abort, g, jsonify, request
 from flask.blueprints import BlueprintSetupState
 from flask_login import current_user
 
-from sso.admin import console as admin
+from sso.admin import service
 from sso.admin.openapi import document
-from sso.registry import services
+from sso.registry import registry
 from sso.rules_store import RuleError
 from sso.web.csrf import csrf
 from sso.web.errors import error_response
@@ -39,7 +39,7 @@ def fail(status: int, code: str, message: str) -> NoReturn:
 
 def admin_resource() -> str:
     """The RFC 8707 resource identifier of this API (the audience its tokens must carry)."""
-    return f"{services().settings.issuer}/api/admin"
+    return f"{registry().settings.issuer}/api/admin"
 
 
 def admin_principal() -> str:
@@ -51,7 +51,7 @@ def admin_principal() -> str:
     if header[:7].lower() == "bearer ":
         # An access token Keycard issued, carrying the admin role. Bearer calls carry no
         # cookie, so there is nothing to forge cross-site: no CSRF check for them.
-        provider = current_app.extensions["keycard.oidc"].provider
+        provider = registry().provider
         claims = provider.token_claims(header[7:].strip())
         if claims is None:
             fail(401, "invalid_token", "The bearer token is invalid, expired or revoked.")
@@ -92,7 +92,7 @@ def _body() -> dict[str, Any]:
 
 
 def _person_or_404(login: str) -> Any:
-    profile = services().accounts.find_by_login(login)
+    profile = registry().accounts.find_by_login(login)
     if profile is None:
         fail(404, "not_found", f"Nobody with the login {login!r} has signed in to Keycard.")
     return profile
@@ -103,18 +103,19 @@ def _person_or_404(login: str) -> Any:
 
 @bp.get("/rules")
 def list_rules() -> Response:
-    people = services().accounts.directory()
-    return jsonify(rules=[admin.rule_view(rule, people) for rule in services().rules.all()])
+    reg = registry()
+    people = reg.accounts.directory()
+    return jsonify(rules=[reg.admin.rule_view(rule, people) for rule in reg.rules.all()])
 
 
 @bp.post("/rules")
 def add_rule() -> tuple[Response, int]:
     body = _body()
     try:
-        rule = admin.add_rule(body.get("target", ""), body.get("roles"), actor=_actor())
+        rule = registry().admin.add_rule(body.get("target", ""), body.get("roles"), actor=_actor())
     except RuleError as exc:
         fail(400, "invalid_rule", str(exc))
-    return jsonify(rule=admin.rule_view(rule, services().accounts.directory())), 201
+    return jsonify(rule=registry().admin.rule_view(rule, registry().accounts.directory())), 201
 
 
 @bp.delete("/rules")
@@ -124,21 +125,21 @@ def delete_rule() -> Response:
     try:
         if not isinstance(target, str) or not target.strip():
             raise RuleError("'target' must be ORG, ORG/TEAM or @login")
-        checked = admin.split_roles(roles) if roles is not None else ()
-        rule = admin.find_rule(target)
+        checked = service.split_roles(roles) if roles is not None else ()
+        rule = registry().admin.find_rule(target)
     except RuleError as exc:
         fail(400, "invalid_rule", str(exc))
     if rule is None:
         fail(404, "not_found", f"There is no rule for {target.strip()}.")
-    left = admin.remove_rule(rule, checked, actor=_actor())
-    people = services().accounts.directory()
-    return jsonify(removed=admin.rule_view(rule, people),
-                   rule=admin.rule_view(left, people) if left else None)
+    left = registry().admin.remove_rule(rule, checked, actor=_actor())
+    people = registry().accounts.directory()
+    return jsonify(removed=registry().admin.rule_view(rule, people),
+                   rule=registry().admin.rule_view(left, people) if left else None)
 
 
 @bp.post("/rules/apply")
 def apply_rules() -> Response:
-    return jsonify(changed=services().accounts.apply_rules_now(actor=_actor()))
+    return jsonify(changed=registry().accounts.apply_rules_now(actor=_actor()))
 
 
 # -- people and sessions -------------------------------------------------------------------------
@@ -146,37 +147,37 @@ def apply_rules() -> Response:
 
 @bp.get("/people")
 def list_people() -> Response:
-    directory = services().accounts.directory()
-    return jsonify(people=[admin.person_view(p, last) for p, last in directory])
+    directory = registry().accounts.directory()
+    return jsonify(people=[registry().admin.person_view(p, last) for p, last in directory])
 
 
 @bp.get("/people/<login>")
 def get_person(login: str) -> Response:
     profile = _person_or_404(login)
-    last = next((t for p, t in services().accounts.directory() if p.user_id == profile.user_id), 0)
-    sessions = services().sessions.list_for_user(profile.user_id)
-    return jsonify(person=admin.person_view(profile, last), orgs=profile.orgs,
-                   teams=profile.teams, roles=admin.explain_roles(profile),
+    last = next((t for p, t in registry().accounts.directory() if p.user_id == profile.user_id), 0)
+    sessions = registry().sessions.list_for_user(profile.user_id)
+    return jsonify(person=registry().admin.person_view(profile, last), orgs=profile.orgs,
+                   teams=profile.teams, roles=registry().admin.explain_roles(profile),
                    sessions=[s.as_dict() for s in sessions])
 
 
 @bp.delete("/people/<login>/sessions")
 def end_person_sessions(login: str) -> Response:
     profile = _person_or_404(login)
-    return jsonify(ended=admin.end_person_sessions(profile, actor=_actor()))
+    return jsonify(ended=registry().admin.end_person_sessions(profile, actor=_actor()))
 
 
 @bp.get("/sessions")
 def list_sessions() -> Response:
-    return jsonify(sessions=[s.as_dict() for s in admin.company_sessions()])
+    return jsonify(sessions=[s.as_dict() for s in registry().admin.company_sessions()])
 
 
 @bp.delete("/sessions/<session_id>")
 def end_session(session_id: str) -> Response:
-    info = admin.find_session(session_id)
+    info = registry().admin.find_session(session_id)
     if info is None:
         fail(404, "not_found", "No active session has that id.")
-    admin.end_session(info, actor=_actor())
+    registry().admin.end_session(info, actor=_actor())
     return jsonify(ended=1, session=info.as_dict())
 
 
@@ -186,13 +187,13 @@ def end_session(session_id: str) -> Response:
 @bp.get("/audit")
 def audit() -> Response:
     try:
-        limit = int(request.args.get("limit", admin.AUDIT_LIMIT))
+        limit = int(request.args.get("limit", service.AUDIT_LIMIT))
     except ValueError:
         fail(400, "invalid_request", "'limit' must be a whole number.")
-    if not 1 <= limit <= admin.AUDIT_LIMIT:
-        fail(400, "invalid_request", f"'limit' must be between 1 and {admin.AUDIT_LIMIT}.")
+    if not 1 <= limit <= service.AUDIT_LIMIT:
+        fail(400, "invalid_request", f"'limit' must be between 1 and {service.AUDIT_LIMIT}.")
     try:
-        events = admin.audit_events(request.args, limit)
+        events = registry().admin.audit_events(request.args, limit)
     except ValueError as exc:
         fail(400, "invalid_request", str(exc))
     return jsonify(events=events)
@@ -200,4 +201,4 @@ def audit() -> Response:
 
 @bp.get("/openapi.json")
 def openapi() -> Response:
-    return jsonify(document(current_app.config["SSO_SETTINGS"].issuer))
+    return jsonify(document(registry().settings.issuer))

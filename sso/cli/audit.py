@@ -10,7 +10,7 @@ import click
 from flask.cli import with_appcontext
 
 from sso.cli.common import json_option
-from sso.registry import services
+from sso.registry import registry
 
 
 def _line(event: dict[str, Any], as_json: bool) -> str:
@@ -33,7 +33,7 @@ def audit_group() -> None:
 @json_option
 @with_appcontext
 def audit_tail(lines: int, follow: bool, as_json: bool) -> None:
-    audit = services().audit
+    audit = registry().audit
     events = list(reversed(audit.recent(lines)))
     for event in events:
         click.echo(_line(event, as_json))

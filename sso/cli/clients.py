@@ -10,27 +10,22 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-from flask import current_app
 from flask.cli import with_appcontext
 
 from sso.cli.common import actor, emit, json_option
 from sso.oidc.clients import ID_TOKEN_ALGS, Client, ClientError, ClientRegistry
-from sso.registry import services
+from sso.registry import registry
 
 SECRET_WARNING = ("Store the client secret now: it is shown only once and cannot be "
                   "recovered (`sso clients rotate-secret ID` makes a new one).")
 
 
-def registry() -> ClientRegistry:
-    """The app's client registry, put in ``app.extensions`` by the factory."""
-    found = current_app.extensions.get("keycard.clients")
-    if found is None:
-        raise click.ClickException("the client registry is not set up in this app")
-    return found  # type: ignore[no-any-return]
+def client_registry() -> ClientRegistry:
+    return registry().clients
 
 
 def _client_or_exit(client_id: str) -> Client:
-    client = registry().get(client_id)
+    client = client_registry().get(client_id)
     if client is None:
         raise click.ClickException(f"no client {client_id!r}: `sso clients list` shows them")
     return client
@@ -106,11 +101,11 @@ def clients_create(name: str, public: bool, trusted: bool, require_pkce: bool, a
                    **options: Any) -> None:
     fields = _fields(options)
     try:
-        client, secret = registry().create(name=name, public=public, trusted=trusted,
+        client, secret = client_registry().create(name=name, public=public, trusted=trusted,
                                            require_pkce=require_pkce, **fields)
     except ClientError as exc:
         raise click.ClickException(str(exc)) from exc
-    services().audit.record(
+    registry().audit.record(
         "client.created", actor=actor(), subject=client.client_id, name=client.name,
         public=client.public, redirect_uris=client.redirect_uris,
         grant_types=client.grant_types, scopes=client.scopes,
@@ -137,7 +132,7 @@ def clients_create(name: str, public: bool, trusted: bool, require_pkce: bool, a
 @json_option
 @with_appcontext
 def clients_list(as_json: bool) -> None:
-    clients = registry().list()
+    clients = client_registry().list()
 
     def text() -> None:
         if not clients:
@@ -191,10 +186,10 @@ def clients_update(client_id: str, add_redirect_uri: tuple[str, ...],
     if not changes:
         raise click.UsageError("nothing to change: give at least one option")
     try:
-        client = registry().update(client_id, **changes)
+        client = client_registry().update(client_id, **changes)
     except ClientError as exc:
         raise click.ClickException(f"{exc}; nothing was changed") from exc
-    services().audit.record("client.updated", actor=actor(), subject=client_id,
+    registry().audit.record("client.updated", actor=actor(), subject=client_id,
                             changes=sorted(changes),
                             before={k: before.to_dict()[k] for k in changes},
                             after={k: client.to_dict()[k] for k in changes})
@@ -207,9 +202,9 @@ def clients_update(client_id: str, add_redirect_uri: tuple[str, ...],
 @with_appcontext
 def clients_delete(client_id: str, as_json: bool) -> None:
     client = _client_or_exit(client_id)
-    if not registry().delete(client_id):
+    if not client_registry().delete(client_id):
         raise click.ClickException(f"no client {client_id!r}")
-    services().audit.record("client.deleted", actor=actor(), subject=client_id,
+    registry().audit.record("client.deleted", actor=actor(), subject=client_id,
                             name=client.name)
     emit({"deleted": client_id, "name": client.name}, as_json,
          lambda: click.echo(f"Deleted client {client.name!r} ({client_id})."))
@@ -221,10 +216,10 @@ def clients_delete(client_id: str, as_json: bool) -> None:
 @with_appcontext
 def clients_rotate_secret(client_id: str, as_json: bool) -> None:
     try:
-        secret = registry().rotate_secret(client_id)
+        secret = client_registry().rotate_secret(client_id)
     except ClientError as exc:
         raise click.ClickException(str(exc)) from exc
-    services().audit.record("client.secret_rotated", actor=actor(), subject=client_id)
+    registry().audit.record("client.secret_rotated", actor=actor(), subject=client_id)
 
     def text() -> None:
         click.echo(f"New secret for {client_id}: {secret}")

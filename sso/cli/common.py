@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from sso.accounts import Profile
-from sso.registry import services
+from sso.registry import registry
 
 
 def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -34,7 +34,7 @@ def actor() -> str:
 
 
 def profile_or_exit(login: str) -> Profile:
-    profile = services().accounts.find_by_login(login.lstrip("@"))
+    profile = registry().accounts.find_by_login(login.lstrip("@"))
     if profile is None:
         raise click.ClickException(f"no user {login!r} has signed in to Keycard yet")
     return profile

@@ -6,20 +6,15 @@ import time
 from typing import Any
 
 import click
-from flask import current_app
 from flask.cli import with_appcontext
 
 from sso.cli.common import actor, emit, json_option
 from sso.oidc.keys import KeyRing
-from sso.registry import services
+from sso.registry import registry
 
 
 def keyring() -> KeyRing:
-    """The app's signing keys, put in ``app.extensions`` by the factory."""
-    found = current_app.extensions.get("keycard.keys")
-    if found is None:
-        raise click.ClickException("the signing keys are not set up in this app")
-    return found  # type: ignore[no-any-return]
+    return registry().keys
 
 
 def _when(epoch: float | None) -> str:
@@ -59,7 +54,7 @@ def keys_list(as_json: bool) -> None:
 def keys_rotate(grace: int, publish_delay: int, as_json: bool) -> None:
     ring = keyring()
     kids = ring.rotate(grace_seconds=grace, publish_delay=publish_delay)
-    services().audit.record("keys.rotated", actor=actor(), new_kids=kids, grace=grace,
+    registry().audit.record("keys.rotated", actor=actor(), new_kids=kids, grace=grace,
                             publish_delay=publish_delay)
     rows = ring.list()
 

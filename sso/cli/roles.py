@@ -9,7 +9,7 @@ import click
 from flask.cli import with_appcontext
 
 from sso.cli.common import actor, emit, json_option, profile_or_exit
-from sso.registry import services
+from sso.registry import registry
 from sso.roles import Rule, explain
 from sso.rules_store import (
     RuleError,
@@ -39,7 +39,7 @@ def _target(args: tuple[str, ...], user: str | None) -> tuple[str, str, str, tup
 
 
 def _record(before: list[Rule], after: list[Rule], **details: Any) -> None:
-    services().audit.record(
+    registry().audit.record(
         "rules.changed", actor=actor(),
         before=[rule_to_dict(r) for r in before], after=[rule_to_dict(r) for r in after],
         **details,
@@ -60,7 +60,7 @@ def roles_map(args: tuple[str, ...], user: str | None, as_json: bool) -> None:
     kind, target, label, roles = _target(args, user)
     if not roles:
         raise click.UsageError("give at least one ROLE")
-    store = services().rules
+    store = registry().rules
     before = store.all()
     try:
         rule = store.map(kind, target, roles, label)
@@ -78,7 +78,7 @@ def roles_map(args: tuple[str, ...], user: str | None, as_json: bool) -> None:
 @with_appcontext
 def roles_unmap(args: tuple[str, ...], user: str | None, as_json: bool) -> None:
     kind, target, _, roles = _target(args, user)
-    store = services().rules
+    store = registry().rules
     before = store.all()
     removed = store.unmap(kind, target, roles)
     if removed is None:
@@ -93,7 +93,7 @@ def roles_unmap(args: tuple[str, ...], user: str | None, as_json: bool) -> None:
 @json_option
 @with_appcontext
 def roles_list(as_json: bool) -> None:
-    rules = services().rules.all()
+    rules = registry().rules.all()
 
     def text() -> None:
         if not rules:
@@ -108,13 +108,13 @@ def roles_list(as_json: bool) -> None:
 @json_option
 @with_appcontext
 def roles_export(as_json: bool) -> None:
-    rules = services().rules.all()
+    rules = registry().rules.all()
     emit({"rules": [rule_to_dict(r) for r in rules]}, as_json,
          lambda: click.echo(export_yaml(rules), nl=False))
 
 
 def _resolve(login: str) -> str | None:
-    profile = services().accounts.find_by_login(login)
+    profile = registry().accounts.find_by_login(login)
     return profile.user_id if profile else None
 
 
@@ -130,7 +130,7 @@ def roles_import(path: Path, dry_run: bool, as_json: bool) -> None:
         raise click.ClickException(f"{path}: {exc}; nothing was changed") from exc
     except UnicodeDecodeError as exc:
         raise click.ClickException(f"{path}: not UTF-8 text; nothing was changed") from exc
-    store = services().rules
+    store = registry().rules
     before = store.all()
     if dry_run:
         from sso.rules_store import diff
@@ -160,7 +160,7 @@ def roles_import(path: Path, dry_run: bool, as_json: bool) -> None:
 @json_option
 @with_appcontext
 def roles_explain(login: str, as_json: bool) -> None:
-    svc = services()
+    svc = registry()
     profile = profile_or_exit(login)
     rules = svc.rules.all()
     matched = explain(profile.user_id, profile.orgs, profile.teams, rules)
@@ -197,6 +197,6 @@ def roles_explain(login: str, as_json: bool) -> None:
 @json_option
 @with_appcontext
 def roles_apply(as_json: bool) -> None:
-    changed = services().accounts.apply_rules_now(actor=actor())
+    changed = registry().accounts.apply_rules_now(actor=actor())
     emit({"changed": changed}, as_json,
          lambda: click.echo(f"Roles recomputed; {changed} signed-in people changed."))

@@ -6,7 +6,7 @@ import click
 from flask.cli import with_appcontext
 
 from sso.cli.common import emit, json_option, profile_or_exit
-from sso.registry import services
+from sso.registry import registry
 
 
 @click.group("sessions", help="List and end browser sessions.")
@@ -20,7 +20,7 @@ def sessions_group() -> None:
 @with_appcontext
 def sessions_list(login: str, as_json: bool) -> None:
     profile = profile_or_exit(login)
-    rows = [s.as_dict() for s in services().sessions.list_for_user(profile.user_id)]
+    rows = [s.as_dict() for s in registry().sessions.list_for_user(profile.user_id)]
 
     def text() -> None:
         if not rows:
@@ -37,8 +37,8 @@ def sessions_list(login: str, as_json: bool) -> None:
 @with_appcontext
 def sessions_end(login: str, as_json: bool) -> None:
     profile = profile_or_exit(login)
-    ended = services().accounts.end_all_sessions(profile.user_id)
-    services().audit.record("sessions.ended", actor="cli", subject=profile.login, sessions=ended)
+    ended = registry().accounts.end_all_sessions(profile.user_id)
+    registry().audit.record("sessions.ended", actor="cli", subject=profile.login, sessions=ended)
     emit({"user": profile.login, "ended": ended}, as_json,
          lambda: click.echo(f"Ended {ended} session(s) of {profile.login}."))
 

@@ -16,12 +16,11 @@ from werkzeug.wrappers import Response
 
 from sso.oidc.device import (
     PendingDevice,
-    device_records,
     format_user_code,
     normalise_user_code,
 )
-from sso.oidc.tokens import SUPPORTED_SCOPES
-from sso.oidc.views import SCOPE_WORDS, provider
+from sso.oidc.scopes import SCOPE_WORDS, SUPPORTED_SCOPES
+from sso.registry import registry
 from sso.web.errors import error_response
 
 bp = Blueprint("device", __name__)
@@ -64,7 +63,7 @@ def _checked_request() -> tuple[PendingDevice | None, Response | None]:
     """The pending request the submitted code names, or the page to answer instead:
     429 when over the guess limit, the entry form again for a wrong code."""
     ip, user_id = _who()
-    records = device_records()
+    records = registry().devices
     wait = records.blocked_for(ip, user_id)
     if wait:
         return None, _too_many(wait)
@@ -82,11 +81,11 @@ def _checked_request() -> tuple[PendingDevice | None, Response | None]:
 def _refuse_if_no_access(pending: PendingDevice, client: Any) -> Response | None:
     """A person lacking the client's required roles cannot approve; the device is told no."""
     profile = current_user.profile
-    if provider().may_use(profile, client):
+    if registry().provider.may_use(profile, client):
         return None
-    device_records().decide(pending.user_code, approved=False, user_id=profile.user_id,
+    registry().devices.decide(pending.user_code, approved=False, user_id=profile.user_id,
                             auth_time=int(session.get("auth_time", 0)))
-    provider().audit("device.denied", actor=profile.login, client=client.client_id,
+    registry().provider.audit("device.denied", actor=profile.login, client=client.client_id,
                      reason="missing_role")
     return error_response(403, f"You don't have access to {client.name}",
                           f"{client.name} is open to people with one of these roles: "
@@ -108,7 +107,7 @@ def enter() -> Response:
 
 def _checked_client(pending: PendingDevice) -> tuple[Any, Response | None]:
     """The client behind a request, or the page to answer when it is gone or off-limits."""
-    client = provider().clients.get(pending.client_id)
+    client = registry().provider.clients.get(pending.client_id)
     if client is None:
         return None, error_response(400, "Unknown application",
                                     "The application that asked for this code is no longer "
@@ -152,12 +151,13 @@ def decision() -> Response:
     pending, client = vetted
     profile = current_user.profile
     approved = request.form.get("decision") == "approve"
-    if not device_records().decide(pending.user_code, approved=approved,
+    if not registry().devices.decide(pending.user_code, approved=approved,
                                    user_id=profile.user_id,
                                    auth_time=int(session.get("auth_time", 0))):
         return _entry_page("", "That code was already used, or it has expired.", 400)
-    provider().audit("device.approved" if approved else "device.denied", actor=profile.login,
-                     client=client.client_id, scopes=sorted(pending.scope.split()))
+    registry().provider.audit("device.approved" if approved else "device.denied",
+                              actor=profile.login, client=client.client_id,
+                              scopes=sorted(pending.scope.split()))
     return redirect(url_for("device.done", result="approved" if approved else "denied"),
                     code=303)
 

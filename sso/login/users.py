@@ -6,7 +6,7 @@ from flask import Flask, session
 from flask_login import LoginManager, UserMixin
 
 from sso.accounts import Profile
-from sso.registry import services
+from sso.registry import registry
 from sso.roles import ADMIN_ROLE
 from sso.sessions import ServerSession
 
@@ -37,7 +37,7 @@ def load_user(user_id: str) -> User | None:
         return None
     if session.user_id != user_id:
         return None
-    svc = services()
+    svc = registry()
     if svc.accounts.is_stale(session.profile):
         fresh = svc.accounts.recheck(user_id)
         if fresh is None:

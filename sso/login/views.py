@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 from flask import (
     Blueprint,
     after_this_request,
-    current_app,
     make_response,
     redirect,
     render_template,
@@ -18,11 +15,10 @@ from flask import (
 from flask_login import current_user, login_required, login_user
 from werkzeug.wrappers import Response
 
-from sso.crypto import hash_secret
 from sso.login.flow import SignInRefused
 from sso.login.users import User
-from sso.registry import services
-from sso.sessions import ServerSession
+from sso.registry import registry
+from sso.sessions import ServerSession, end_browser_session
 from sso.upstream.base import AccessDenied, UpstreamError
 from sso.web.errors import error_response
 from sso.web.redirects import safe_next
@@ -31,7 +27,7 @@ bp = Blueprint("auth", __name__)
 
 
 def _binding_cookie() -> str:
-    return "__Host-keycard-login" if services().settings.secure_cookies else "keycard_login"
+    return "__Host-keycard-login" if registry().settings.secure_cookies else "keycard_login"
 
 
 def _client() -> dict[str, str]:
@@ -43,14 +39,14 @@ def login() -> Response:
     next_url = safe_next(request.args.get("next"))
     if current_user.is_authenticated and request.args.get("prompt") != "login":
         return redirect(next_url)
-    started = services().signin.begin(next_url, request.args.get("login_hint"))
+    started = registry().signin.begin(next_url, request.args.get("login_hint"))
     response = redirect(started.redirect_url)
     response.set_cookie(
         _binding_cookie(),
         started.binding,
-        max_age=services().settings.login_state_seconds,
+        max_age=registry().settings.login_state_seconds,
         path="/",
-        secure=services().settings.secure_cookies,
+        secure=registry().settings.secure_cookies,
         httponly=True,
         samesite="Lax",  # Strict would drop the cookie on the cross-site return from GitHub
     )
@@ -59,7 +55,7 @@ def login() -> Response:
 
 @bp.get("/auth/github/callback")
 def callback() -> Response:
-    svc = services()
+    svc = registry()
     # The binding cookie is single-use like the state: drop it whatever the outcome,
     # including when an upstream error below is turned into a page by the handlers.
     after_this_request(_clear_binding)
@@ -93,21 +89,9 @@ def callback() -> Response:
     except UpstreamError as exc:
         svc.audit.record("signin.refused", reason=exc.audit_reason, **_client())
         raise
-    profile = svc.accounts.profile_for(identity)
-    svc.accounts.save(profile, token, signed_in=True)
-
-    # A fresh id at every sign-in: a cookie planted earlier is never the signed-in one.
+    profile = svc.accounts.complete_sign_in(identity, token)
     assert isinstance(session, ServerSession)
-    if session.sid:
-        old = hash_secret(session.sid)
-        if session.user_id == profile.user_id:
-            session.carry_grants_from = old
-        else:  # another person's session in this browser ends, and its tokens with it
-            current_app.extensions["keycard.records"].revoke_session_grants(old)
-    session.clear()
-    session.regenerate()
-    session.set_profile(profile.user_id, profile.as_dict())
-    session["auth_time"] = int(time.time())
+    svc.sessions.begin(session, profile.user_id, profile.as_dict())
     login_user(User(profile), fresh=True)
     # Flask-Login's "_id" (a 128-character IP/UA digest) only serves session_protection,
     # which is off: server-side sessions bind the browser already. Dropping it keeps a
@@ -119,16 +103,15 @@ def callback() -> Response:
 
 
 def _clear_binding(response: Response) -> Response:
-    response.delete_cookie(_binding_cookie(), path="/", secure=services().settings.secure_cookies,
+    response.delete_cookie(_binding_cookie(), path="/", secure=registry().settings.secure_cookies,
                            httponly=True, samesite="Lax")
     return response
 
 
 @bp.post("/logout")
 def logout() -> Response:
-    from sso.oidc.views import end_browser_session
-
-    end_browser_session(reason="user")
+    reg = registry()
+    end_browser_session(reg.sessions, reg.audit, reason="user", ip=request.remote_addr or "")
     return redirect(url_for("auth.signed_out"), code=303)
 
 
@@ -137,8 +120,8 @@ def logout() -> Response:
 def logout_everywhere() -> Response:
     assert isinstance(session, ServerSession)
     user = current_user.profile
-    ended = services().accounts.end_all_sessions(user.user_id)
-    services().audit.record("signout.everywhere", actor=user.login, subject=user.login,
+    ended = registry().accounts.end_all_sessions(user.user_id)
+    registry().audit.record("signout.everywhere", actor=user.login, subject=user.login,
                             sessions=ended, **_client())
     session.end()
     return redirect(url_for("auth.signed_out"), code=303)

@@ -24,13 +24,13 @@ import redis
 from authlib.oauth2.rfc6749 import ClientMixin
 
 from sso.crypto import hash_secret, new_secret, same
+from sso.oidc.scopes import SUPPORTED_SCOPES
 from sso.roles import valid_role
 from sso.storage import Store, guard
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 SUPPORTED_GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials",
                          DEVICE_CODE_GRANT)
-SUPPORTED_SCOPES = ("openid", "profile", "email", "groups", "roles", "offline_access")
 ID_TOKEN_ALGS = ("RS256", "ES256")
 CONFIDENTIAL_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 # Key rotation keeps a retired public key for an hour by default (`sso keys rotate

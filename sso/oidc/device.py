@@ -41,7 +41,6 @@ from authlib.oauth2.rfc8628.errors import (
     ExpiredTokenError,
     SlowDownError,
 )
-from flask import Flask, current_app
 
 from sso.crypto import hash_secret, new_secret
 from sso.oidc.grants import CLIENT_AUTH_METHODS, OpenIDCode
@@ -254,11 +253,6 @@ class DeviceRecords:
         pipe.execute()
 
 
-def device_records(app: Flask | None = None) -> DeviceRecords:
-    found: DeviceRecords = (app or current_app).extensions["keycard.device"]
-    return found
-
-
 # -- Authlib's endpoint and grant -----------------------------------------------------------
 
 
@@ -378,7 +372,7 @@ class DeviceCodeGrant(_DeviceCodeGrant):  # type: ignore[misc]
         client = self.authenticate_token_endpoint_client()
         if not client.check_grant_type(self.GRANT_TYPE):
             raise UnauthorizedClientError("This client may not use the device grant.")
-        records = device_records()
+        records = self.server.provider.devices
         record = records.peek(device_code)
         status, extra = records.poll(device_code, client.get_client_id())
         if status == "pending":
@@ -405,9 +399,7 @@ class DeviceCodeGrant(_DeviceCodeGrant):  # type: ignore[misc]
         self.request.authorization_code = DeviceSignIn(auth_time)
 
 
-def register_device_flow(server: KeycardServer, provider: Provider, app: Flask) -> None:
-    """Wire the endpoint, the grant (with ID tokens) and the storage the page shares."""
-    records = DeviceRecords(provider.records.store)
-    app.extensions["keycard.device"] = records
-    server.register_endpoint(DeviceAuthorization(server, records))
-    server.register_grant(DeviceCodeGrant, [OpenIDCode(provider.issuer)])
+def register_device_flow(server: KeycardServer, provider: Provider) -> None:
+    """Wire the endpoint and the grant (with ID tokens) to the provider's device records."""
+    server.register_endpoint(DeviceAuthorization(server, provider.devices))
+    server.register_grant(DeviceCodeGrant, [OpenIDCode(provider.issuer, provider.keys)])

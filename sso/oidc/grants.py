@@ -23,7 +23,7 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode as _OpenIDCode
 from authlib.oidc.core.models import AuthorizationCodeMixin
 
-from sso.oidc.tokens import ID_TOKEN_TTL, SIGNING_ALGS, Subject, user_claims
+from sso.oidc.tokens import ID_TOKEN_TTL, SIGNING_ALGS, KeySource, Subject, user_claims
 
 if TYPE_CHECKING:
     from sso.oidc.server import Provider
@@ -233,9 +233,10 @@ class S256CodeChallenge(CodeChallenge):  # type: ignore[misc]
 class OpenIDCode(_OpenIDCode):  # type: ignore[misc]
     """ID tokens for the code flow; nonce optional (OIDC Core 3.1.2.1 for code flow)."""
 
-    def __init__(self, issuer: str) -> None:
+    def __init__(self, issuer: str, keys: KeySource) -> None:
         super().__init__(require_nonce=False)
         self.issuer = issuer
+        self.keys = keys
 
     def exists_nonce(self, nonce: str, request: Any) -> bool:
         return False  # codes are single-use, so a nonce cannot be replayed through us
@@ -250,12 +251,12 @@ class OpenIDCode(_OpenIDCode):  # type: ignore[misc]
     def _key(self, client: Any) -> Any:
         # One key per request: the header's kid and the signature must come from the same
         # key even if a rotation lands between Authlib's two calls.
-        from flask import current_app, g
+        from flask import g
 
         alg = self.get_client_algorithm(client)
         cache = g.setdefault("id_token_keys", {})
         if alg not in cache:
-            cache[alg] = current_app.extensions["keycard.keys"].signing_key(alg)
+            cache[alg] = self.keys.signing_key(alg)
         return cache[alg]
 
     def get_encode_header(self, client: Any) -> dict[str, str]:

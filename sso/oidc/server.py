@@ -14,18 +14,16 @@ import orjson
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload, FlaskOAuth2Request
 from authlib.oauth2.rfc6749 import InsecureTransportError, OAuth2Request
-from authlib.oauth2.rfc6749.errors import InvalidRequestError
-from authlib.oauth2.rfc7009 import RevocationEndpoint
-from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc9207 import IssuerParameter
-from authlib.oidc.rpinitiated import EndSessionEndpoint
 from flask import Response, request
 from flask import request as flask_request
 
 from sso.accounts import Accounts, Profile
 from sso.audit import Audit
-from sso.oidc.device import register_device_flow
 from sso.metrics import TOKENS
+from sso.oidc.clients import ClientRegistry
+from sso.oidc.device import DeviceRecords, register_device_flow
+from sso.oidc.endpoints import EndSession, Introspection, Revocation
 from sso.oidc.grants import (
     AuthorizationCodeGrant,
     ClientCredentialsGrant,
@@ -33,29 +31,33 @@ from sso.oidc.grants import (
     RefreshTokenGrant,
     S256CodeChallenge,
 )
+from sso.oidc.keys import KeyRing
 from sso.oidc.records import Grant, Records
+from sso.oidc.scopes import SUPPORTED_SCOPES
 from sso.oidc.tokens import (
-    SIGNING_ALGS,
-    SUPPORTED_SCOPES,
     InvalidToken,
     Subject,
     TokenIssuer,
     VerifiedTokens,
     subject_for,
 )
+from sso.sessions import SessionStore
 
 
 class Provider:
     """Services and policy shared by every grant and endpoint."""
 
-    def __init__(self, *, issuer: str, records: Records, accounts: Accounts, keys: Any,
-                 clients: Any, audit_log: Audit) -> None:
+    def __init__(self, *, issuer: str, records: Records, accounts: Accounts, keys: KeyRing,
+                 clients: ClientRegistry, audit_log: Audit, sessions: SessionStore,
+                 devices: DeviceRecords) -> None:
         self.issuer = issuer
         self.records = records
         self.accounts = accounts
         self.keys = keys
         self.clients = clients
         self.audit_log = audit_log
+        self.sessions = sessions
+        self.devices = devices
         self.verified = VerifiedTokens()
 
     def audit(self, event: str, **details: Any) -> None:
@@ -179,146 +181,6 @@ class Issuer(IssuerParameter):  # type: ignore[misc]
         return self.issuer
 
 
-class _HintTolerant:
-    """RFC 7009 §2.1 / 7662: an unknown ``token_type_hint`` is ignored, not an error."""
-
-    SUPPORTED_TOKEN_TYPES = ("access_token", "refresh_token")
-    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
-
-    def check_params(self, request: Any, client: Any) -> None:
-        # Authlib's raises unsupported_token_type for an unknown hint; the form is an
-        # ImmutableMultiDict here, so dropping the hint is not an option: check only the
-        # token (query_token below looks the token up whatever the hint says).
-        if "token" not in request.form:
-            raise InvalidRequestError()
-
-
-class TokenRef:
-    """A token as the introspection/revocation endpoints see it."""
-
-    def __init__(self, kind: str, client_id: str, claims: dict[str, Any] | None = None,
-                 refresh: dict[str, Any] | None = None, raw: str = "") -> None:
-        self.kind = kind
-        self.client_id = client_id
-        self.claims = claims or {}
-        self.refresh = refresh or {}
-        self.raw = raw
-
-    def check_client(self, client: Any) -> bool:
-        return bool(self.client_id == client.get_client_id())
-
-    def get_client_id(self) -> str:
-        return self.client_id
-
-    def is_expired(self) -> bool:
-        return False
-
-    def is_revoked(self) -> bool:
-        return False
-
-
-def lookup_token(provider: Provider, token: str, *, live_only: bool) -> TokenRef | None:
-    """An access token (JWT) or a refresh token (opaque), whatever the hint says."""
-    if token.count(".") == 2:
-        try:
-            claims = provider.verified.verify(token, provider.keys.public_keyset, "at+jwt")
-        except InvalidToken:
-            return None
-        if claims.get("iss") != provider.issuer:
-            return None
-        if live_only and not provider.records.access_token_alive(str(claims.get("jti", ""))):
-            return None
-        return TokenRef("access_token", str(claims.get("client_id", "")), claims=claims)
-    record = provider.records.peek_refresh_token(token)
-    if record is None or (live_only and (record.get("r") or
-                                         provider.records.get_grant(record["g"]) is None)):
-        return None
-    return TokenRef("refresh_token", str(record["c"]), refresh=record, raw=token)
-
-
-class Introspection(_HintTolerant, IntrospectionEndpoint):  # type: ignore[misc]
-    # RFC 7662 §2.1 / SECURITY 26: a client_id alone is no authentication (anyone can
-    # send a public client's id): only confidential clients introspect, as announced.
-    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
-
-    def __init__(self, server: KeycardServer) -> None:
-        super().__init__(server)
-        self.provider = server.provider
-
-    def query_token(self, token_string: str, token_type_hint: str | None) -> TokenRef | None:
-        return lookup_token(self.provider, token_string, live_only=True)
-
-    def check_permission(self, token: TokenRef, client: Any, request: Any) -> bool:
-        # SECURITY 26: a token issued to another client (and not addressed to this one)
-        # is reported exactly as an unknown one.
-        if token.check_client(client):
-            return True
-        aud = token.claims.get("aud")
-        audiences = [aud] if isinstance(aud, str) else list(aud or [])
-        return client.get_client_id() in audiences
-
-    def introspect_token(self, token: TokenRef) -> dict[str, Any]:
-        if token.kind == "refresh_token":
-            grant = self.provider.records.get_grant(token.refresh["g"])
-            return {"active": True, "token_type": "refresh_token", "client_id": token.client_id,
-                    "scope": token.refresh.get("s", ""), "iss": self.provider.issuer,
-                    "exp": grant.expires_at if grant else None}
-        claims = token.claims
-        payload: dict[str, Any] = {key: claims[key] for key in (
-            "scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "auth_time",
-            "roles", "groups", "preferred_username") if key in claims}
-        payload.update(active=True, token_type="Bearer")
-        if "preferred_username" in claims:
-            payload["username"] = claims["preferred_username"]
-        return payload
-
-
-class Revocation(_HintTolerant, RevocationEndpoint):  # type: ignore[misc]
-    def __init__(self, server: KeycardServer) -> None:
-        super().__init__(server)
-        self.provider = server.provider
-
-    def query_token(self, token_string: str, token_type_hint: str | None) -> TokenRef | None:
-        return lookup_token(self.provider, token_string, live_only=False)
-
-    def revoke_token(self, token: TokenRef, request: Any) -> None:
-        records = self.provider.records
-        if token.kind == "refresh_token":
-            records.revoke_grant(token.refresh["g"])  # RFC 7009 §2.1: ends its access tokens
-        else:
-            records.revoke_access_token(str(token.claims.get("jti")), int(token.claims["exp"]))
-        self.provider.audit("oauth.token_revoked", kind=token.kind, client=token.client_id)
-
-
-class EndSession(EndSessionEndpoint):  # type: ignore[misc]
-    """RP-initiated logout: exact post-logout URI, ``id_token_hint`` verified with our keys."""
-
-    def __init__(self, server: KeycardServer) -> None:
-        super().__init__(server)
-        self.provider = server.provider
-
-    def get_server_jwks(self) -> Any:
-        return self.provider.keys.public_keyset()
-
-    def get_algorithms(self) -> list[str]:
-        return list(SIGNING_ALGS)
-
-    def resolve_client_from_id_token_claims(self, id_token_claims: dict[str, Any]) -> Any:
-        # Our ID tokens carry aud as a one-element list; Authlib only resolves a string.
-        aud = id_token_claims.get("aud")
-        if isinstance(aud, list) and len(aud) == 1:
-            aud = aud[0]
-        return self.server.query_client(aud) if isinstance(aud, str) else None
-
-    def _is_valid_post_logout_redirect_uri(self, client: Any, uri: str) -> bool:
-        return uri in (getattr(client, "post_logout_redirect_uris", []) or [])
-
-    def end_session(self, end_session_request: Any) -> None:
-        from sso.oidc.views import end_browser_session
-
-        end_browser_session(reason="rp_logout")
-
-
 def build_server(provider: Provider, app: Any) -> KeycardServer:
     server = KeycardServer(provider)
     server.init_app(app)
@@ -327,11 +189,12 @@ def build_server(provider: Provider, app: Any) -> KeycardServer:
     server.scopes_supported = list(SUPPORTED_SCOPES)
     server.register_token_generator("default", TokenIssuer(provider.issuer, provider.keys))
     server.register_grant(
-        AuthorizationCodeGrant, [S256CodeChallenge(required=True), OpenIDCode(provider.issuer)]
+        AuthorizationCodeGrant,
+        [S256CodeChallenge(required=True), OpenIDCode(provider.issuer, provider.keys)],
     )
     server.register_grant(RefreshTokenGrant)
     server.register_grant(ClientCredentialsGrant)
-    register_device_flow(server, provider, app)  # RFC 8628: endpoint, grant, records
+    register_device_flow(server, provider)  # RFC 8628: endpoint and grant
     server.register_extension(Issuer(provider.issuer))
     server.register_endpoint(Introspection)
     server.register_endpoint(Revocation)

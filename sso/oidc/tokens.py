@@ -24,7 +24,6 @@ from joserfc.jwk import Key, KeySet
 from sso.accounts import Profile
 from sso.crypto import new_secret
 
-SUPPORTED_SCOPES = ("openid", "profile", "email", "groups", "roles", "offline_access")
 SIGNING_ALGS = ("RS256", "ES256")  # the allow-list: never "none", never HMAC
 ID_TOKEN_TTL = 3600
 

@@ -16,7 +16,6 @@ from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749.errors import OAuth2Error
 from flask import (
     Blueprint,
-    current_app,
     jsonify,
     make_response,
     redirect,
@@ -29,33 +28,25 @@ from flask_login import current_user
 from werkzeug.wrappers import Response
 
 from sso.crypto import hash_secret
+from sso.oidc.scopes import SCOPE_WORDS, SUPPORTED_SCOPES
 from sso.oidc.server import KeycardServer, Provider
-from sso.oidc.tokens import SUPPORTED_SCOPES, Subject, subject_for
-from sso.registry import services
+from sso.oidc.tokens import Subject, subject_for
+from sso.registry import registry
 from sso.sessions import ServerSession
 from sso.web.csrf import csrf, origin_exempt
 from sso.web.errors import error_response
 
 bp = Blueprint("oidc", __name__)
 
-SCOPE_WORDS = {
-    "openid": "Know who you are (a stable, opaque identifier)",
-    "profile": "See your name, GitHub login and avatar",
-    "email": "See your verified email address",
-    "groups": "See your GitHub organisations and teams",
-    "roles": "See the roles Keycard gives you",
-    "offline_access": "Stay signed in when you are away (refresh tokens)",
-}
 NO_REDIRECT_PARAMS = ("client_id", "redirect_uri")
 
 
 def server() -> KeycardServer:
-    found: KeycardServer = current_app.extensions["keycard.oidc"]
-    return found
+    return registry().server
 
 
 def provider() -> Provider:
-    return server().provider
+    return registry().provider
 
 
 # -- discovery --------------------------------------------------------------------------
@@ -63,7 +54,7 @@ def provider() -> Provider:
 
 @bp.get("/.well-known/openid-configuration")
 def discovery() -> Response:
-    response = jsonify(current_app.extensions["keycard.discovery"])
+    response = jsonify(registry().discovery)
     response.headers["Cache-Control"] = "public, max-age=300"
     response.headers["Access-Control-Allow-Origin"] = "*"
     return response
@@ -75,44 +66,6 @@ def jwks() -> Response:
     response.headers["Cache-Control"] = "public, max-age=60"
     response.headers["Access-Control-Allow-Origin"] = "*"
     return response
-
-
-def discovery_document(issuer: str) -> dict[str, Any]:
-    return {
-        "issuer": issuer,
-        "authorization_endpoint": f"{issuer}/authorize",
-        "token_endpoint": f"{issuer}/token",
-        "userinfo_endpoint": f"{issuer}/userinfo",
-        "jwks_uri": f"{issuer}/jwks.json",
-        "end_session_endpoint": f"{issuer}/end-session",
-        "introspection_endpoint": f"{issuer}/introspect",
-        "revocation_endpoint": f"{issuer}/revoke",
-        "device_authorization_endpoint": f"{issuer}/device_authorization",  # RFC 8628 §4
-        "scopes_supported": list(SUPPORTED_SCOPES),
-        "response_types_supported": ["code"],
-        "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials",
-                                  "urn:ietf:params:oauth:grant-type:device_code"],
-        "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["RS256", "ES256"],
-        "token_endpoint_auth_methods_supported": [
-            "client_secret_basic", "client_secret_post", "none"],
-        "introspection_endpoint_auth_methods_supported": [
-            "client_secret_basic", "client_secret_post"],
-        "revocation_endpoint_auth_methods_supported": [
-            "client_secret_basic", "client_secret_post", "none"],
-        "code_challenge_methods_supported": ["S256"],
-        "claims_supported": [
-            "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "sid", "name",
-            "preferred_username", "picture", "email", "email_verified", "groups", "roles"],
-        "prompt_values_supported": ["none", "login", "consent"],
-        "authorization_response_iss_parameter_supported": True,
-        "request_parameter_supported": False,
-        "request_uri_parameter_supported": False,
-        "claims_parameter_supported": False,
-        "frontchannel_logout_supported": False,
-        "ui_locales_supported": ["en"],
-    }
 
 
 # -- authorization endpoint -------------------------------------------------------------
@@ -352,19 +305,6 @@ def revoke() -> Response:
 
 
 # -- RP-initiated logout ----------------------------------------------------------------
-
-
-def end_browser_session(*, reason: str) -> None:
-    """End the Keycard session of this browser and the refresh tokens born in it."""
-    if not isinstance(session, ServerSession):
-        return
-    svc = services()
-    if session.sid:
-        provider().records.revoke_session_grants(hash_secret(session.sid))
-    if current_user.is_authenticated:
-        svc.audit.record("signout", actor=current_user.login, subject=current_user.login,
-                         reason=reason, ip=request.remote_addr or "")
-    session.end()
 
 
 @bp.route("/end-session", methods=["GET", "POST"])

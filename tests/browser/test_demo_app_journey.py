@@ -12,7 +12,7 @@ from tests.support import LiveServer
 @pytest.fixture
 def demo(keycard):
     server = LiveServer()
-    registry = keycard.app.extensions["keycard.clients"]
+    registry = keycard.services.clients
     client, secret = registry.create(
         name="Demo app", redirect_uris=[f"{server.url}/callback"],
         post_logout_redirect_uris=[f"{server.url}/"], home_url=f"{server.url}/", trusted=True)

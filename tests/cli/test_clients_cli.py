@@ -46,7 +46,7 @@ def test_create_prints_id_and_secret_once(run, keycard, http):
                  if line.strip().startswith("client_"))
     client_id, secret = lines["  client_id"].strip(), lines["  client_secret"].strip()
     assert "shown only once" in result.output
-    client = keycard.app.extensions["keycard.clients"].get(client_id)
+    client = keycard.services.clients.get(client_id)
     assert client.check_client_secret(secret)
     shown = run("clients", "show", client_id).output + run("clients", "list").output
     assert client_id in shown and secret not in shown
@@ -122,7 +122,7 @@ def test_rotate_secret_and_delete(run, keycard):
     client_id, old = created["client_id"], created["client_secret"]
     rotated = run_json(run, "clients", "rotate-secret", client_id)
     assert rotated["client_secret"] != old
-    client = keycard.app.extensions["keycard.clients"].get(client_id)
+    client = keycard.services.clients.get(client_id)
     assert client.check_client_secret(rotated["client_secret"])
     assert not client.check_client_secret(old)
     assert "shown only once" in run("clients", "rotate-secret", client_id).output
@@ -145,7 +145,7 @@ def test_public_client_has_no_secret_to_rotate(run):
 
 
 def test_keys_list_and_rotate(run, keycard):
-    ring = keycard.app.extensions["keycard.keys"]
+    ring = keycard.services.keys
     ring.ensure()
     before = run_json(run, "keys", "list")
     assert sorted(k["alg"] for k in before) == ["ES256", "RS256"]

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from sso.oidc.device import device_records
 from tests.device_support import answer_device, register_device_client
 from tests.support import sign_in, wait_until
 
@@ -82,7 +81,7 @@ def test_expired_code_exits_non_zero_with_a_clear_message(keycard, rdb, run_logi
     client = register_device_client(keycard)
     run = run_login(client.client_id)
     _, code = run.instructions()
-    key = device_records(keycard.app).key_for_user_code(code)
+    key = keycard.services.devices.key_for_user_code(code)
     assert key is not None and rdb.pexpire(key, 1)
     wait_until(lambda: not rdb.exists(key))
     status, out, err = run.finish()

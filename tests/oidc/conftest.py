@@ -69,7 +69,7 @@ class RP:
 
 @pytest.fixture
 def registry(keycard: Any) -> ClientRegistry:
-    found: ClientRegistry = keycard.app.extensions["keycard.clients"]
+    found: ClientRegistry = keycard.services.clients
     return found
 
 

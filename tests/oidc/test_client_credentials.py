@@ -13,7 +13,7 @@ API = "https://deploy-api.acme.test"
 
 @pytest.fixture
 def service(keycard):
-    return keycard.app.extensions["keycard.clients"].create(
+    return keycard.services.clients.create(
         name="Deploy bot", grant_types=["client_credentials"], scopes=["roles"],
         roles=["deployer"], audiences=[API], id_token_alg="ES256")
 
@@ -57,7 +57,7 @@ def test_unregistered_resource_is_invalid_target(keycard, service):
 
 
 def test_client_without_the_grant_is_unauthorized_client(keycard):
-    client, secret = keycard.app.extensions["keycard.clients"].create(
+    client, secret = keycard.services.clients.create(
         name="Web app", redirect_uris=["https://app.acme.test/cb"])
     with pytest.raises(OAuthError) as failure:
         fetch(keycard, client.client_id, secret)

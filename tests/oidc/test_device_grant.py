@@ -15,12 +15,11 @@ import requests
 from sso.oidc.device import (
     GUESS_LIMIT,
     USER_CODE_ALPHABET,
-    device_records,
     new_user_code,
     normalise_user_code,
 )
+from sso.oidc.scopes import SCOPE_WORDS
 from sso.oidc.tokens import subject_for, verify_jwt
-from sso.oidc.views import SCOPE_WORDS
 from tests.device_support import (
     DEVICE_GRANT,
     answer_device,
@@ -124,7 +123,7 @@ def test_approval_on_the_page_issues_tokens_exactly_once(keycard, cli_client, bo
     assert answer.status_code == 200, answer.text
     assert answer.headers["Cache-Control"] == "no-store"
     tokens = answer.json()
-    keys = keycard.app.extensions["keycard.keys"].public_keyset()
+    keys = keycard.services.keys.public_keyset()
     id_claims = verify_jwt(tokens["id_token"], keys)
     access_claims = verify_jwt(tokens["access_token"], keys, typ="at+jwt")
     bob_sub = subject_for(keycard.url, "1002")
@@ -174,7 +173,7 @@ def test_two_polls_racing_after_approval_get_one_token(keycard, cli_client, bob)
 
 def test_polling_too_fast_answers_slow_down_and_the_interval_grows(keycard, cli_client):
     grant = started(keycard, cli_client)
-    records = device_records(keycard.app)
+    records = keycard.services.devices
     assert error_of(poll(keycard.url, cli_client.client_id,
                          grant["device_code"])) == "authorization_pending"
     assert error_of(poll(keycard.url, cli_client.client_id, grant["device_code"])) == "slow_down"
@@ -195,7 +194,7 @@ def test_denied_on_the_page_answers_access_denied(keycard, cli_client, bob):
 
 def test_expired_device_code_answers_expired_token(keycard, cli_client, bob, rdb):
     grant = started(keycard, cli_client)
-    key = device_records(keycard.app).key(grant["device_code"])
+    key = keycard.services.devices.key(grant["device_code"])
     assert rdb.pexpire(key, 1)
     wait_until(lambda: not rdb.exists(key))
     assert error_of(poll(keycard.url, cli_client.client_id,
@@ -277,7 +276,7 @@ def test_wrong_codes_are_rate_limited_even_for_the_right_code(keycard, cli_clien
 
 
 def test_client_without_the_device_grant_is_unauthorized_client(keycard):
-    registry = keycard.app.extensions["keycard.clients"]
+    registry = keycard.services.clients
     client, secret = registry.create(name="Web app", redirect_uris=["http://127.0.0.1:9/cb"])
     auth = (client.client_id, secret)
     refused = start_device(keycard.url, client.client_id, auth=auth)
@@ -287,7 +286,7 @@ def test_client_without_the_device_grant_is_unauthorized_client(keycard):
 
 
 def test_confidential_device_client_authenticates(keycard):
-    client, secret = keycard.app.extensions["keycard.clients"].create(
+    client, secret = keycard.services.clients.create(
         name="Kiosk", grant_types=[DEVICE_GRANT])
     assert error_of(start_device(keycard.url, client.client_id,
                                  auth=(client.client_id, "wrong"))) == "invalid_client"

@@ -176,10 +176,10 @@ def test_unknown_token_is_exactly_inactive(rp):
 def test_expired_access_token_is_exactly_inactive(keycard, rp, tokens):
     # A token we really signed, alive in every way but its exp (waiting 60 s is no test).
     claims = dict(jwt.decode(tokens["access_token"],
-                             keycard.app.extensions["keycard.keys"].public_keyset()).claims)
+                             keycard.services.keys.public_keyset()).claims)
     now = int(time.time())
     claims.update(iat=now - 120, exp=now - 60)
-    key = keycard.app.extensions["keycard.keys"].signing_key("RS256")
+    key = keycard.services.keys.signing_key("RS256")
     expired = jwt.encode({"alg": "RS256", "typ": "at+jwt", "kid": key.kid}, claims, key,
                          algorithms=["RS256"])
     claims.update(exp=now + 60)

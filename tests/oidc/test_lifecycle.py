@@ -16,7 +16,7 @@ CB = "http://127.0.0.1:9/cb"
 
 
 def trusted_client(keycard):
-    return keycard.app.extensions["keycard.clients"].create(
+    return keycard.services.clients.create(
         name="RP", redirect_uris=[CB], trusted=True)
 
 
@@ -39,7 +39,7 @@ def test_key_rotation_keeps_old_tokens_valid_and_reaches_a_second_process(make_k
     first = make_keycard()
     # Another process behind the same issuer, sharing Redis: its own key cache in memory.
     second = make_keycard(SSO_ISSUER=first.url)
-    client, secret = first.app.extensions["keycard.clients"].create(
+    client, secret = first.services.clients.create(
         name="RP", redirect_uris=[CB], trusted=True,
         grant_types=["authorization_code", "refresh_token", "client_credentials"])
     sign_in(http, first.url, "bob")

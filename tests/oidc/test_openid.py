@@ -332,7 +332,7 @@ def rs256_with(private_key: Any) -> Callable[[bytes], bytes]:
 def live(bob, rp, keycard):
     """A live access token, its claims, and our RS256 signing key."""
     tokens = tokens_for(bob, rp)
-    key = keycard.app.extensions["keycard.keys"].signing_key("RS256")
+    key = keycard.services.keys.signing_key("RS256")
     return tokens["access_token"], claims_of(tokens["access_token"]), key
 
 

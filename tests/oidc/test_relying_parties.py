@@ -24,7 +24,7 @@ SCOPE = "openid profile email groups roles offline_access"
 
 
 def register(keycard, **fields):
-    return keycard.app.extensions["keycard.clients"].create(
+    return keycard.services.clients.create(
         name="RP", redirect_uris=[CB], post_logout_redirect_uris=[BYE], trusted=True, **fields)
 
 

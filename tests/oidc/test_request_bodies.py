@@ -17,7 +17,7 @@ FORM = "application/x-www-form-urlencoded"
 
 @pytest.fixture
 def service(keycard):
-    client, secret = keycard.app.extensions["keycard.clients"].create(
+    client, secret = keycard.services.clients.create(
         name="Body checker", grant_types=["client_credentials"], scopes=["roles"],
         roles=["deployer"])
     return client.client_id, str(secret)

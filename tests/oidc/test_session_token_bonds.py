@@ -87,7 +87,7 @@ def test_non_ascii_digits_in_max_age_are_a_clean_error(keycard, http, make_clien
 
 
 def test_a_grant_index_never_expires_before_the_grants_it_lists(keycard, rdb, prefix):
-    records = keycard.app.extensions["keycard.records"]
+    records = keycard.services.records
     now = int(time.time())
     records.create_grant(Grant("long", "77", "a", "openid", "", now, now + 90 * 86400))
     records.create_grant(Grant("short", "77", "b", "openid", "", now, now + 3600))

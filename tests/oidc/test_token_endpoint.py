@@ -113,7 +113,7 @@ def test_codes_carry_at_least_128_bits(bob, rp):
 
 def test_code_lives_at_most_60_seconds_and_is_invalid_grant_after(bob, rp, keycard, rdb):
     code, verifier = get_code(bob, rp)
-    key = keycard.app.extensions["keycard.records"]._code(code)
+    key = keycard.services.records._code(code)
     assert 0 < rdb.ttl(key) <= 60
     rdb.pexpire(key, 1)
     wait_until(lambda: not rdb.exists(key), timeout=5)
