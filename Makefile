@@ -4,10 +4,10 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .PHONY: dev test lint bench
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	@$(VENV)/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-	@$(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	@$(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[test,dev,bench]'
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 dev: $(STAMP)

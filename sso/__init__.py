@@ -26,6 +26,10 @@ from sso.sessions import RedisSessionInterface
 from sso.upstream.base import Connector
 
 ROOT = Path(__file__).resolve().parent.parent
+# templates/ and static/: inside the package in an installed wheel, at the top of the
+# repository in a checkout (editable install).
+_PACKAGE = Path(__file__).resolve().parent
+RESOURCES = _PACKAGE if (_PACKAGE / "templates").is_dir() else ROOT
 
 
 def create_app(
@@ -45,8 +49,8 @@ def create_app(
 
     app = Flask(
         __name__,
-        template_folder=str(ROOT / "templates"),
-        static_folder=str(ROOT / "static"),
+        template_folder=str(RESOURCES / "templates"),
+        static_folder=str(RESOURCES / "static"),
         instance_path=str(Path.cwd() / "instance"),
     )
     secure = settings.secure_cookies

@@ -15,7 +15,10 @@ from authlib.integrations.flask_client import OAuth, OAuthError
 from flask import Flask, redirect, render_template, session, url_for
 from werkzeug.wrappers import Response
 
-ROOT = Path(__file__).resolve().parents[2]
+# templates/ and static/: inside the package in an installed wheel, at the top of the
+# repository in a checkout (editable install).
+ROOT = next((p for p in Path(__file__).resolve().parents[1:3] if (p / "templates").is_dir()),
+            Path(__file__).resolve().parents[2])
 SCOPES = "openid profile email groups roles"
 
 

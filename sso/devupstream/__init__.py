@@ -25,7 +25,10 @@ __all__ = [
     "load_demo_state",
 ]
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+# templates/ and static/: inside the package in an installed wheel, at the top of the
+# repository in a checkout (editable install).
+_REPO_ROOT = next((p for p in Path(__file__).resolve().parents[1:3] if (p / "templates").is_dir()),
+                  Path(__file__).resolve().parents[2])
 
 
 def create_upstream_app(state: UpstreamState | None = None) -> Flask:
