@@ -14,7 +14,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 from flask import Flask
 
-from sso import forward_auth, health, metrics, portal, registry, web
+from sso import forward_auth, health, metrics, portal, registry
 from sso.admin import api as admin_api
 from sso.admin import console as admin
 from sso.config import Settings, load_settings
@@ -24,6 +24,7 @@ from sso.login import views as auth
 from sso.oidc import views as oidc_views
 from sso.sessions import RedisSessionInterface
 from sso.upstream.base import Connector
+from sso.web import wiring as web
 
 ROOT = Path(__file__).resolve().parent.parent
 # templates/ and static/: inside the package in an installed wheel, at the top of the

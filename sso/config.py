@@ -10,9 +10,8 @@ import ipaddress
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 #: The OAuth client id the development upstream hands out; production refuses it.
@@ -53,7 +52,6 @@ class Settings:
     upstream_timeout: float = 10.0
     audit_max_events: int = 100_000
     metrics_token: str | None = None  # when set, /metrics wants it as a bearer token
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def is_production(self) -> bool:
@@ -66,9 +64,6 @@ class Settings:
     @property
     def uses_dev_upstream(self) -> bool:
         return self.github_client_id == DEV_UPSTREAM_CLIENT_ID
-
-    def with_overrides(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
 
 
 def _split(value: str) -> tuple[str, ...]:

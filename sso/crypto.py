@@ -17,6 +17,10 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+# The JOSE algorithms Keycard signs with, and the only ones it accepts: never "none",
+# never HMAC (a public client could forge with a shared secret).
+SIGNING_ALGS = ("RS256", "ES256")
+
 
 def new_secret(nbytes: int = 32) -> str:
     """A URL-safe random string with ``8 * nbytes`` bits of entropy."""

@@ -6,7 +6,7 @@ every request; Keycard answers 200 with the person in ``X-Auth-Request-*`` heade
 (plus a 60-second ES256 assertion the app can verify against ``/jwks.json``), 401
 when nobody is signed in, 403 when a required role is missing. ``/auth/start``
 sends a browser through sign-in and back to the page it wanted, but only to the
-domains in ``SSO_FORWARD_AUTH_DOMAINS`` (SECURITY: no open redirects).
+domains in ``SSO_FORWARD_AUTH_DOMAINS`` (no open redirects).
 
 The verify view is the hot path: a browser session costs the one Redis round trip
 that opening the session already is, a bearer token the one ``token_claims`` makes;
@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from flask import Blueprint, Response, current_app, jsonify, redirect, request, url_for
+from flask import Blueprint, Response, current_app, redirect, request, url_for
 from flask_login import current_user
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.wrappers import Response as BaseResponse
@@ -28,6 +28,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from sso.login.users import session_user
 from sso.oidc.tokens import subject_for
 from sso.registry import registry
+from sso.web.bearer import bearer_error, bearer_token
 from sso.web.csrf import csrf, origin_exempt
 from sso.web.errors import error_response
 from sso.web.redirects import safe_return_url
@@ -40,13 +41,6 @@ ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 # -- the identity behind a request -------------------------------------------------------
-
-
-def _bearer() -> str | None:
-    header = request.headers.get("Authorization", "")
-    if header[:7].lower() == "bearer ":
-        return header[7:].strip()
-    return None
 
 
 def _identity_from_session() -> dict[str, Any] | None:
@@ -97,13 +91,6 @@ def _requested_host() -> str:
     return host.rsplit(":", 1)[0] if ":" in host else host
 
 
-def _denied(status: int, error: str, description: str, challenge: str) -> Response:
-    response = jsonify(error=error, error_description=description)
-    response.status_code = status
-    response.headers["WWW-Authenticate"] = challenge
-    return response
-
-
 def _original_url() -> str | None:
     """The URL the proxy is asking about, from the headers Traefik and Caddy send."""
     host = request.headers.get("X-Forwarded-Host", "").split(",", 1)[0].strip()
@@ -131,7 +118,7 @@ def _sign_in_redirect() -> BaseResponse | None:
 @origin_exempt  # read-only, and called by proxies with the original request's method
 @csrf.exempt
 def verify() -> BaseResponse:
-    token = _bearer()
+    token = bearer_token()
     identity = _identity_from_token(token) if token else _identity_from_session()
     if token and identity is not None and not _addressed_to_this_app(identity):
         # A token issued to app A must not open app B: bearer tokens are accepted only when
@@ -142,7 +129,7 @@ def verify() -> BaseResponse:
             sign_in = _sign_in_redirect()
             if sign_in is not None:
                 return sign_in
-        return _denied(
+        return bearer_error(
             401, "unauthorized",
             "The access token is missing, expired, revoked or not ours." if token
             else "Sign in to Keycard first.",
@@ -151,7 +138,7 @@ def verify() -> BaseResponse:
     wanted = {r.strip() for r in request.args.get("allowed_roles", "").split(",") if r.strip()
               } if request.environ.get("QUERY_STRING") else set()
     if wanted and not wanted & set(identity["roles"]):
-        return _denied(403, "insufficient_role",
+        return bearer_error(403, "insufficient_role",
                        "You are signed in but do not hold a role this app requires.",
                        'Bearer realm="keycard", error="insufficient_scope"')
     headers = [

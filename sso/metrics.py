@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -30,6 +30,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from sso.web.bearer import bearer_error, bearer_token
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -90,12 +92,9 @@ def metrics() -> Response:
     # only a scraper presenting it (Prometheus' `authorization: credentials:`) reads them.
     expected = current_app.config["SSO_SETTINGS"].metrics_token
     if expected is not None:
-        header = request.headers.get("Authorization", "")
-        given = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        given = bearer_token() or ""
         if not hmac.compare_digest(given.encode(), expected.encode()):
-            response = jsonify(error="unauthorized",
-                               error_description="/metrics needs the SSO_METRICS_TOKEN bearer.")
-            response.status_code = 401
-            response.headers["WWW-Authenticate"] = 'Bearer realm="keycard-metrics"'
-            return response
+            return bearer_error(401, "unauthorized",
+                                "/metrics needs the SSO_METRICS_TOKEN bearer.",
+                                'Bearer realm="keycard-metrics"')
     return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)

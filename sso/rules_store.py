@@ -18,6 +18,7 @@ import yaml
 
 from sso.roles import Rule, valid_role
 from sso.storage import Store, guard
+from sso.upstream.base import valid_login
 
 KINDS = ("org", "team", "user")
 
@@ -31,17 +32,13 @@ def parse_target(text: str) -> tuple[str, str]:
     text = text.strip()
     if text.startswith("@"):
         login = text[1:]
-        if not login or not _valid_login(login):
+        if not login or not valid_login(login):
             raise RuleError(f"{text!r} is not a GitHub login")
         return "user", login
     org, _, team = text.partition("/")
-    if not _valid_login(org) or (team and not _valid_slug(team)) or team.count("/"):
+    if not valid_login(org) or (team and not _valid_slug(team)) or team.count("/"):
         raise RuleError(f"{text!r} is not ORG or ORG/TEAM")
     return ("team", f"{org.lower()}/{team.lower()}") if team else ("org", org.lower())
-
-
-def _valid_login(name: str) -> bool:
-    return 0 < len(name) <= 39 and all(c.isalnum() or c == "-" for c in name)
 
 
 def _valid_slug(slug: str) -> bool:
@@ -248,7 +245,7 @@ def _rule_from_node(node: yaml.Node, resolve_login: Callable[[str], str | None])
     value = str(data[kind])
     if kind == "user":
         login = value.lstrip("@")
-        if not _valid_login(login):
+        if not valid_login(login):
             raise RuleError(f"{where}{value!r} is not a GitHub login")
         user_id = data.get("id")
         if user_id is None:

@@ -17,6 +17,7 @@ from sso.admin import service
 from sso.admin.openapi import document
 from sso.registry import registry
 from sso.rules_store import RuleError
+from sso.web.bearer import bearer_token
 from sso.web.csrf import csrf
 from sso.web.errors import error_response
 
@@ -47,12 +48,11 @@ def admin_principal() -> str:
 
     The one place that decides who may call the admin API.
     """
-    header = request.headers.get("Authorization", "")
-    if header[:7].lower() == "bearer ":
+    token = bearer_token()
+    if token is not None:
         # An access token Keycard issued, carrying the admin role. Bearer calls carry no
         # cookie, so there is nothing to forge cross-site: no CSRF check for them.
-        provider = registry().provider
-        claims = provider.token_claims(header[7:].strip())
+        claims = registry().provider.token_claims(token)
         if claims is None:
             fail(401, "invalid_token", "The bearer token is invalid, expired or revoked.")
         audience = claims.get("aud")
@@ -70,7 +70,7 @@ def admin_principal() -> str:
     if not current_user.is_admin:
         fail(403, "access_denied", "The admin API needs the admin role.")
     # Cookie-authenticated: unsafe methods must send the session's CSRF token in the
-    # X-CSRFToken header (SECURITY 35). Raises CSRFError, answered as 403 JSON.
+    # X-CSRFToken header. Raises CSRFError, answered as 403 JSON.
     csrf.protect()
     return str(current_user.login)
 

@@ -13,7 +13,8 @@ import click
 from flask.cli import with_appcontext
 
 from sso.cli.common import actor, emit, json_option
-from sso.oidc.clients import ID_TOKEN_ALGS, Client, ClientError, ClientRegistry
+from sso.crypto import SIGNING_ALGS
+from sso.oidc.clients import Client, ClientError, ClientRegistry
 from sso.registry import registry
 
 SECRET_WARNING = ("Store the client secret now: it is shown only once and cannot be "
@@ -62,7 +63,7 @@ def _shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--audience", "audiences", multiple=True,
                      help="Resource (RFC 8707) the client may request tokens for. Repeatable."),
         click.option("--home-url", help="Where the portal links to."),
-        click.option("--id-token-alg", type=click.Choice(ID_TOKEN_ALGS)),
+        click.option("--id-token-alg", type=click.Choice(SIGNING_ALGS)),
         click.option("--access-token-ttl", type=int, help="Seconds (60-3600)."),
         click.option("--refresh-idle-ttl", type=int, help="Seconds."),
         click.option("--refresh-absolute-ttl", type=int, help="Seconds."),

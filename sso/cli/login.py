@@ -19,8 +19,10 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from sso.crypto import SIGNING_ALGS
+
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
-ALGORITHMS = ["RS256", "ES256"]  # what Keycard signs with; never "none" or HMAC
+ALGORITHMS = list(SIGNING_ALGS)  # what Keycard signs with; never "none" or HMAC
 TIMEOUT = 10.0
 
 

@@ -144,7 +144,7 @@ def confirm() -> Response:
 
 @bp.post("/device/decision")
 def decision() -> Response:
-    """Approve or deny (CSRF-protected like every form); answers 303 (SECURITY 6)."""
+    """Approve or deny (CSRF-protected like every form); answers 303."""
     vetted = _vetted()
     if not isinstance(vetted, tuple):
         return vetted

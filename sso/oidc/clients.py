@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import redis
 from authlib.oauth2.rfc6749 import ClientMixin
 
-from sso.crypto import hash_secret, new_secret, same
+from sso.crypto import SIGNING_ALGS, hash_secret, new_secret, same
 from sso.oidc.scopes import SUPPORTED_SCOPES
 from sso.roles import valid_role
 from sso.storage import Store, guard
@@ -31,7 +31,6 @@ from sso.storage import Store, guard
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 SUPPORTED_GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials",
                          DEVICE_CODE_GRANT)
-ID_TOKEN_ALGS = ("RS256", "ES256")
 CONFIDENTIAL_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 # Key rotation keeps a retired public key for an hour by default (`sso keys rotate
 # --grace`); capping access tokens at that hour keeps every live token verifiable.
@@ -246,10 +245,10 @@ def validate(client: Client) -> Client:
                               + ", ".join(SUPPORTED_SCOPES))
     _check_roles(client.required_roles, "required role")
     _check_roles(client.roles, "role")
-    if client.id_token_alg not in ID_TOKEN_ALGS:
+    if client.id_token_alg not in SIGNING_ALGS:
         # SECURITY 28 and the Authlib pitfall: the per-client alg is allow-listed.
         raise ClientError(f"id_token_alg {client.id_token_alg!r} is not supported; choose "
-                          + " or ".join(ID_TOKEN_ALGS))
+                          + " or ".join(SIGNING_ALGS))
     for flag in ("trusted", "require_pkce"):
         if not isinstance(getattr(client, flag), bool):
             raise ClientError(f"{flag} must be true or false")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sso.crypto import SIGNING_ALGS
 from sso.oidc.scopes import SUPPORTED_SCOPES
-from sso.oidc.tokens import SIGNING_ALGS
 
 
 def discovery_document(issuer: str) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oidc.rpinitiated import EndSessionEndpoint
 from flask import request
 
-from sso.oidc.tokens import SIGNING_ALGS, InvalidToken
+from sso.crypto import SIGNING_ALGS
+from sso.oidc.tokens import InvalidToken
 from sso.sessions import end_browser_session
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def lookup_token(provider: Provider, token: str, *, live_only: bool) -> TokenRef
 
 
 class Introspection(_HintTolerant, IntrospectionEndpoint):  # type: ignore[misc]
-    # RFC 7662 §2.1 / SECURITY 26: a client_id alone is no authentication (anyone can
+    # RFC 7662 §2.1: a client_id alone is no authentication (anyone can
     # send a public client's id): only confidential clients introspect, as announced.
     CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
 
@@ -88,7 +89,7 @@ class Introspection(_HintTolerant, IntrospectionEndpoint):  # type: ignore[misc]
         return lookup_token(self.provider, token_string, live_only=True)
 
     def check_permission(self, token: TokenRef, client: Any, request: Any) -> bool:
-        # SECURITY 26: a token issued to another client (and not addressed to this one)
+        # a token issued to another client (and not addressed to this one)
         # is reported exactly as an unknown one.
         if token.check_client(client):
             return True

@@ -1,6 +1,6 @@
 """Authlib grants with Keycard's storage and policy plugged in.
 
-Each class fixes a pitfall listed in SECURITY.md: codes are consumed atomically
+Each class closes a known pitfall of OAuth servers: codes are consumed atomically
 and a replay revokes what the code produced; refresh tokens rotate and a reused
 one revokes its family; PKCE is S256-only and required for public clients at
 the authorization endpoint already; the ID-token algorithm is allow-listed.
@@ -23,7 +23,8 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode as _OpenIDCode
 from authlib.oidc.core.models import AuthorizationCodeMixin
 
-from sso.oidc.tokens import ID_TOKEN_TTL, SIGNING_ALGS, KeySource, Subject, user_claims
+from sso.crypto import SIGNING_ALGS
+from sso.oidc.tokens import ID_TOKEN_TTL, KeySource, Subject, user_claims
 
 if TYPE_CHECKING:
     from sso.oidc.server import Provider

@@ -29,12 +29,12 @@ from typing import Any
 from joserfc.jwk import ECKey, KeyParameters, KeySet, RSAKey
 from redis.exceptions import LockError
 
-from sso.crypto import DecryptionError, Sealer
+from sso.crypto import SIGNING_ALGS, DecryptionError, Sealer
 from sso.storage import OUTAGE_ERRORS, StorageUnavailable, Store, guard
 
 log = logging.getLogger("keycard.keys")
 
-ALGORITHMS = ("RS256", "ES256")
+ALGORITHMS = SIGNING_ALGS  # one key ring per algorithm Keycard signs with
 LOCK_SECONDS = 30  # generating an RSA key takes well under a second
 LOCK_WAIT_SECONDS = 15
 

@@ -156,8 +156,8 @@ class KeycardServer(AuthorizationServer):  # type: ignore[misc]
                           str(token.get("scope", "")), user.sid, user.auth_time,
                           int(time.time()) + lifetime)
             # False: a replay of this code revoked the grant while this (first) redemption
-            # was under way. It still answers like the first use always does (SECURITY
-            # 15: exactly one success), but everything it issues is born dead.
+            # was under way. It still answers like the first use always does (a code
+            # redeemed twice gives exactly one success), but everything it issues is born dead.
             records.create_grant(grant)
         refresh = token.get("refresh_token")
         if refresh and "offline_access" in scopes and client.check_grant_type("refresh_token"):
@@ -184,7 +184,7 @@ class Issuer(IssuerParameter):  # type: ignore[misc]
 def build_server(provider: Provider, app: Any) -> KeycardServer:
     server = KeycardServer(provider)
     server.init_app(app)
-    # SECURITY 3: an unknown scope is invalid_scope (RFC 6749 §4.1.2.1), not silently
+    # an unknown scope is invalid_scope (RFC 6749 §4.1.2.1), not silently
     # dropped. Set after init_app, which resets it from OAUTH2_SCOPES_SUPPORTED.
     server.scopes_supported = list(SUPPORTED_SCOPES)
     server.register_token_generator("default", TokenIssuer(provider.issuer, provider.keys))

@@ -33,6 +33,7 @@ from sso.oidc.server import KeycardServer, Provider
 from sso.oidc.tokens import Subject, subject_for
 from sso.registry import registry
 from sso.sessions import ServerSession
+from sso.web.bearer import bearer_error, bearer_token
 from sso.web.csrf import csrf, origin_exempt
 from sso.web.errors import error_response
 
@@ -108,7 +109,7 @@ def _relogin(params: dict[str, str], *, force: bool) -> Response:
 
 
 @bp.route("/authorize", methods=["GET", "POST"])
-@origin_exempt  # SECURITY 9: an RP's auto-submitted form posts here cross-site; a POST
+@origin_exempt  # an RP's auto-submitted form posts here cross-site; a POST
 @csrf.exempt  # authorization request is no more powerful than the same GET.
 def authorize() -> Response:
     values = request.values
@@ -122,7 +123,7 @@ def authorize() -> Response:
                      "The application that sent you here is not registered with Keycard.")
     redirect_uri = values.get("redirect_uri")
     if not redirect_uri or not client.check_redirect_uri(redirect_uri):
-        # SECURITY 1-2: never redirect to an address we cannot vouch for.
+        # Never redirect to an address we cannot vouch for (an open redirector).
         return _page(400, "Invalid sign-in request",
                      f"{client.name} sent you here with a return address it has not "
                      "registered, so Keycard will not send you back there.")
@@ -180,7 +181,7 @@ def authorize() -> Response:
 def _issue(grant: Any, subject: Subject, status: int) -> Response:
     response: Response = server().create_authorization_response(grant=grant, grant_user=subject)
     if response.status_code == 302 and status == 303:
-        response.status_code = 303  # SECURITY 6: a form post ends in 303, never 307
+        response.status_code = 303  # a form post ends in 303, never 307
     return response
 
 
@@ -192,7 +193,7 @@ def _consent_page(client: Any, scopes: set[str], params: dict[str, str]) -> Resp
 
 @bp.post("/authorize/decision")
 def decision() -> Response:
-    """The consent form's answer; CSRF-protected like every form (SECURITY 35)."""
+    """The consent form's answer; CSRF-protected like every form."""
     subject = _subject()
     values = request.form
     client = provider().clients.get(values.get("client_id", ""))
@@ -251,25 +252,19 @@ def device_authorization() -> Response:
 @origin_exempt
 @csrf.exempt
 def userinfo() -> Response:
-    header = request.headers.get("Authorization", "")
-    token_value = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    token_value = bearer_token() or ""
     if not token_value and request.method == "POST":
         token_value = request.form.get("access_token", "")
     claims = provider().token_claims(token_value) if token_value else None
     if claims is None:
-        response = jsonify(error="invalid_token", error_description="The access token is "
-                           "missing, expired, revoked or not ours.")
-        response.status_code = 401
-        response.headers["WWW-Authenticate"] = (
-            'Bearer error="invalid_token"' if token_value else 'Bearer realm="keycard"')
-        return _no_store(response)
+        return _no_store(bearer_error(
+            401, "invalid_token", "The access token is missing, expired, revoked or not ours.",
+            'Bearer error="invalid_token"' if token_value else 'Bearer realm="keycard"'))
     scopes = set(str(claims.get("scope", "")).split())
     if "openid" not in scopes:
-        response = jsonify(error="insufficient_scope",
-                           error_description="This token was not issued with the openid scope.")
-        response.status_code = 403
-        response.headers["WWW-Authenticate"] = 'Bearer error="insufficient_scope", scope="openid"'
-        return _no_store(response)
+        return _no_store(bearer_error(
+            403, "insufficient_scope", "This token was not issued with the openid scope.",
+            'Bearer error="insufficient_scope", scope="openid"'))
     released = {"sub"}
     released |= {"name", "preferred_username", "picture"} if "profile" in scopes else set()
     released |= {"email", "email_verified"} if "email" in scopes else set()

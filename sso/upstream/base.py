@@ -8,7 +8,7 @@ HTTP status the page is served with.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 
@@ -30,7 +30,6 @@ class Identity:
     avatar_url: str | None
     orgs: tuple[str, ...] = ()
     teams: tuple[str, ...] = ()  # "org/team" slugs, parents of nested teams included
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def groups(self) -> list[str]:
@@ -116,3 +115,8 @@ class Connector(Protocol):
     def refresh(self, token: UpstreamToken) -> Identity:
         """Re-read the identity (membership changes) with the stored token."""
         ...
+
+
+def valid_login(login: str) -> bool:
+    """GitHub's login syntax: 1–39 letters, digits or hyphens (organisation names too)."""
+    return 0 < len(login) <= 39 and all(c.isalnum() or c == "-" for c in login)

@@ -35,6 +35,7 @@ from sso.upstream.base import (
     UpstreamError,
     UpstreamToken,
     UpstreamUnavailable,
+    valid_login,
 )
 
 API_VERSION = "2022-11-28"
@@ -98,7 +99,7 @@ class GitHubConnector:
     def login_url(
         self, *, redirect_uri: str, state: str, code_verifier: str, login_hint: str | None = None
     ) -> str:
-        extra = {"login": login_hint} if login_hint and _valid_login(login_hint) else {}
+        extra = {"login": login_hint} if login_hint and valid_login(login_hint) else {}
         uri, _ = self._oauth(redirect_uri).create_authorization_url(
             f"{self.config.web_url}/login/oauth/authorize",
             state=state,
@@ -212,10 +213,6 @@ class GitHubConnector:
             self._parents.clear()
         self._parents[team] = (time.monotonic() + PARENT_CACHE_SECONDS, parent)
         return parent
-
-
-def _valid_login(login: str) -> bool:
-    return 0 < len(login) <= 39 and all(c.isalnum() or c == "-" for c in login)
 
 
 def _pick_email(user: dict[str, Any], api: _Api) -> tuple[str | None, bool]:

@@ -34,7 +34,7 @@ def install_request_guard(app: Flask, own_origin: str) -> None:
             return
         if app.config["WTF_CSRF_ENABLED"]:
             csrf.protect(apply_exemptions=True)  # WTF_CSRF_CHECK_DEFAULT is off: here instead
-        # RFC 9700 §4.7 / SECURITY 35: cross-site form posts are refused before any view
+        # RFC 9700 §4.7: cross-site form posts are refused before any view
         # runs, whatever the CSRF token says. Like Go's CrossOriginProtection: trust
         # Sec-Fetch-Site when the browser sends it (with Referrer-Policy: no-referrer,
         # Chromium sends "Origin: null" even for same-origin posts), else compare Origin.

@@ -25,7 +25,7 @@ HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]
 def safe_return_url(url: str | None, allowed_domains: Iterable[str]) -> str | None:
     """An absolute http(s) URL on an allowed domain (or a subdomain of one), else None.
 
-    SECURITY (no open redirects): whole-label match, so ``evil-acme.test`` is not
+    No open redirects: whole-label match, so ``evil-acme.test`` is not
     ``acme.test``; no userinfo (``https://acme.test@evil``), backslashes, control
     characters, percent-encoded or trailing-dot host names that browsers and parsers
     could read differently.
