@@ -17,6 +17,7 @@ from flask import Flask
 from sso import forward_auth, health, metrics, portal, registry
 from sso.admin import api as admin_api
 from sso.admin import console as admin
+from sso.cli import groups as cli_groups
 from sso.config import Settings, load_settings
 from sso.device import views as device
 from sso.login import users
@@ -76,13 +77,10 @@ def create_app(
 
     web.init_app(app)
     users.init_app(app)
-    for module in (auth, portal, health, metrics, admin, admin_api, forward_auth, device,
-                   oidc_views):
+    for module in (auth, portal, health, admin, admin_api, forward_auth, device, oidc_views):
         app.register_blueprint(module.bp)
     app.wsgi_app = metrics.RequestMetrics(app.wsgi_app)  # type: ignore[method-assign]
-    from sso import cli
-
-    cli.init_app(app)
+    cli_groups.init_app(app)
     return app
 
 

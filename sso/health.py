@@ -1,11 +1,17 @@
-"""``/healthz`` (the process answers) and ``/readyz`` (it can serve: Redis answers)."""
+"""Operator endpoints: ``/healthz`` (the process answers), ``/readyz`` (it can serve:
+Redis answers) and ``/metrics`` (Prometheus, see :mod:`sso.metrics`)."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+import hmac
 
+from flask import Blueprint, Response, jsonify
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from sso.metrics import collector
 from sso.registry import registry
 from sso.storage import StorageUnavailable
+from sso.web.bearer import bearer_error, bearer_token
 
 bp = Blueprint("health", __name__)
 
@@ -22,3 +28,17 @@ def readyz() -> tuple[Response, int]:
     except StorageUnavailable as exc:
         return jsonify(status="unavailable", redis="unreachable", detail=str(exc)[:200]), 503
     return jsonify(status="ready", redis="ok"), 200
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    # Traffic volumes and failure rates are for operators: with SSO_METRICS_TOKEN set,
+    # only a scraper presenting it (Prometheus' `authorization: credentials:`) reads them.
+    expected = registry().settings.metrics_token
+    if expected is not None:
+        given = bearer_token() or ""
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return bearer_error(401, "unauthorized",
+                                "/metrics needs the SSO_METRICS_TOKEN bearer.",
+                                'Bearer realm="keycard-metrics"')
+    return Response(generate_latest(collector()), mimetype=CONTENT_TYPE_LATEST)

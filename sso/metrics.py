@@ -1,5 +1,5 @@
-"""Prometheus metrics at ``/metrics``: requests by route and status with their latency,
-audit events by name, tokens issued by grant type.
+"""Prometheus metrics, served at ``/metrics`` by :mod:`sso.health`: requests by route and
+status with their latency, audit events by name, tokens issued by grant type.
 
 Several worker processes (granian, gunicorn) each count their own requests; with
 ``PROMETHEUS_MULTIPROC_DIR`` set (an empty directory, before the server starts, as
@@ -14,29 +14,21 @@ With ``SSO_METRICS_TOKEN`` set, reading ``/metrics`` needs it as a bearer token.
 
 from __future__ import annotations
 
-import hmac
 import os
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response, current_app
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
     Histogram,
-    generate_latest,
     multiprocess,
 )
 
-from sso.web.bearer import bearer_error, bearer_token
-
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
-
-bp = Blueprint("metrics", __name__)
 
 REQUESTS = Counter(
     "keycard_http_requests", "HTTP requests answered, by route template, method and status.",
@@ -78,23 +70,10 @@ class RequestMetrics:
         return self.app(environ, start)
 
 
-def _registry() -> CollectorRegistry:
+def collector() -> CollectorRegistry:
+    """This process's counters, or every worker's when they share a multiprocess dir."""
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return REGISTRY
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return registry
-
-
-@bp.get("/metrics")
-def metrics() -> Response:
-    # Traffic volumes and failure rates are for operators: with SSO_METRICS_TOKEN set,
-    # only a scraper presenting it (Prometheus' `authorization: credentials:`) reads them.
-    expected = current_app.config["SSO_SETTINGS"].metrics_token
-    if expected is not None:
-        given = bearer_token() or ""
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            return bearer_error(401, "unauthorized",
-                                "/metrics needs the SSO_METRICS_TOKEN bearer.",
-                                'Bearer realm="keycard-metrics"')
-    return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)

@@ -1,6 +1,8 @@
 """The ``sso`` command: a Flask CLI group (``flask --app app ...`` works the same).
 
 One module per command group; each prints text by default and JSON with ``--json``.
+The groups that need an app are registered on it by :mod:`sso.cli.groups` (so they
+work under ``flask --app app`` too); ``dev`` and ``login`` need none and live here.
 """
 
 from __future__ import annotations
@@ -11,12 +13,7 @@ import click
 from flask import Flask
 from flask.cli import FlaskGroup
 
-from sso.cli.audit import audit_group
-from sso.cli.clients import clients_group
-from sso.cli.keys import keys_group
 from sso.cli.login import login_command
-from sso.cli.roles import roles_group
-from sso.cli.sessions import sessions_group
 
 
 def _create_app() -> Flask:
@@ -38,11 +35,6 @@ def dev_command(port: int | None, upstream_port: int, demo_port: int) -> None:
     from sso.dev import run_dev
 
     sys.exit(run_dev(port=port, upstream_port=upstream_port, demo_port=demo_port))
-
-
-def init_app(app: Flask) -> None:
-    for group in (sessions_group, roles_group, audit_group, clients_group, keys_group):
-        app.cli.add_command(group)
 
 
 def main() -> None:
