@@ -4,6 +4,10 @@ Each class closes a known pitfall of OAuth servers: codes are consumed atomicall
 and a replay revokes what the code produced; refresh tokens rotate and a reused
 one revokes its family; PKCE is S256-only and required for public clients at
 the authorization endpoint already; the ID-token algorithm is allow-listed.
+
+Every override must still override something, and the Authlib methods replaced whole
+(here and in :mod:`sso.oidc.device`) are fingerprinted: tests/test_private_apis.py fails
+when an Authlib upgrade changes them.
 """
 
 from __future__ import annotations
