@@ -23,7 +23,7 @@ from sso.rules_store import RuleStore
 from sso.services import Services
 from sso.sessions import RedisSessionInterface, SessionStore
 from sso.signin import SignInFlow
-from sso.storage import TTL, Store, connect
+from sso.storage import Store, connect
 from sso.upstream.github import GitHubConfig, GitHubConnector
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,15 +71,7 @@ def create_app(
     if "+cluster" in settings.redis_url.split("://", 1)[0] and "{" not in prefix:
         # Scripts and transactions touch several keys: in a cluster they must share a slot.
         prefix = "{" + prefix.rstrip(":") + "}:"
-    store = Store(
-        connect(settings.redis_url),
-        prefix,
-        TTL(
-            login_state=settings.login_state_seconds,
-            session_idle=settings.session_idle_seconds,
-            session_absolute=settings.session_absolute_seconds,
-        ),
-    )
+    store = Store(connect(settings.redis_url), prefix)
     sealer = Sealer(settings.secret_key)
     if connector is None:
         connector = GitHubConnector(
