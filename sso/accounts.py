@@ -193,7 +193,7 @@ class Accounts:
         When the upstream fails transiently the current profile is kept and the next
         attempt is postponed: an outage at GitHub must not sign the company out.
         """
-        lock = f"{self.store.keys.prefix}recheck:{user_id}"
+        lock = self.store.keys.recheck_lock(user_id)
         if not self.store.redis.set(lock, "1", nx=True, ex=RECHECK_BACKOFF):
             return self.get(user_id)  # another request is re-checking, or we are backing off
         current = self.get(user_id)

@@ -21,7 +21,7 @@ class Audit:
     def __init__(self, store: Store, max_events: int) -> None:
         self.store = store
         self.max_events = max_events
-        self.key = f"{store.keys.prefix}audit"
+        self.key = store.keys.audit()
 
     def record(
         self,

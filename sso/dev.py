@@ -78,7 +78,7 @@ def register_demo_client(app: Any, demo_url: str) -> tuple[str, str]:
     """Register (or re-key) the demo app's OIDC client; its id is remembered in Redis."""
     clients = registry(app).clients
     store = registry(app).store
-    marker = f"{store.keys.prefix}dev:demo-client"
+    marker = store.keys.dev_demo_client()
     fields: dict[str, Any] = {"name": "Demo app", "redirect_uris": [f"{demo_url}/callback"],
               "post_logout_redirect_uris": [f"{demo_url}/"], "home_url": f"{demo_url}/",
               "trusted": True}

@@ -31,7 +31,7 @@ from sso.oidc.records import Records
 from sso.oidc.server import KeycardServer, Provider, build_server
 from sso.rules_store import RuleStore
 from sso.sessions import SessionStore
-from sso.storage import TTL, Store, connect
+from sso.storage import Store, connect
 from sso.upstream.base import Connector
 from sso.upstream.github import GitHubConfig, GitHubConnector
 
@@ -88,15 +88,7 @@ def github_connector(settings: Settings) -> GitHubConnector:
 
 def build(app: Flask, settings: Settings, connector: Connector | None = None) -> Registry:
     """Every service, once; the OAuth server is bound to ``app`` (it reads its config)."""
-    store = Store(
-        connect(settings.redis_url),
-        redis_prefix(settings),
-        TTL(
-            login_state=settings.login_state_seconds,
-            session_idle=settings.session_idle_seconds,
-            session_absolute=settings.session_absolute_seconds,
-        ),
-    )
+    store = Store(connect(settings.redis_url), redis_prefix(settings))
     sealer = Sealer(settings.secret_key)
     connector = connector or github_connector(settings)
     audit = Audit(store, settings.audit_max_events)

@@ -83,7 +83,7 @@ class RuleStore:
 
     def __init__(self, store: Store, *, cache_seconds: float = 2.0) -> None:
         self.store = store
-        self.key = f"{store.keys.prefix}rules"
+        self.key = store.keys.rules()
         # Every sign-in, refresh and code exchange evaluates the rules; a two-second
         # per-process cache saves that Redis read on the hot paths. Rules apply at the next
         # re-check anyway, so two seconds of staleness in another process is invisible.

@@ -273,17 +273,18 @@ def _check_field_names(fields: dict[str, Any]) -> None:
 
 
 class ClientRegistry:
-    """Clients in Redis: ``{prefix}client:{id}`` (JSON) and the set ``{prefix}clients``."""
+    """Clients in Redis: ``Keys.client`` (JSON, one per client) and the id set
+    ``Keys.clients_index``."""
 
     def __init__(self, store: Store, *, cache_seconds: float = CACHE_SECONDS) -> None:
         self.store = store
-        self.index_key = f"{store.keys.prefix}clients"
+        self.index_key = store.keys.clients_index()
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, Client]] = {}
         self._lock = threading.Lock()
 
-    def key(self, client_id: str) -> str:  # no TTL: a registration lives until deleted
-        return f"{self.store.keys.prefix}client:{client_id}"
+    def key(self, client_id: str) -> str:
+        return self.store.keys.client(client_id)
 
     def create(self, *, public: bool = False, **fields: Any) -> tuple[Client, str | None]:
         """Register a client; returns it and its secret (``None`` for a public client).

@@ -6,7 +6,7 @@ issuing tokens (SECURITY.md "pitfalls"). So every poll here is one Lua script th
 reads the record, enforces the polling interval (growing it by 5 s on ``slow_down``,
 §3.5) and flips approved → used atomically: tokens come out exactly once.
 
-Keys (all under the prefix, each with its TTL):
+Keys (built by :class:`sso.storage.Keys`, each with its TTL):
 
 - ``device:{hash(device_code)}``: the request (hash), TTL = ``expires_in``;
 - ``device-code:{hash(user_code)}``: user code → device hash, same TTL, deleted once decided;
@@ -151,25 +151,17 @@ class DeviceRecords:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.p = store.keys.prefix
+        self.keys = store.keys
         self._create = store.redis.register_script(_CREATE)
         self._poll = store.redis.register_script(_POLL)
         self._decide = store.redis.register_script(_DECIDE)
 
-    def key(self, device_code: str) -> str:  # TTL = expires_in
-        return f"{self.p}device:{hash_secret(device_code)}"
+    def key(self, device_code: str) -> str:
+        """The record of a device code (operators and tests expire it by hand)."""
+        return self.keys.device(hash_secret(device_code))
 
-    def _device(self, device_hash: str) -> str:
-        return f"{self.p}device:{device_hash}"
-
-    def _index(self, user_code: str) -> str:  # TTL = expires_in; user codes are secrets too
-        return f"{self.p}device-code:{hash_secret(user_code)}"
-
-    def _gone(self, device_hash: str) -> str:  # TTL = expires_in + GONE_TTL
-        return f"{self.p}device-gone:{device_hash}"
-
-    def _tries(self, kind: str, who: str) -> str:  # TTL = GUESS_WINDOW from the first miss
-        return f"{self.p}device-tries:{kind}:{who}"
+    def _index(self, user_code: str) -> str:  # user codes are secrets too: hashed
+        return self.keys.device_user_code(hash_secret(user_code))
 
     @guard
     def create(self, device_code: str, user_code: str, client_id: str, scope: str, *,
@@ -179,7 +171,8 @@ class DeviceRecords:
         fields = {"c": client_id, "s": scope, "uc": user_code, "iv": str(interval), "lp": "0",
                   "st": "pending", "exp": str(int(time.time()) + expires_in)}
         flat = [item for pair in fields.items() for item in pair]
-        keys = [self._device(device_hash), self._index(user_code), self._gone(device_hash)]
+        keys = [self.keys.device(device_hash), self._index(user_code),
+                self.keys.device_tombstone(device_hash)]
         return bool(self._create(keys=keys,
                                  args=[expires_in, expires_in + GONE_TTL, device_hash, *flat]))
 
@@ -188,7 +181,7 @@ class DeviceRecords:
         """The record a live user code points at (operators and tests expire it by hand)."""
         code = normalise_user_code(user_code)
         device_hash = self.store.redis.get(self._index(code)) if code else None
-        return self._device(device_hash) if device_hash else None
+        return self.keys.device(device_hash) if device_hash else None
 
     @guard
     def peek(self, device_code: str) -> dict[str, str] | None:
@@ -201,7 +194,8 @@ class DeviceRecords:
         ``expired``, ``used``, ``denied``, ``pending``, ``slow_down`` (extra: new interval)
         or ``approved`` (extra: user id, auth time; the code is now used)."""
         device_hash = hash_secret(device_code)
-        answer = self._poll(keys=[self._device(device_hash), self._gone(device_hash)],
+        answer = self._poll(keys=[self.keys.device(device_hash),
+                                  self.keys.device_tombstone(device_hash)],
                             args=[client_id, SLOW_DOWN_STEP])
         return str(answer[0]), [str(v) for v in answer[1:]]
 
@@ -211,7 +205,7 @@ class DeviceRecords:
         device_hash = self.store.redis.get(self._index(user_code))
         if not device_hash:
             return None
-        data = self.store.redis.hgetall(self._device(device_hash))
+        data = self.store.redis.hgetall(self.keys.device(device_hash))
         if not data or data.get("st") != "pending" or int(data.get("exp", 0)) <= time.time():
             return None
         return PendingDevice(user_code, data["c"], data.get("s", ""))
@@ -223,7 +217,7 @@ class DeviceRecords:
         if not device_hash:
             return False
         status = "approved" if approved else "denied"
-        return bool(self._decide(keys=[self._device(device_hash), self._index(user_code)],
+        return bool(self._decide(keys=[self.keys.device(device_hash), self._index(user_code)],
                                  args=[status, user_id, str(auth_time)]))
 
     # -- brute force (RFC 8628 §5.1) --------------------------------------------------------
@@ -234,7 +228,7 @@ class DeviceRecords:
     @guard
     def blocked_for(self, ip: str, user_id: str) -> int:
         """Seconds until another try is allowed (0: allowed now)."""
-        keys = [self._tries("ip", ip), self._tries("user", user_id)]
+        keys = [self.keys.device_tries("ip", ip), self.keys.device_tries("user", user_id)]
         pipe = self.store.redis.pipeline(transaction=False)
         for key in keys:
             pipe.get(key)
@@ -247,7 +241,7 @@ class DeviceRecords:
     @guard
     def count_wrong(self, ip: str, user_id: str) -> None:
         pipe = self.store.redis.pipeline(transaction=True)
-        for key in (self._tries("ip", ip), self._tries("user", user_id)):
+        for key in (self.keys.device_tries("ip", ip), self.keys.device_tries("user", user_id)):
             pipe.incr(key)
             pipe.expire(key, GUESS_WINDOW, nx=True)
         pipe.execute()

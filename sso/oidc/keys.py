@@ -157,10 +157,9 @@ class KeyRing:
         self.sealer = sealer
         self.recheck_seconds = recheck_seconds
         self.clock = clock  # wall clock for key lifetimes; tests may move it forward
-        prefix = store.keys.prefix
-        self.hash_key = f"{prefix}keys"  # no TTL: field per kid, pruned at rotation
-        self.version_key = f"{prefix}keys:version"  # INCR at every change
-        self.lock_key = f"{prefix}keys:lock"  # TTL LOCK_SECONDS, held while writing keys
+        self.hash_key = store.keys.signing_keys()
+        self.version_key = store.keys.signing_keys_version()
+        self.lock_key = store.keys.signing_keys_lock()
         self._snapshot: _Snapshot | None = None
         self._view: _View | None = None
         self._next_check = 0.0

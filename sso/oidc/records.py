@@ -38,15 +38,16 @@ if u then return {2, u} end
 return {0}
 """
 
-# KEYS grant, tombstone, user_index, session_index; ARGV ttl, field, value, ...
+# KEYS grant, tombstone, user_index, session_index; ARGV ttl, grant_id, field, value, ...
+# The indexes hold grant ids (Keys.grant builds the key from one).
 _CREATE_GRANT = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 -- An index must outlive every grant it lists: its TTL only ever grows.
 for i = 3, 4 do
   if KEYS[i] ~= '' then
-    redis.call('SADD', KEYS[i], KEYS[1])
+    redis.call('SADD', KEYS[i], ARGV[2])
     if redis.call('TTL', KEYS[i]) < tonumber(ARGV[1]) then
       redis.call('EXPIRE', KEYS[i], tonumber(ARGV[1]))
     end
@@ -98,53 +99,26 @@ class Records:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.p = store.keys.prefix
+        self.keys = store.keys
         redis = store.redis
         self._consume_code = redis.register_script(_CONSUME_CODE)
         self._create_grant = redis.register_script(_CREATE_GRANT)
         self._claim_refresh = redis.register_script(_CLAIM_REFRESH)
         self._alive = redis.register_script(_ALIVE)
 
-    # -- keys -------------------------------------------------------------------------
-
-    def _code(self, code: str) -> str:
-        return f"{self.p}code:{hash_secret(code)}"
-
-    def _used(self, code: str) -> str:
-        return f"{self.p}code-used:{hash_secret(code)}"
-
-    def _grant(self, grant_id: str) -> str:
-        return f"{self.p}grant:{grant_id}"
-
-    def _tomb(self, grant_id: str) -> str:
-        return f"{self.p}grant-dead:{grant_id}"
-
-    def _rt(self, token: str) -> str:
-        return f"{self.p}rt:{hash_secret(token)}"
-
-    def _revoked(self, jti: str) -> str:
-        return f"{self.p}revoked:{jti}"
-
-    def _user_grants(self, user_id: str) -> str:
-        return f"{self.p}user:{user_id}:grants"
-
-    def _session_grants(self, sid_hash: str) -> str:
-        return self.store.keys.session_grants(sid_hash)
-
-    def _consent(self, user_id: str) -> str:
-        return f"{self.p}user:{user_id}:consents"
-
     # -- authorization codes ------------------------------------------------------------
 
     @guard
     def save_code(self, code: str, data: dict[str, Any]) -> None:
-        self.store.redis.set(self._code(code), json.dumps(data), ex=CODE_TTL)
+        self.store.redis.set(self.keys.code(hash_secret(code)), json.dumps(data), ex=CODE_TTL)
 
     @guard
     def consume_code(self, code: str) -> tuple[str, dict[str, Any] | None]:
         """("fresh", record) the first time; ("replayed", record) after; ("unknown", None)."""
-        answer = self._consume_code(keys=[self._code(code), self._used(code)],
-                                    args=[USED_CODE_TTL])
+        code_hash = hash_secret(code)
+        answer = self._consume_code(
+            keys=[self.keys.code(code_hash), self.keys.used_code(code_hash)],
+            args=[USED_CODE_TTL])
         status = {1: "fresh", 2: "replayed"}.get(int(answer[0]), "unknown")
         return status, (json.loads(answer[1]) if len(answer) > 1 else None)
 
@@ -161,30 +135,32 @@ class Records:
         fields = {"u": grant.user_id, "c": grant.client_id, "s": grant.scope, "sid": grant.sid,
                   "at": str(grant.auth_time), "exp": str(grant.expires_at)}
         flat = [item for pair in fields.items() for item in pair]
-        keys = [self._grant(grant.grant_id), self._tomb(grant.grant_id),
-                self._user_grants(grant.user_id),
-                self._session_grants(grant.sid) if grant.sid else ""]
-        return bool(self._create_grant(keys=keys, args=[ttl, *flat]))
+        keys = [self.keys.grant(grant.grant_id), self.keys.grant_tombstone(grant.grant_id),
+                self.keys.user_grants(grant.user_id),
+                self.keys.session_grants(grant.sid) if grant.sid else ""]
+        return bool(self._create_grant(keys=keys, args=[ttl, grant.grant_id, *flat]))
 
     @guard
     def get_grant(self, grant_id: str) -> Grant | None:
-        data = self.store.redis.hgetall(self._grant(grant_id))
+        data = self.store.redis.hgetall(self.keys.grant(grant_id))
         return Grant.from_hash(grant_id, data) if data else None
 
     @guard
     def revoke_grant(self, grant_id: str) -> bool:
         pipe = self.store.redis.pipeline(transaction=True)
-        pipe.delete(self._grant(grant_id))
-        pipe.set(self._tomb(grant_id), "1", ex=TOMBSTONE_TTL)
+        pipe.delete(self.keys.grant(grant_id))
+        pipe.set(self.keys.grant_tombstone(grant_id), "1", ex=TOMBSTONE_TTL)
         return bool(pipe.execute()[0])
 
+    def _grant_ids(self, index: str) -> list[str]:
+        """The grant ids an index set lists, sorted."""
+        return sorted({self.keys.grant_id_of(m) for m in self.store.redis.smembers(index)})
+
     def _revoke_index(self, index: str) -> int:
-        members = self.store.redis.smembers(index)
         pipe = self.store.redis.pipeline(transaction=True)
-        for key in members:
-            grant_id = key.rsplit(":", 1)[-1]
-            pipe.delete(key)
-            pipe.set(self._tomb(grant_id), "1", ex=TOMBSTONE_TTL)
+        for grant_id in self._grant_ids(index):
+            pipe.delete(self.keys.grant(grant_id))
+            pipe.set(self.keys.grant_tombstone(grant_id), "1", ex=TOMBSTONE_TTL)
         pipe.delete(index)
         results = pipe.execute()
         return int(sum(results[0:-1:2]))
@@ -192,26 +168,25 @@ class Records:
     @guard
     def revoke_user_grants(self, user_id: str) -> int:
         """Deprovisioning: every token of the person, for every client."""
-        return self._revoke_index(self._user_grants(user_id))
+        return self._revoke_index(self.keys.user_grants(user_id))
 
     @guard
     def revoke_client_grants(self, user_id: str, client_id: str) -> int:
         """Withdrawn consent: end the person's tokens at one client."""
-        index = self._user_grants(user_id)
-        members = sorted(self.store.redis.smembers(index))
+        grant_ids = self._grant_ids(self.keys.user_grants(user_id))
         pipe = self.store.redis.pipeline(transaction=False)
-        for key in members:
-            pipe.hget(key, "c")
+        for grant_id in grant_ids:
+            pipe.hget(self.keys.grant(grant_id), "c")
         revoked = 0
-        for key, owner in zip(members, pipe.execute(), strict=True):
-            if owner == client_id and self.revoke_grant(key.rsplit(":", 1)[-1]):
+        for grant_id, owner in zip(grant_ids, pipe.execute(), strict=True):
+            if owner == client_id and self.revoke_grant(grant_id):
                 revoked += 1
         return revoked
 
     @guard
     def revoke_session_grants(self, sid_hash: str) -> int:
         """Signing out of Keycard ends the refresh tokens born in that session."""
-        return self._revoke_index(self._session_grants(sid_hash))
+        return self._revoke_index(self.keys.session_grants(sid_hash))
 
     # -- refresh tokens ---------------------------------------------------------------
 
@@ -221,23 +196,24 @@ class Records:
         record: dict[str, Any] = {"g": grant_id, "c": client_id, "s": scope, "r": 0}
         if resources:
             record["a"] = resources
-        self.store.redis.set(self._rt(token), json.dumps(record), ex=max(1, ttl))
+        self.store.redis.set(self.keys.refresh_token(hash_secret(token)), json.dumps(record),
+                             ex=max(1, ttl))
 
     @guard
     def peek_refresh_token(self, token: str) -> dict[str, Any] | None:
-        raw = self.store.redis.get(self._rt(token))
+        raw = self.store.redis.get(self.keys.refresh_token(hash_secret(token)))
         return json.loads(raw) if raw else None
 
     @guard
     def claim_refresh_token(self, token: str) -> tuple[str, dict[str, Any] | None]:
         """Mark a refresh token used: ("fresh", rec) once; ("reused", rec) for any later use."""
-        answer = self._claim_refresh(keys=[self._rt(token)])
+        answer = self._claim_refresh(keys=[self.keys.refresh_token(hash_secret(token))])
         status = {1: "fresh", 2: "reused"}.get(int(answer[0]), "unknown")
         return status, (json.loads(answer[1]) if len(answer) > 1 else None)
 
     @guard
     def delete_refresh_token(self, token: str) -> None:
-        self.store.redis.delete(self._rt(token))
+        self.store.redis.delete(self.keys.refresh_token(hash_secret(token)))
 
     # -- access tokens ----------------------------------------------------------------
 
@@ -249,26 +225,26 @@ class Records:
         the round trip on the introspection hot path (bench profile).
         """
         grant_id = jti.split(".", 1)[0] if "." in jti else ""
-        revoked = self._revoked(jti)
+        revoked = self.keys.revoked_access_token(jti)
         if not grant_id:
             return not self.store.redis.exists(revoked)
-        return bool(self._alive(keys=[revoked, self._grant(grant_id)]))
+        return bool(self._alive(keys=[revoked, self.keys.grant(grant_id)]))
 
     @guard
     def revoke_access_token(self, jti: str, expires_at: int) -> None:
         ttl = max(1, expires_at - int(time.time()))
-        self.store.redis.set(self._revoked(jti), "1", ex=ttl)
+        self.store.redis.set(self.keys.revoked_access_token(jti), "1", ex=ttl)
 
     # -- consents ---------------------------------------------------------------------
 
     @guard
     def consented_scopes(self, user_id: str, client_id: str) -> set[str]:
-        raw = self.store.redis.hget(self._consent(user_id), client_id)
+        raw = self.store.redis.hget(self.keys.user_consents(user_id), client_id)
         return set(json.loads(raw)["scopes"]) if raw else set()
 
     @guard
     def remember_consent(self, user_id: str, client_id: str, scopes: set[str]) -> None:
-        key = self._consent(user_id)
+        key = self.keys.user_consents(user_id)
         merged = self.consented_scopes(user_id, client_id) | scopes
         record = {"scopes": sorted(merged), "at": int(time.time())}
         pipe = self.store.redis.pipeline(transaction=True)
@@ -278,9 +254,9 @@ class Records:
 
     @guard
     def consents(self, user_id: str) -> dict[str, dict[str, Any]]:
-        raw = self.store.redis.hgetall(self._consent(user_id))
+        raw = self.store.redis.hgetall(self.keys.user_consents(user_id))
         return {client_id: json.loads(value) for client_id, value in raw.items()}
 
     @guard
     def forget_consent(self, user_id: str, client_id: str) -> bool:
-        return bool(self.store.redis.hdel(self._consent(user_id), client_id))
+        return bool(self.store.redis.hdel(self.keys.user_consents(user_id), client_id))

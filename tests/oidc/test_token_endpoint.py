@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from sso.crypto import hash_secret
 from sso.oidc.tokens import client_subject, subject_for
 from tests.oidc.conftest import (
     CB,
@@ -113,7 +114,7 @@ def test_codes_carry_at_least_128_bits(bob, rp):
 
 def test_code_lives_at_most_60_seconds_and_is_invalid_grant_after(bob, rp, keycard, rdb):
     code, verifier = get_code(bob, rp)
-    key = keycard.services.records._code(code)
+    key = keycard.services.store.keys.code(hash_secret(code))
     assert 0 < rdb.ttl(key) <= 60
     rdb.pexpire(key, 1)
     wait_until(lambda: not rdb.exists(key), timeout=5)
