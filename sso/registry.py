@@ -23,7 +23,7 @@ from sso.audit import Audit
 from sso.config import Settings
 from sso.crypto import Sealer
 from sso.login.flow import SignInFlow
-from sso.oidc.clients import ClientRegistry
+from sso.oidc.client_registry import ClientRegistry
 from sso.oidc.device import DeviceRecords
 from sso.oidc.discovery import discovery_document
 from sso.oidc.keys import KeyRing

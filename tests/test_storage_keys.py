@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from sso.crypto import hash_secret
-from sso.oidc.clients import ClientRegistry
+from sso.oidc.client_registry import ClientRegistry
 from sso.oidc.records import Grant, Records
 from sso.storage import KeyPattern, Keys, Store
 from tests.device_support import (

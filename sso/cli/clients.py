@@ -14,7 +14,8 @@ from flask.cli import with_appcontext
 
 from sso.cli.common import actor, emit, json_option
 from sso.crypto import SIGNING_ALGS
-from sso.oidc.clients import Client, ClientError, ClientRegistry
+from sso.oidc.client_registry import ClientRegistry
+from sso.oidc.clients import Client, ClientError
 from sso.registry import registry
 
 SECRET_WARNING = ("Store the client secret now: it is shown only once and cannot be "

@@ -1,32 +1,25 @@
-"""The client registry: relying parties registered with Keycard, and Authlib's view of them.
+"""Relying parties registered with Keycard, as Authlib sees them, and their validation.
 
 :class:`Client` implements Authlib's ``ClientMixin`` strictly: redirect URIs match
 exactly, there is no default redirect URI, and secrets are compared as hashes in
-constant time. :class:`ClientRegistry` keeps one JSON record per client in Redis
-(the secret only as a hash) and a 2-second in-process cache for the token hot path.
+constant time. Storage is :mod:`sso.oidc.client_registry`'s.
 """
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
 import ipaddress
-import json
 import re
-import threading
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import redis
 from authlib.oauth2.rfc6749 import ClientMixin
 
-from sso.crypto import SIGNING_ALGS, hash_secret, new_secret, same
+from sso.crypto import SIGNING_ALGS, hash_secret, same
 from sso.oidc.scopes import SUPPORTED_SCOPES
 from sso.roles import valid_role
-from sso.storage import Store, guard
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 SUPPORTED_GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials",
@@ -36,8 +29,6 @@ CONFIDENTIAL_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 # --grace`); capping access tokens at that hour keeps every live token verifiable.
 MAX_ACCESS_TOKEN_TTL = 3600
 CLIENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-CACHE_SECONDS = 2.0
-CACHE_MAX_ENTRIES = 1024
 
 
 class ClientError(ValueError):
@@ -265,164 +256,8 @@ def validate(client: Client) -> Client:
 _IMMUTABLE = {"client_id", "secret_hash", "created_at"}
 
 
-def _check_field_names(fields: dict[str, Any]) -> None:
+def check_field_names(fields: dict[str, Any]) -> None:
     known = {f.name for f in dataclasses.fields(Client)}
     bad = (set(fields) - known) | (set(fields) & _IMMUTABLE)
     if bad:
         raise ClientError(f"unknown or read-only client field(s): {', '.join(sorted(bad))}")
-
-
-class ClientRegistry:
-    """Clients in Redis: ``Keys.client`` (JSON, one per client) and the id set
-    ``Keys.clients_index``."""
-
-    def __init__(self, store: Store, *, cache_seconds: float = CACHE_SECONDS) -> None:
-        self.store = store
-        self.index_key = store.keys.clients_index()
-        self.cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, Client]] = {}
-        self._lock = threading.Lock()
-
-    def key(self, client_id: str) -> str:
-        return self.store.keys.client(client_id)
-
-    def create(self, *, public: bool = False, **fields: Any) -> tuple[Client, str | None]:
-        """Register a client; returns it and its secret (``None`` for a public client).
-
-        The secret is shown to the caller once and stored only as its hash.
-        """
-        _check_field_names(fields)
-        secret = None if public else new_secret(32)
-        client = validate(Client(
-            client_id="", secret_hash=None if secret is None else hash_secret(secret),
-            created_at=int(time.time()), **fields,
-        ))
-        self._insert(client)
-        return client, secret
-
-    @guard
-    def _insert(self, client: Client) -> None:
-        while True:
-            client.client_id = _new_client_id()
-            pipe = self.store.redis.pipeline(transaction=True)
-            pipe.set(self.key(client.client_id), _encode(client), nx=True)
-            pipe.sadd(self.index_key, client.client_id)
-            if pipe.execute()[0]:  # 128 random bits: a collision is only theoretical
-                return
-
-    def get(self, client_id: str) -> Client | None:
-        """The client, or ``None``: a copy the caller may change."""
-        client = self.shared(client_id)
-        return None if client is None else _copy(client)
-
-    def shared(self, client_id: str) -> Client | None:
-        """The client, or ``None``, as cached: read it, never change it. Cached per
-        process for a couple of seconds, so a burst of token requests from one client
-        costs one Redis GET."""
-        if not isinstance(client_id, str) or not CLIENT_ID.fullmatch(client_id):
-            return None  # attacker-supplied garbage never reaches Redis
-        now = time.monotonic()
-        hit = self._cache.get(client_id)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        client = self._load(client_id)
-        if client is not None:
-            with self._lock:
-                if len(self._cache) >= CACHE_MAX_ENTRIES:
-                    self._cache.clear()
-                self._cache[client_id] = (now + self.cache_seconds, client)
-            return client
-        self._forget(client_id)
-        return None
-
-    @guard
-    def _load(self, client_id: str) -> Client | None:
-        raw = self.store.redis.get(self.key(client_id))
-        return None if raw is None else Client.from_dict(json.loads(raw))
-
-    @guard
-    def list(self) -> builtins.list[Client]:
-        ids = sorted(str(i) for i in self.store.redis.smembers(self.index_key))
-        pipe = self.store.redis.pipeline(transaction=False)
-        for client_id in ids:
-            pipe.get(self.key(client_id))
-        clients = [Client.from_dict(json.loads(raw)) for raw in pipe.execute() if raw]
-        return sorted(clients, key=lambda c: (c.created_at, c.name, c.client_id))
-
-    def update(self, client_id: str, **changes: Any) -> Client:
-        """Apply ``changes`` and validate the result as a whole; nothing is written if the
-        result is invalid. Raises :class:`ClientError` for an unknown client."""
-        _check_field_names(changes)
-
-        def change(client: Client) -> Client:
-            return validate(dataclasses.replace(client, **changes))
-
-        return self._mutate(client_id, change)
-
-    def rotate_secret(self, client_id: str) -> str:
-        """Replace the secret; the old one stops working at once (after the cache window
-        of other processes, at most a couple of seconds)."""
-        secret = new_secret(32)
-
-        def change(client: Client) -> Client:
-            if client.public:
-                raise ClientError(f"client {client_id} is public: it has no secret to rotate")
-            return dataclasses.replace(client, secret_hash=hash_secret(secret))
-
-        self._mutate(client_id, change)
-        return secret
-
-    @guard
-    def delete(self, client_id: str) -> bool:
-        pipe = self.store.redis.pipeline(transaction=True)
-        pipe.delete(self.key(client_id))
-        pipe.srem(self.index_key, client_id)
-        deleted = bool(pipe.execute()[0])
-        self._forget(client_id)
-        return deleted
-
-    @guard
-    def _mutate(self, client_id: str, change: Callable[[Client], Client]) -> Client:
-        """Read-change-write under WATCH, so two admins editing at once never lose a change
-        and an update racing a delete does not bring the client back."""
-        key = self.key(client_id)
-        try:
-            with self.store.redis.pipeline() as pipe:
-                while True:
-                    try:
-                        pipe.watch(key)
-                        raw = pipe.get(key)
-                        if raw is None:
-                            raise ClientError(f"no client {client_id!r}")
-                        client = change(Client.from_dict(json.loads(raw)))
-                        pipe.multi()
-                        pipe.set(key, _encode(client))
-                        pipe.execute()
-                        return client
-                    except redis.WatchError:
-                        continue
-        finally:
-            self._forget(client_id)
-
-    def _forget(self, client_id: str) -> None:
-        with self._lock:
-            self._cache.pop(client_id, None)
-
-
-def _copy(client: Client) -> Client:
-    """A copy whose lists are its own: what deepcopy gave, at a tenth of its cost (the
-    registry is read on every token request)."""
-    lists: dict[str, Any] = {f.name: list(getattr(client, f.name)) for f in fields(client)
-                             if isinstance(getattr(client, f.name), list)}
-    return replace(client, **lists)
-
-
-def _new_client_id() -> str:
-    while True:
-        value = new_secret(16)
-        if not value.startswith("-"):  # `sso clients show -x...` would read as an option
-            return value
-
-
-def _encode(client: Client) -> str:
-    return json.dumps(client._record(), separators=(",", ":"))

@@ -21,7 +21,7 @@ from flask import request as flask_request
 from sso.accounts import Accounts, Profile
 from sso.audit import Audit
 from sso.metrics import TOKENS
-from sso.oidc.clients import ClientRegistry
+from sso.oidc.client_registry import ClientRegistry
 from sso.oidc.device import DeviceRecords, register_device_flow
 from sso.oidc.endpoints import EndSession, Introspection, Revocation
 from sso.oidc.grants import (

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sso.oidc.clients import ClientRegistry
+from sso.oidc.client_registry import ClientRegistry
 from sso.oidc.keys import KeyRing
 
 CALLBACK = "https://app.example.com/callback"

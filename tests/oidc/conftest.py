@@ -19,7 +19,8 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import pytest
 import requests
 
-from sso.oidc.clients import Client, ClientRegistry
+from sso.oidc.client_registry import ClientRegistry
+from sso.oidc.clients import Client
 from tests.support import form_with, pick_upstream_user
 
 CB = "http://127.0.0.1:9/cb"

@@ -11,7 +11,8 @@ from authlib.oauth2.rfc6749 import ClientMixin
 
 import sso.oidc.clients as clients_module
 from sso.crypto import hash_secret
-from sso.oidc.clients import Client, ClientError, ClientRegistry
+from sso.oidc.client_registry import ClientRegistry
+from sso.oidc.clients import Client, ClientError
 from sso.oidc.scopes import SUPPORTED_SCOPES
 from sso.storage import Store
 
