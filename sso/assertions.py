@@ -15,6 +15,7 @@ from typing import Any
 
 from joserfc import jwt
 
+from sso.cache import ExpiringCache
 from sso.oidc.keys import KeyRing
 from sso.web.redirects import HOSTNAME
 
@@ -22,32 +23,9 @@ ASSERTION_TTL = 60  # seconds: the app checks it on arrival; it is never stored
 ASSERTION_ALG = "ES256"
 
 
-class AssertionCache:
-    """Signed assertions, reused while more than half their life is left.
-
-    Signing was the largest cost of a check, and a proxy asks about every request a
-    page makes (its scripts, images, API calls) for the same person and app. Only the
-    signature is reused: the session or token behind it is still checked at every
-    request, so revoking either still takes effect at once.
-    """
-
-    # Entries; cleared whole when full (a dict, no eviction bookkeeping). With hosts limited
-    # to real host names (see _assertion) an entry stays under a few kilobytes.
-    LIMIT = 4096
-
-    def __init__(self) -> None:
-        self._entries: dict[tuple[Any, ...], tuple[str, int]] = {}
-
-    def get(self, key: tuple[Any, ...], now: int) -> str | None:
-        found = self._entries.get(key)
-        if found is not None and found[1] - now > ASSERTION_TTL // 2:
-            return found[0]
-        return None
-
-    def put(self, key: tuple[Any, ...], assertion: str, expires: int) -> None:
-        if len(self._entries) >= self.LIMIT:
-            self._entries.clear()
-        self._entries[key] = (assertion, expires)
+# Assertions remembered; with hosts limited to real host names (see Asserter.sign) an
+# entry stays under a few kilobytes.
+ASSERTION_CACHE_SIZE = 4096
 
 
 class Asserter:
@@ -56,7 +34,9 @@ class Asserter:
     def __init__(self, issuer: str, keys: KeyRing) -> None:
         self.issuer = issuer
         self.keys = keys
-        self.cache = AssertionCache()
+        # Keyed by everything the assertion says; reused until half its life is left.
+        self.cache: ExpiringCache[tuple[Any, ...], str] = ExpiringCache(
+            ASSERTION_CACHE_SIZE, clock=time.time)
 
     def sign(self, identity: dict[str, Any], audience: str) -> str:
         key = self.keys.signing_key(ASSERTION_ALG)
@@ -66,7 +46,7 @@ class Asserter:
         cacheable = len(audience) <= 253 and HOSTNAME.fullmatch(audience) is not None
         cache_key = (key.kid, audience, identity["sub"], identity["preferred_username"],
                      identity["email"], tuple(identity["groups"]), tuple(identity["roles"]))
-        reused = self.cache.get(cache_key, now) if cacheable else None
+        reused = self.cache.get(cache_key) if cacheable else None
         if reused is not None:
             return reused
         claims: dict[str, Any] = {
@@ -85,5 +65,5 @@ class Asserter:
         header = {"alg": ASSERTION_ALG, "typ": "JWT", "kid": key.kid}
         assertion = jwt.encode(header, claims, key, algorithms=[ASSERTION_ALG])
         if cacheable:
-            self.cache.put(cache_key, assertion, claims["exp"])
+            self.cache.put(cache_key, assertion, until=now + ASSERTION_TTL // 2)
         return assertion

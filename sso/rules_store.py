@@ -8,7 +8,6 @@ optimistic transactions (WATCH/MULTI), so two admins editing at once never lose 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import redis
 import yaml
 
+from sso.cache import ExpiringCache
 from sso.roles import Rule, valid_role
 from sso.storage import Store, guard
 from sso.upstream.base import valid_login
@@ -87,17 +87,15 @@ class RuleStore:
         # Every sign-in, refresh and code exchange evaluates the rules; a two-second
         # per-process cache saves that Redis read on the hot paths. Rules apply at the next
         # re-check anyway, so two seconds of staleness in another process is invisible.
-        self.cache_seconds = cache_seconds
-        self._cached: tuple[float, list[Rule]] | None = None
+        self._cached: ExpiringCache[str, list[Rule]] = ExpiringCache(1, cache_seconds)
 
     @guard
     def all(self) -> list[Rule]:
-        now = time.monotonic()
-        cached = self._cached
-        if cached is not None and cached[0] > now:
-            return list(cached[1])
+        cached = self._cached.get("rules")
+        if cached is not None:
+            return list(cached)
         rules = _decode(self.store.redis.get(self.key))
-        self._cached = (now + self.cache_seconds, rules)
+        self._cached.put("rules", rules)
         return list(rules)
 
     def _mutate(self, change: Callable[[list[Rule]], list[Rule]]) -> tuple[list[Rule], list[Rule]]:
@@ -111,7 +109,7 @@ class RuleStore:
                     pipe.multi()
                     pipe.set(self.key, _encode(after))
                     pipe.execute()
-                    self._cached = None
+                    self._cached.clear()
                     return before, after
                 except redis.WatchError:
                     continue

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 import uuid
@@ -16,7 +18,7 @@ import requests
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from sso.assertions import AssertionCache
+from sso.assertions import ASSERTION_TTL
 from sso.oidc.tokens import subject_for
 from tests.support import (
     RP_CALLBACK,
@@ -135,23 +137,24 @@ def test_assertion_is_reused_for_the_same_person_and_app_only(keycard, http):
 def test_odd_hosts_are_answered_but_never_fill_the_assertion_cache(keycard, http, host):
     sign_in(http, keycard.url, "bob")
     cache = keycard.services.asserter.cache
-    before = len(cache._entries)
+    before = len(cache)
     answers = {verify(http, keycard, headers={"X-Forwarded-Host": host})
                .headers["X-Auth-Request-Assertion"] for _ in range(2)}
     assert len(answers) == 2  # signed afresh each time, never remembered
-    assert len(cache._entries) == before
+    assert len(cache) == before
 
 
-def test_assertion_cache_serves_only_while_half_the_life_is_left():
-    cache = AssertionCache()
-    cache.put(("k",), "signed", expires=1_000)
-    assert cache.get(("k",), now=1_000 - 31) == "signed"
-    assert cache.get(("k",), now=1_000 - 30) is None  # half of 60 s left: sign a new one
-    assert cache.get(("other",), now=0) is None
-    for i in range(AssertionCache.LIMIT):
-        cache.put((i,), "x", expires=1_000)
-    assert cache.get(("k",), now=0) is None  # bounded: cleared when full
-    assert len(cache._entries) <= AssertionCache.LIMIT
+def test_assertions_are_reused_only_while_half_their_life_is_left(keycard):
+    asserter = keycard.services.asserter
+    identity = {"sub": "s", "preferred_username": "bob", "email": None, "groups": [],
+                "roles": []}
+    first = asserter.sign(identity, "app.acme.test")
+    assert asserter.sign(identity, "app.acme.test") == first
+    assert asserter.sign({**identity, "roles": ["ops"]}, "app.acme.test") != first
+    exp = json.loads(base64.urlsafe_b64decode(first.split(".")[1] + "=="))["exp"]
+    key = next(k for k in asserter.cache._items if k[2] == "s" and not k[6])
+    deadline, value = asserter.cache._items[key]
+    assert value == first and deadline == exp - ASSERTION_TTL // 2
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "HEAD", "OPTIONS"])

@@ -7,7 +7,6 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import json
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import fields, replace
@@ -15,6 +14,7 @@ from typing import Any
 
 import redis
 
+from sso.cache import ExpiringCache
 from sso.crypto import hash_secret, new_secret
 from sso.oidc.clients import (
     CLIENT_ID,
@@ -37,8 +37,7 @@ class ClientRegistry:
         self.store = store
         self.index_key = store.keys.clients_index()
         self.cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, Client]] = {}
-        self._lock = threading.Lock()
+        self._cache: ExpiringCache[str, Client] = ExpiringCache(CACHE_MAX_ENTRIES, cache_seconds)
 
     def key(self, client_id: str) -> str:
         return self.store.keys.client(client_id)
@@ -78,16 +77,12 @@ class ClientRegistry:
         costs one Redis GET."""
         if not isinstance(client_id, str) or not CLIENT_ID.fullmatch(client_id):
             return None  # attacker-supplied garbage never reaches Redis
-        now = time.monotonic()
         hit = self._cache.get(client_id)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        if hit is not None:
+            return hit
         client = self._load(client_id)
         if client is not None:
-            with self._lock:
-                if len(self._cache) >= CACHE_MAX_ENTRIES:
-                    self._cache.clear()
-                self._cache[client_id] = (now + self.cache_seconds, client)
+            self._cache.put(client_id, client)
             return client
         self._forget(client_id)
         return None
@@ -162,8 +157,7 @@ class ClientRegistry:
             self._forget(client_id)
 
     def _forget(self, client_id: str) -> None:
-        with self._lock:
-            self._cache.pop(client_id, None)
+        self._cache.pop(client_id)
 
 
 def _copy(client: Client) -> Client:

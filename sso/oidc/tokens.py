@@ -9,9 +9,7 @@ Refresh tokens are opaque random strings, stored hashed.
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -22,6 +20,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import Key, KeySet
 
 from sso.accounts import Profile
+from sso.cache import ExpiringCache
 from sso.crypto import SIGNING_ALGS, new_secret
 
 ID_TOKEN_TTL = 3600
@@ -153,29 +152,16 @@ class VerifiedTokens:
     """
 
     def __init__(self, size: int = 8192, max_age: float = 60.0) -> None:
-        self.size = size
         # Bounded life: a key retired early (compromise, ``sso keys rotate --grace 0``) stops
         # validating remembered tokens within a minute.
-        self.max_age = max_age
-        self._items: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._items: ExpiringCache[str, dict[str, Any]] = ExpiringCache(size, max_age)
 
     def verify(self, token: str, keys: Callable[[], KeySet], typ: str) -> dict[str, Any]:
-        now = time.monotonic()
-        with self._lock:
-            entry = self._items.get(token)
-            if entry is not None and entry[0] > now:
-                self._items.move_to_end(token)
-            else:
-                entry = None
-        if entry is None:
+        claims = self._items.get(token)
+        if claims is None:
             claims = verify_jwt(token, keys(), typ=typ)
-            with self._lock:
-                self._items[token] = (now + self.max_age, claims)
-                if len(self._items) > self.size:
-                    self._items.popitem(last=False)
+            self._items.put(token, claims)
             return claims
-        claims = entry[1]
         if claims["exp"] < time.time():
             raise InvalidToken("expired")
         return claims

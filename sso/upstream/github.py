@@ -25,6 +25,7 @@ from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.requests_client import OAuth2Session
 from requests.adapters import HTTPAdapter
 
+from sso.cache import ExpiringCache
 from sso.config import ConfigError
 from sso.upstream.base import (
     AccessDenied,
@@ -72,7 +73,8 @@ class GitHubConnector:
         self._api_pool = _pool_for(config.api_url, *self._environment, timeout=config.timeout)
         # "org/slug" -> (expires, parent "org/slug" or None): the ancestors GitHub does not
         # list, learned once per few minutes per process instead of at every sign-in.
-        self._parents: dict[str, tuple[float, str | None]] = {}
+        # ("" when the team has none: the cache answers None for "not known").
+        self._parents: ExpiringCache[str, str] = ExpiringCache(10_000, PARENT_CACHE_SECONDS)
 
     def _mount(self, session: requests.Session) -> None:
         session.mount("https://", self._adapter)
@@ -203,15 +205,13 @@ class GitHubConnector:
 
     def _parent_of(self, api: _Api, team: str) -> str | None:
         cached = self._parents.get(team)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
+        if cached is not None:
+            return cached or None
         org, slug = team.split("/", 1)
         data = api.get(f"/orgs/{quote(org)}/teams/{quote(slug)}", missing_ok=True)
         grand = (data or {}).get("parent")
         parent = f"{org}/{grand['slug']}" if grand else None
-        if len(self._parents) > 10_000:
-            self._parents.clear()
-        self._parents[team] = (time.monotonic() + PARENT_CACHE_SECONDS, parent)
+        self._parents.put(team, parent or "")
         return parent
 
 
