@@ -10,10 +10,9 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, ParamSpec, Protocol, TypeVar, cast
+from typing import Any, ClassVar, Literal, ParamSpec, TypeVar, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
@@ -280,15 +279,6 @@ class Keys:
 Keys.PATTERNS = tuple(_declared)
 
 
-class RedisLike(Protocol):
-    """The seam tests and callers rely on: the subset of redis-py Keycard uses."""
-
-    def ping(self) -> Any: ...
-    def pipeline(self, transaction: bool = True) -> Any: ...
-    def get(self, name: str) -> Any: ...
-    def getdel(self, name: str) -> Any: ...
-
-
 def _sentinel_client(url: str, options: dict[str, Any]) -> redis.Redis:
     """``redis+sentinel://[:password@]host:port[,host:port]/service[/db]``."""
     parts = urlsplit(url)
@@ -349,14 +339,6 @@ def guard(func: Callable[P, T]) -> Callable[P, T]:
     return wrapper
 
 
-@contextmanager
-def outage_guard() -> Iterator[None]:
-    try:
-        yield
-    except OUTAGE_ERRORS as exc:
-        raise StorageUnavailable(str(exc)) from exc
-
-
 class Store:
     """The storage service: a Redis client, the key names, JSON records, atomic consumption."""
 
@@ -375,11 +357,6 @@ class Store:
     def put_json(self, key: str, value: Any, ttl: int | None, *, only_new: bool = False) -> bool:
         data = json.dumps(value, separators=(",", ":"))
         return bool(self.redis.set(key, data, ex=ttl, nx=only_new))
-
-    @guard
-    def get_json(self, key: str) -> Any:
-        raw = self.redis.get(key)
-        return None if raw is None else json.loads(raw)
 
     @guard
     def consume_json(self, key: str) -> Any:

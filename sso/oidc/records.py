@@ -211,10 +211,6 @@ class Records:
         status = {1: "fresh", 2: "reused"}.get(int(answer[0]), "unknown")
         return status, (json.loads(answer[1]) if len(answer) > 1 else None)
 
-    @guard
-    def delete_refresh_token(self, token: str) -> None:
-        self.store.redis.delete(self.keys.refresh_token(hash_secret(token)))
-
     # -- access tokens ----------------------------------------------------------------
 
     @guard

@@ -6,6 +6,14 @@ rel="next"``), nested teams whose ancestors GitHub does not list, orgs hidden
 from ``/user/orgs`` by OAuth-app restrictions (we ask per-org membership
 instead), primary and secondary rate limits, SAML SSO enforcement
 (``X-GitHub-SSO``), 5xx "unicorn" pages and timeouts.
+
+Two HTTP stacks toward GitHub, on purpose, both set up once per process from the
+same proxy and CA-bundle settings (``_environment``): the OAuth token exchange goes
+through Authlib's client, which is built on requests (PKCE, token-error parsing and
+client authentication are Authlib's, not ours); the REST calls, four or more per
+sign-in and per membership re-check, go straight to a urllib3 pool, because requests
+wrapped them at about half again the CPU per call (bench.profile signin, #6). Both
+keep connections alive; neither follows a redirect off the API host.
 """
 
 from __future__ import annotations
