@@ -107,8 +107,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
 
     def authenticate_user(self, authorization_code: AuthorizationCode) -> Subject | None:
         data = authorization_code.data
-        store = provider(self).records.store
-        if data["sid"] and not store.redis.exists(store.keys.session(data["sid"])):
+        if data["sid"] and not provider(self).sessions.is_live(data["sid"]):
             return None  # signed out (or deprovisioned) since the code was issued
         subject = provider(self).subject(data["u"], auth_time=int(data["at"]), sid=data["sid"],
                                          client=self.request.client)
