@@ -269,9 +269,11 @@ class DeviceAuthorization(DeviceAuthorizationEndpoint):  # type: ignore[misc]
     EXPIRES_IN = DEVICE_CODE_TTL
     INTERVAL = POLL_INTERVAL
 
-    def __init__(self, server: KeycardServer, records: DeviceRecords) -> None:
+    def __init__(self, server: KeycardServer, records: DeviceRecords,
+                 interval: int = POLL_INTERVAL) -> None:
         super().__init__(server)
         self.records = records
+        self.INTERVAL = interval  # SSO_DEVICE_POLL_INTERVAL
 
     def create_endpoint_response(self, request: Any) -> tuple[int, dict[str, Any], Any]:
         """Authlib's, plus what it leaves out: the client must be registered for this
@@ -409,5 +411,7 @@ def register_device_flow(server: KeycardServer, provider: Provider, app: Flask) 
     """Wire the endpoint, the grant (with ID tokens) and the storage the page shares."""
     records = DeviceRecords(provider.records.store)
     app.extensions["keycard.device"] = records
-    server.register_endpoint(DeviceAuthorization(server, records))
+    settings = app.config.get("SSO_SETTINGS")
+    interval = settings.device_poll_interval if settings is not None else POLL_INTERVAL
+    server.register_endpoint(DeviceAuthorization(server, records, interval))
     server.register_grant(DeviceCodeGrant, [OpenIDCode(provider.issuer)])
