@@ -120,12 +120,23 @@ class Upstream:
     state: UpstreamState
 
 
-@pytest.fixture
-def upstream() -> Iterator[Upstream]:
-    state = load_demo_state()
-    server = LiveServer(create_upstream_app(state)).start()
-    yield Upstream(server.url, state)
+@pytest.fixture(scope="session")
+def upstream_server() -> Iterator[LiveServer]:
+    """One development upstream per session (per xdist worker); ``upstream`` gives each
+    test its own state."""
+    server = LiveServer(create_upstream_app(load_demo_state())).start()
+    yield server
     server.stop()
+
+
+@pytest.fixture
+def upstream(upstream_server: LiveServer) -> Upstream:
+    """The development upstream with a fresh demo state: a new ``UpstreamState`` object
+    (users, orgs, teams, codes, tokens, faults, rate counters, requests seen), so nothing
+    a previous test changed or issued is visible."""
+    state = load_demo_state()
+    upstream_server.server.app.extensions["devupstream"] = state  # type: ignore[attr-defined]
+    return Upstream(upstream_server.url, state)
 
 
 @dataclass
