@@ -17,8 +17,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# Two pytest-xdist workers (each with its own redis-server, upstream and Chromium); the
+# bench smoke tests share one worker (bench/results/smoke). Branch coverage of sso/.
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 test: lint
-	$(VENV)/bin/pytest
+	@rm -f .coverage .coverage.*
+	$(VENV)/bin/coverage run -m pytest $(PYTEST_ARGS)
+	@$(VENV)/bin/coverage combine -q
+	$(VENV)/bin/coverage report
 
 # Load test against gunicorn + Redis (+ oidc-provider); see docs/benchmarks.md.
 # BENCH_ARGS='--smoke' or e.g. '--workers 4 --worker-class gevent'.
