@@ -18,8 +18,14 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 
+# Two pytest-xdist workers (each with its own redis-server, upstream and Chromium); the
+# bench smoke tests share one worker (bench/results/smoke). Branch coverage of sso/.
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 test: lint
-	$(VENV)/bin/pytest
+	@rm -f .coverage .coverage.*
+	$(VENV)/bin/coverage run -m pytest $(PYTEST_ARGS)
+	@$(VENV)/bin/coverage combine -q
+	$(VENV)/bin/coverage report
 
 # Load test against gunicorn + Redis (+ oidc-provider); see docs/benchmarks.md.
 # BENCH_ARGS='--smoke' or e.g. '--workers 4 --worker-class gevent'.

@@ -52,6 +52,7 @@ class Settings:
     upstream_timeout: float = 10.0
     audit_max_events: int = 100_000
     metrics_token: str | None = None  # when set, /metrics wants it as a bearer token
+    device_poll_interval: int = 5  # RFC 8628 §3.2 default; seconds between device polls
 
     @property
     def is_production(self) -> bool:
@@ -247,6 +248,9 @@ def load_settings(
             "SSO_AUDIT_MAX_EVENTS", env.get("SSO_AUDIT_MAX_EVENTS"), 100_000, problems
         ),
         metrics_token=metrics_token,
+        device_poll_interval=_int(
+            "SSO_DEVICE_POLL_INTERVAL", env.get("SSO_DEVICE_POLL_INTERVAL"), 5, problems
+        ),
     )
     if problems:
         raise ConfigError(problems)

@@ -126,7 +126,8 @@ def build(app: Flask, settings: Settings, connector: Connector | None = None) ->
         records=records,
         devices=devices,
         provider=provider,
-        server=build_server(provider, app),
+        server=build_server(provider, app,
+                            device_poll_interval=settings.device_poll_interval),
         discovery=dict(metadata),
         asserter=Asserter(settings.issuer, keys),
     )

@@ -6,6 +6,7 @@ under its own key prefix, removed afterwards.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -23,7 +24,11 @@ from hypothesis import settings as hypothesis_settings
 
 from sso import create_app
 from sso.config import DEV_UPSTREAM_CLIENT_ID, DEV_UPSTREAM_CLIENT_SECRET
+from sso.crypto import Sealer
 from sso.devupstream import UpstreamState, create_upstream_app, load_demo_state
+from sso.oidc.keys import ALGORITHMS, KeyRing
+from sso.registry import Registry, registry
+from sso.storage import StorageUnavailable, Store
 from tests.support import LiveServer, free_port, wait_until
 
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
@@ -116,12 +121,23 @@ class Upstream:
     state: UpstreamState
 
 
-@pytest.fixture
-def upstream() -> Iterator[Upstream]:
-    state = load_demo_state()
-    server = LiveServer(create_upstream_app(state)).start()
-    yield Upstream(server.url, state)
+@pytest.fixture(scope="session")
+def upstream_server() -> Iterator[LiveServer]:
+    """One development upstream per session (per xdist worker); ``upstream`` gives each
+    test its own state."""
+    server = LiveServer(create_upstream_app(load_demo_state())).start()
+    yield server
     server.stop()
+
+
+@pytest.fixture
+def upstream(upstream_server: LiveServer) -> Upstream:
+    """The development upstream with a fresh demo state: a new ``UpstreamState`` object
+    (users, orgs, teams, codes, tokens, faults, rate counters, requests seen), so nothing
+    a previous test changed or issued is visible."""
+    state = load_demo_state()
+    upstream_server.server.app.extensions["devupstream"] = state  # type: ignore[attr-defined]
+    return Upstream(upstream_server.url, state)
 
 
 @dataclass
@@ -131,8 +147,8 @@ class Keycard:
     env: dict[str, str]
 
     @property
-    def services(self) -> Any:
-        return self.app.extensions["keycard"]
+    def services(self) -> Registry:
+        return registry(self.app)
 
 
 def keycard_env(redis_url: str, prefix: str, upstream_url: str, port: int,
@@ -155,9 +171,46 @@ def keycard_env(redis_url: str, prefix: str, upstream_url: str, port: int,
     return env
 
 
+@pytest.fixture(scope="session")
+def signing_key_records(redis_server: RedisServer) -> list[dict[str, Any]]:
+    """An RS256 and an ES256 key record, generated once per session by the product's
+    ``KeyRing.ensure()`` (under a scratch prefix) and sealed with ``TEST_SECRET``.
+
+    Generating RSA-2048 keys for every test's fresh prefix was a measurable part of the
+    suite; ``make_keycard`` copies these instead. Tests of generation and rotation
+    themselves (tests/oidc/test_keys.py, ``sso keys rotate``) still generate."""
+    client = redis_server.client()
+    scratch = f"kt-seed-{uuid.uuid4().hex[:12]}:"
+    ring = KeyRing(Store(client, scratch), Sealer(TEST_SECRET))
+    try:
+        assert len(ring.ensure()) == len(ALGORITHMS)
+        return [json.loads(raw) for raw in client.hgetall(ring.hash_key).values()]
+    finally:
+        keys = list(client.scan_iter(match=f"{scratch}*"))
+        if keys:
+            client.delete(*keys)
+
+
+def seed_signing_keys(app: Any, records: list[dict[str, Any]]) -> None:
+    """Store the session's key records for a new app, resealed with its secret key, unless
+    its Redis prefix already has keys (a second instance) or Redis cannot be reached (the
+    app then generates keys itself, as in production)."""
+    ring: KeyRing = registry(app).keys
+    seed_sealer = Sealer(TEST_SECRET)
+    try:
+        if ring.refresh().entries:
+            return
+        ring._write([dict(r, sealed_private=ring.sealer.seal(seed_sealer.open(
+            r["sealed_private"]))) for r in records], [])
+        ring.refresh()
+    except StorageUnavailable:
+        return
+
+
 @pytest.fixture
 def make_keycard(
-    redis_server: RedisServer, prefix: str, upstream: Upstream, tmp_path: Path
+    redis_server: RedisServer, prefix: str, upstream: Upstream, tmp_path: Path,
+    signing_key_records: list[dict[str, Any]],
 ) -> Iterator[Callable[..., Keycard]]:
     servers: list[LiveServer] = []
 
@@ -166,6 +219,7 @@ def make_keycard(
         env = keycard_env(redis_url or redis_server.url, prefix, upstream.url, server.port,
                           tmp_path, **overrides)
         app = create_app(env)
+        seed_signing_keys(app, signing_key_records)
         server.start(app)
         servers.append(server)
         return Keycard(server.url, app, env)

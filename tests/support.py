@@ -34,6 +34,9 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
         time.sleep(interval)
 
 
+POLL_INTERVAL = 0.01  # seconds between the serve loop's shutdown checks
+
+
 class LiveServer:
     """A real threaded WSGI server on 127.0.0.1, served from a background thread."""
 
@@ -43,7 +46,10 @@ class LiveServer:
         self.server.block_on_close = False  # type: ignore[attr-defined]
         self.port = self.server.server_port
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # serve_forever() checks for shutdown() once per poll_interval (0.5 s by default):
+        # every stop() would wait that long. 10 ms keeps teardown immediate.
+        self._thread = threading.Thread(target=self.server.serve_forever,
+                                        kwargs={"poll_interval": POLL_INTERVAL}, daemon=True)
 
     def start(self, app: Any = None) -> LiveServer:
         if app is not None:

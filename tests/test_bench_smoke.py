@@ -9,6 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# Both tests write bench/results/smoke/: under pytest-xdist they share a worker.
+pytestmark = [pytest.mark.xdist_group("bench"), pytest.mark.timeout(300)]
+
 ROOT = Path(__file__).resolve().parent.parent
 EXIT_NO_WRK = 3  # bench/run.py: wrk missing and not installable here
 # Issue #6's operations, as bench/run.py labels them (listed here so none can drop out quietly)

@@ -87,3 +87,12 @@ def test_a_metrics_token_must_be_long_enough_to_be_a_secret():
     settings = load_settings({**GOOD_PRODUCTION, "SSO_METRICS_TOKEN": "m" * 32})
     assert settings.metrics_token == "m" * 32
     assert load_settings(GOOD_PRODUCTION).metrics_token is None
+
+
+def test_the_device_poll_interval_defaults_to_the_rfc_and_must_be_positive():
+    assert load_settings(GOOD_PRODUCTION).device_poll_interval == 5  # RFC 8628 §3.2
+    assert load_settings({**GOOD_PRODUCTION,
+                          "SSO_DEVICE_POLL_INTERVAL": "1"}).device_poll_interval == 1
+    for bad in ("0", "-3", "soon"):
+        assert "SSO_DEVICE_POLL_INTERVAL" in problems(
+            {**GOOD_PRODUCTION, "SSO_DEVICE_POLL_INTERVAL": bad})

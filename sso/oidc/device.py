@@ -257,9 +257,11 @@ class DeviceAuthorization(DeviceAuthorizationEndpoint):  # type: ignore[misc]
     EXPIRES_IN = DEVICE_CODE_TTL
     INTERVAL = POLL_INTERVAL
 
-    def __init__(self, server: KeycardServer, records: DeviceRecords) -> None:
+    def __init__(self, server: KeycardServer, records: DeviceRecords,
+                 interval: int = POLL_INTERVAL) -> None:
         super().__init__(server)
         self.records = records
+        self.INTERVAL = interval  # SSO_DEVICE_POLL_INTERVAL
 
     def create_endpoint_response(self, request: Any) -> tuple[int, dict[str, Any], Any]:
         """Authlib's, plus what it leaves out: the client must be registered for this
@@ -393,7 +395,8 @@ class DeviceCodeGrant(_DeviceCodeGrant):  # type: ignore[misc]
         self.request.authorization_code = DeviceSignIn(auth_time)
 
 
-def register_device_flow(server: KeycardServer, provider: Provider) -> None:
-    """Wire the endpoint and the grant (with ID tokens) to the provider's device records."""
-    server.register_endpoint(DeviceAuthorization(server, provider.devices))
+def register_device_flow(server: KeycardServer, provider: Provider, interval: int) -> None:
+    """Wire the endpoint and the grant (with ID tokens) to the provider's device records;
+    ``interval`` is the seconds devices wait between polls (SSO_DEVICE_POLL_INTERVAL)."""
+    server.register_endpoint(DeviceAuthorization(server, provider.devices, interval))
     server.register_grant(DeviceCodeGrant, [OpenIDCode(provider.issuer, provider.keys)])

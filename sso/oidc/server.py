@@ -181,7 +181,7 @@ class Issuer(IssuerParameter):  # type: ignore[misc]
         return self.issuer
 
 
-def build_server(provider: Provider, app: Any) -> KeycardServer:
+def build_server(provider: Provider, app: Any, *, device_poll_interval: int) -> KeycardServer:
     server = KeycardServer(provider)
     server.init_app(app)
     # an unknown scope is invalid_scope (RFC 6749 §4.1.2.1), not silently
@@ -194,7 +194,7 @@ def build_server(provider: Provider, app: Any) -> KeycardServer:
     )
     server.register_grant(RefreshTokenGrant)
     server.register_grant(ClientCredentialsGrant)
-    register_device_flow(server, provider)  # RFC 8628: endpoint and grant
+    register_device_flow(server, provider, device_poll_interval)  # RFC 8628
     server.register_extension(Issuer(provider.issuer))
     server.register_endpoint(Introspection)
     server.register_endpoint(Revocation)

@@ -21,6 +21,13 @@ SSO = str(Path(sys.executable).parent / "sso")
 CODE_LINE = re.compile(r"open (\S+) and enter the code: ([A-Z]{4}-[A-Z]{4})")
 
 
+@pytest.fixture
+def keycard(make_keycard: Any) -> Any:
+    """Keycard asking devices to poll every second (SSO_DEVICE_POLL_INTERVAL), not the RFC's
+    5 s default: ``sso login`` waits a whole interval before each poll."""
+    return make_keycard(SSO_DEVICE_POLL_INTERVAL="1")
+
+
 class LoginRun:
     """A running ``sso login``; reads its instructions as a person would."""
 

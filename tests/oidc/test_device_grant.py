@@ -182,6 +182,22 @@ def test_polling_too_fast_answers_slow_down_and_the_interval_grows(keycard, cli_
     assert records.peek(grant["device_code"])["iv"] == "15"  # persisted, growing by 5 s
 
 
+def test_the_poll_interval_is_configurable_and_slow_down_still_adds_five_seconds(make_keycard):
+    keycard = make_keycard(SSO_DEVICE_POLL_INTERVAL="1")
+    client = register_device_client(keycard)
+    grant = started(keycard, client)
+    assert grant["interval"] == 1
+    records = keycard.services.devices
+    assert records.peek(grant["device_code"])["iv"] == "1"
+    assert error_of(poll(keycard.url, client.client_id,
+                         grant["device_code"])) == "authorization_pending"
+    # Polls back to back: one comes within the second (a pending answer means a busy
+    # machine let a whole interval pass, and the next poll starts counting again).
+    wait_until(lambda: error_of(poll(keycard.url, client.client_id,
+                                     grant["device_code"])) == "slow_down", interval=0)
+    assert records.peek(grant["device_code"])["iv"] == "6"  # RFC 8628 §3.5: +5 s
+
+
 def test_denied_on_the_page_answers_access_denied(keycard, cli_client, bob):
     grant = started(keycard, cli_client)
     done = answer_device(bob, keycard.url, grant["user_code"], decision="deny")
