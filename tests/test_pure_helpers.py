@@ -16,7 +16,7 @@ from sso.oidc.device import (
     new_user_code,
     normalise_user_code,
 )
-from sso.web import safe_next, safe_return_url
+from sso.web.redirects import safe_next, safe_return_url
 
 # -- safe_next: where /login may send the browser back to -----------------------------------
 
