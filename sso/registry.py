@@ -24,7 +24,7 @@ from sso.config import Settings
 from sso.crypto import Sealer
 from sso.login.flow import SignInFlow
 from sso.oidc.client_registry import ClientRegistry
-from sso.oidc.device import DeviceRecords
+from sso.oidc.device_records import DeviceRecords
 from sso.oidc.discovery import discovery_document
 from sso.oidc.keys import KeyRing
 from sso.oidc.records import Records

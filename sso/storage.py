@@ -194,7 +194,7 @@ class Keys:
     def user_consents(self, user_id: str) -> str:
         return f"{self.prefix}user:{user_id}:consents"
 
-    # -- device authorization (sso/oidc/device.py) -------------------------------------------
+    # -- device authorization (sso/oidc/device_records.py) ----------------------------------
 
     @_key("device:{device_hash}", "ttl", "the request's expires_in (DEVICE_CODE_TTL)")
     def device(self, device_hash: str) -> str:
@@ -206,12 +206,12 @@ class Keys:
         return f"{self.prefix}device-code:{user_code_hash}"
 
     @_key("device-gone:{device_hash}", "ttl",
-          "expires_in + GONE_TTL (sso/oidc/device.py): late polls learn why")
+          "expires_in + GONE_TTL (sso/oidc/device_records.py): late polls learn why")
     def device_tombstone(self, device_hash: str) -> str:
         return f"{self.prefix}device-gone:{device_hash}"
 
     @_key("device-tries:{kind}:{who*}", "ttl",
-          "wrong user codes per ip or person; GUESS_WINDOW (sso/oidc/device.py) from the"
+          "wrong user codes per ip or person; GUESS_WINDOW (sso/oidc/device_records.py) from the"
           " first miss")
     def device_tries(self, kind: str, who: str) -> str:
         return f"{self.prefix}device-tries:{kind}:{who}"

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sso.oidc.clients import Client, ClientError, check_uri
-from sso.oidc.device import (
+from sso.oidc.device_records import (
     USER_CODE_ALPHABET,
     USER_CODE_LENGTH,
     format_user_code,

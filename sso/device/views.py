@@ -14,11 +14,7 @@ from flask import Blueprint, make_response, redirect, render_template, request, 
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
-from sso.oidc.device import (
-    PendingDevice,
-    format_user_code,
-    normalise_user_code,
-)
+from sso.oidc.device_records import PendingDevice, format_user_code, normalise_user_code
 from sso.oidc.scopes import SCOPE_WORDS, SUPPORTED_SCOPES
 from sso.registry import registry
 from sso.web.errors import error_response

@@ -22,7 +22,8 @@ from sso.accounts import Accounts, Profile
 from sso.audit import Audit
 from sso.metrics import TOKENS
 from sso.oidc.client_registry import ClientRegistry
-from sso.oidc.device import DeviceRecords, register_device_flow
+from sso.oidc.device import register_device_flow
+from sso.oidc.device_records import DeviceRecords
 from sso.oidc.endpoints import EndSession, Introspection, Revocation
 from sso.oidc.grants import (
     AuthorizationCodeGrant,

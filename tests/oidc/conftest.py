@@ -21,7 +21,7 @@ import requests
 
 from sso.oidc.client_registry import ClientRegistry
 from sso.oidc.clients import Client
-from tests.support import form_with, pick_upstream_user
+from tests.support import form_with, pick_upstream_user, sign_in
 
 CB = "http://127.0.0.1:9/cb"
 DEFAULT_SCOPE = "openid profile email groups roles offline_access"
@@ -86,6 +86,13 @@ def make_client(keycard: Any, registry: ClientRegistry) -> Callable[..., RP]:
         return RP(client, secret, keycard.url)
 
     return factory
+
+
+@pytest.fixture
+def bob(keycard: Any, http: requests.Session) -> requests.Session:
+    """A browser signed in as bob, the ordinary employee most tests act as."""
+    sign_in(http, keycard.url, "bob")
+    return http
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from tests.oidc.conftest import (
     redeem,
     sent_back,
 )
-from tests.support import sign_in
 
 BAD_REDIRECTS = [
     pytest.param(CB + "/", id="trailing-slash"),
@@ -31,12 +30,6 @@ def assert_error_page(response, status: int = 400) -> None:
     assert response.status_code == status, (response.status_code, response.text[:300])
     assert "Location" not in response.headers
     assert response.headers["Content-Type"].startswith("text/html")
-
-
-@pytest.fixture
-def bob(keycard, http):
-    sign_in(http, keycard.url, "bob")
-    return http
 
 
 @pytest.fixture

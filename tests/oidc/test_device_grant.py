@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from sso.oidc.device import (
+from sso.oidc.device_records import (
     GUESS_LIMIT,
     USER_CODE_ALPHABET,
     new_user_code,

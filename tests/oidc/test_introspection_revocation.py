@@ -16,15 +16,8 @@ from tests.oidc.conftest import (
     tokens_for,
     userinfo,
 )
-from tests.support import sign_in
 
 INACTIVE = {"active": False}
-
-
-@pytest.fixture
-def bob(keycard, http):
-    sign_in(http, keycard.url, "bob")
-    return http
 
 
 @pytest.fixture

@@ -35,12 +35,6 @@ from tests.support import sign_in, wait_until
 
 
 @pytest.fixture
-def bob(keycard, http):
-    sign_in(http, keycard.url, "bob")
-    return http
-
-
-@pytest.fixture
 def rp(make_client):
     return make_client(name="Wiki")
 

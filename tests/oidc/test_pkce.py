@@ -13,13 +13,6 @@ from tests.oidc.conftest import (
     s256,
     sent_back,
 )
-from tests.support import sign_in
-
-
-@pytest.fixture
-def bob(keycard, http):
-    sign_in(http, keycard.url, "bob")
-    return http
 
 
 @pytest.fixture

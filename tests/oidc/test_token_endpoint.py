@@ -20,15 +20,9 @@ from tests.oidc.conftest import (
     tokens_for,
     userinfo,
 )
-from tests.support import sign_in, wait_until
+from tests.support import wait_until
 
 OTHER_CB = "https://app.example.com/cb"
-
-
-@pytest.fixture
-def bob(keycard, http):
-    sign_in(http, keycard.url, "bob")
-    return http
 
 
 @pytest.fixture
