@@ -230,6 +230,13 @@ def make_keycard(
 
 
 @pytest.fixture
+def fast_polling_keycard(make_keycard: Callable[..., Keycard]) -> Keycard:
+    """Keycard asking devices to poll every second (SSO_DEVICE_POLL_INTERVAL), not the RFC's
+    5 s default: ``sso login`` waits a whole interval before each poll."""
+    return make_keycard(SSO_DEVICE_POLL_INTERVAL="1")
+
+
+@pytest.fixture
 def keycard(make_keycard: Callable[..., Keycard]) -> Keycard:
     return make_keycard()
 

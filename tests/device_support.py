@@ -3,6 +3,9 @@ start a device request, poll, and answer on the ``/device`` page over HTTP."""
 
 from __future__ import annotations
 
+import re
+import sys
+from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
@@ -11,6 +14,8 @@ import requests
 from tests.support import csrf_token, form_with
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+SSO = str(Path(sys.executable).parent / "sso")  # the console script, as people run it
+CODE_LINE = re.compile(r"open (\S+) and enter the code: ([A-Z]{4}-[A-Z]{4})")
 
 
 def register_device_client(keycard: Any, **fields: Any) -> Any:

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.device_support import register_device_client
-
-SSO = str(Path(sys.executable).parent / "sso")
-CODE_LINE = re.compile(r"open (\S+) and enter the code: ([A-Z]{4}-[A-Z]{4})")
+from tests.device_support import CODE_LINE, SSO, register_device_client
 
 
 @pytest.fixture
-def keycard(make_keycard: Any) -> Any:
-    """Keycard asking devices to poll every second (SSO_DEVICE_POLL_INTERVAL), not the RFC's
-    5 s default: ``sso login`` waits a whole interval before each poll."""
-    return make_keycard(SSO_DEVICE_POLL_INTERVAL="1")
+def keycard(fast_polling_keycard: Any) -> Any:
+    return fast_polling_keycard
 
 
 def test_cli_login_approved_in_the_browser_prints_bobs_claims(keycard, page: Page, tmp_path):

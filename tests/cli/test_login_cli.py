@@ -5,27 +5,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.device_support import answer_device, register_device_client
+from tests.device_support import CODE_LINE, SSO, answer_device, register_device_client
 from tests.support import sign_in, wait_until
-
-SSO = str(Path(sys.executable).parent / "sso")
-CODE_LINE = re.compile(r"open (\S+) and enter the code: ([A-Z]{4}-[A-Z]{4})")
 
 
 @pytest.fixture
-def keycard(make_keycard: Any) -> Any:
-    """Keycard asking devices to poll every second (SSO_DEVICE_POLL_INTERVAL), not the RFC's
-    5 s default: ``sso login`` waits a whole interval before each poll."""
-    return make_keycard(SSO_DEVICE_POLL_INTERVAL="1")
+def keycard(fast_polling_keycard: Any) -> Any:
+    return fast_polling_keycard
 
 
 class LoginRun:
