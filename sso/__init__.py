@@ -14,7 +14,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 from flask import Flask
 
-from sso import forward_auth, health, metrics, portal, registry
+from sso import audit, forward_auth, health, metrics, portal, registry
 from sso.admin import api as admin_api
 from sso.admin import console as admin
 from sso.cli import groups as cli_groups
@@ -70,6 +70,7 @@ def create_app(
         MAX_CONTENT_LENGTH=1024 * 1024,
     )
     logging.getLogger("keycard").setLevel(logging.INFO)
+    audit.install_log_handler()  # one JSON line per audit event on stderr
 
     reg = registry.build(app, settings, connector)
     app.extensions[registry.EXTENSION] = reg

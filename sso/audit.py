@@ -2,12 +2,19 @@
 
 Audit writes must never turn a successful action into a failure, so a Redis
 error here is logged and swallowed (the JSON log line is still written).
+
+The stream is capped (``SSO_AUDIT_MAX_EVENTS``); the log line is the durable copy. It goes
+to the ``keycard.audit`` logger, one JSON object per line (``{"ts": ..., "event": ...,
+"actor": ..., "subject": ..., "ip": ..., "user_agent": ..., "details": {...}}``). Neither
+gunicorn nor granian gives that logger a handler, so :func:`install_log_handler` (called
+by ``create_app``) writes it to stderr unless the operator configured one already.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from typing import Any, cast
 
@@ -15,6 +22,32 @@ from sso.metrics import AUDIT_EVENTS
 from sso.storage import OUTAGE_ERRORS, Store, guard
 
 log = logging.getLogger("keycard.audit")
+
+
+class _StderrLines(logging.Handler):
+    """Each record's message as one line on the process's stderr *as it is now* (servers
+    and test runners replace ``sys.stderr``; a handler holding the old one would write
+    into a closed file)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - logging must never break the request
+            self.handleError(record)
+
+
+def install_log_handler() -> None:
+    """Send audit lines to stderr unless the operator configured ``keycard.audit``'s
+    handlers (logging config, ``--log-config``). Not propagated: a root handler would
+    print each line a second time, wrapped in its own format."""
+    if log.handlers:
+        return
+    handler = _StderrLines(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 class Audit:
@@ -42,7 +75,8 @@ class Audit:
             "user_agent": user_agent[:200],
             "details": details,
         }
-        log.info(json.dumps({"audit": entry}, sort_keys=True))
+        line = {"ts": entry["time"], **{k: v for k, v in entry.items() if k != "time"}}
+        log.info("%s", json.dumps(line, separators=(",", ":"), default=str))
         AUDIT_EVENTS.labels(event).inc()
         fields = {k: v if isinstance(v, str) else json.dumps(v) for k, v in entry.items()}
         try:

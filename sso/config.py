@@ -53,6 +53,7 @@ class Settings:
     audit_max_events: int = 100_000
     metrics_token: str | None = None  # when set, /metrics wants it as a bearer token
     device_poll_interval: int = 5  # RFC 8628 §3.2 default; seconds between device polls
+    trusted_proxy_hops: int = 0  # proxies whose X-Forwarded-For/-Proto/-Host are believed
 
     @property
     def is_production(self) -> bool:
@@ -92,6 +93,21 @@ def _int(name: str, value: str | None, default: int, problems: list[str]) -> int
     if number <= 0:
         problems.append(f"{name} must be positive (got {number}).")
         return default
+    return number
+
+
+def _count(name: str, value: str | None, problems: list[str]) -> int:
+    """A whole number ≥ 0 (unset: 0)."""
+    if value is None or value.strip() == "":
+        return 0
+    try:
+        number = int(value)
+    except ValueError:
+        problems.append(f"{name}={value!r} is not a whole number.")
+        return 0
+    if number < 0:
+        problems.append(f"{name} must be 0 or more (got {number}).")
+        return 0
     return number
 
 
@@ -250,6 +266,9 @@ def load_settings(
         metrics_token=metrics_token,
         device_poll_interval=_int(
             "SSO_DEVICE_POLL_INTERVAL", env.get("SSO_DEVICE_POLL_INTERVAL"), 5, problems
+        ),
+        trusted_proxy_hops=_count(
+            "SSO_TRUSTED_PROXY_HOPS", env.get("SSO_TRUSTED_PROXY_HOPS"), problems
         ),
     )
     if problems:

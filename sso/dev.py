@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 import signal
 import socket
@@ -16,10 +17,28 @@ from urllib.parse import urlsplit
 
 import click
 import redis
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from sso.config import DEV_UPSTREAM_CLIENT_ID, DEV_UPSTREAM_CLIENT_SECRET
 from sso.registry import registry
+
+# Query values that are secrets while they live: the upstream's code and our state on the
+# callback, and a device's user code. Single-use and short-lived, but an access log is
+# read by more people than should ever hold one.
+_SECRET_QUERY = re.compile(r"([?&](?:code|state|user_code)=)[^&\s]*")
+
+
+def redact_query(line: str) -> str:
+    """``line`` with the values of ``code``, ``state`` and ``user_code`` replaced."""
+    return _SECRET_QUERY.sub(r"\1[redacted]", line)
+
+
+class RedactingRequestHandler(WSGIRequestHandler):
+    """Werkzeug's request log (one line per request on stderr), without secrets."""
+
+    def log(self, type: str, message: str, *args: Any) -> None:
+        super().log(type, message, *(redact_query(a) if isinstance(a, str) else a
+                                     for a in args))
 
 
 def free_port() -> int:
@@ -121,14 +140,15 @@ def run_dev(*, port: int | None = None, upstream_port: int = 5001, demo_port: in
     keycard_port = port or urlsplit(issuer).port or 5000
 
     upstream = make_server("127.0.0.1", upstream_port, create_upstream_app(load_demo_state()),
-                           threaded=True)
+                           threaded=True, request_handler=RedactingRequestHandler)
     keycard_app = create_app(env)
-    keycard = make_server("127.0.0.1", keycard_port, keycard_app, threaded=True)
+    keycard = make_server("127.0.0.1", keycard_port, keycard_app, threaded=True,
+                          request_handler=RedactingRequestHandler)
     demo_url = f"http://127.0.0.1:{demo_port}"
     client_id, secret = register_demo_client(keycard_app, demo_url)
     demo = make_server("127.0.0.1", demo_port, create_demo_app(
         issuer=issuer, client_id=client_id, client_secret=secret, base_url=demo_url),
-        threaded=True)
+        threaded=True, request_handler=RedactingRequestHandler)
     servers: list[Any] = [upstream, keycard, demo]
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
     for thread in threads:

@@ -13,6 +13,12 @@ that opening the session already is, a bearer token the one ``token_claims`` mak
 nothing is written (no audit per check) and no decision is cached in the process,
 so a revoked session or token stops working at the next request. Only the signed
 assertion is reused, for half its life, when the same person asks for the same app.
+
+Which app a check is about comes from the verify URL when it says so
+(``/auth/verify?aud=https://wiki.acme.test``): then only that audience is accepted,
+whatever ``X-Forwarded-Host`` or ``Host`` claim, and the assertion is made out to it.
+Without ``aud`` the proxy's ``X-Forwarded-Host`` decides, which is only as good as the
+proxy's configuration (a client chooses the Host it sends; see docs/forward-auth.md).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from flask import Blueprint, Response, current_app, redirect, request, url_for
+from flask import Blueprint, Response, current_app, jsonify, redirect, request, url_for
 from flask_login import current_user
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.wrappers import Response as BaseResponse
@@ -31,7 +37,7 @@ from sso.registry import registry
 from sso.web.bearer import bearer_error, bearer_token
 from sso.web.csrf import csrf, origin_exempt
 from sso.web.errors import error_response
-from sso.web.redirects import safe_return_url
+from sso.web.redirects import HOSTNAME, safe_return_url
 
 bp = Blueprint("forward_auth", __name__)
 
@@ -77,9 +83,31 @@ def _identity_from_token(token: str) -> dict[str, Any] | None:
     }
 
 
-def _addressed_to_this_app(identity: dict[str, Any]) -> bool:
-    host = _requested_host()
+def _addressed_to(identity: dict[str, Any], host: str) -> bool:
     return any(urlsplit(str(aud)).hostname == host for aud in identity.get("aud", []))
+
+
+class _BadAudience(ValueError):
+    pass
+
+
+def _pinned_host() -> str | None:
+    """The app the verify URL names (``?aud=https://HOST[:PORT]``), as a host name; None
+    when the URL names none. Anything but a bare http(s) origin is a configuration error."""
+    raw = request.args.get("aud") if request.environ.get("QUERY_STRING") else None
+    if raw is None:
+        return None
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError as exc:
+        raise _BadAudience from exc
+    host = parts.hostname or ""
+    if (parts.scheme not in ("http", "https") or len(host) > 253
+            or not HOSTNAME.fullmatch(host) or "@" in parts.netloc
+            or parts.path not in ("", "/") or parts.query or parts.fragment):
+        raise _BadAudience
+    return host
 
 
 def _requested_host() -> str:
@@ -118,9 +146,18 @@ def _sign_in_redirect() -> BaseResponse | None:
 @origin_exempt  # read-only, and called by proxies with the original request's method
 @csrf.exempt
 def verify() -> BaseResponse:
+    try:
+        # Pinned by the proxy's own configuration: headers cannot move a check to another app.
+        host = _pinned_host() or _requested_host()
+    except _BadAudience:
+        answer = jsonify(error="invalid_request",
+                         error_description="aud must be an app's origin, like "
+                                           "https://wiki.acme.test.")
+        answer.status_code = 400
+        return answer
     token = bearer_token()
     identity = _identity_from_token(token) if token else _identity_from_session()
-    if token and identity is not None and not _addressed_to_this_app(identity):
+    if token and identity is not None and not _addressed_to(identity, host):
         # A token issued to app A must not open app B: bearer tokens are accepted only when
         # their audience names this host (request them with resource=https://HOST, RFC 8707).
         identity = None
@@ -146,7 +183,7 @@ def verify() -> BaseResponse:
         (HEADER_PREFIX + "Sub", identity["sub"]),
         (HEADER_PREFIX + "Groups", ",".join(identity["groups"])),
         (HEADER_PREFIX + "Roles", ",".join(identity["roles"])),
-        (HEADER_PREFIX + "Assertion", registry().asserter.sign(identity, _requested_host())),
+        (HEADER_PREFIX + "Assertion", registry().asserter.sign(identity, host)),
     ]
     if identity["email"]:
         headers.append((HEADER_PREFIX + "Email", identity["email"]))

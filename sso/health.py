@@ -1,5 +1,8 @@
 """Operator endpoints: ``/healthz`` (the process answers), ``/readyz`` (it can serve:
-Redis answers) and ``/metrics`` (Prometheus, see :mod:`sso.metrics`)."""
+Redis answers) and ``/metrics`` (Prometheus, see :mod:`sso.metrics`).
+
+``/readyz`` tells anyone only whether Keycard is ready; why not (the Redis error, which
+names hosts and ports) is for operators presenting ``SSO_METRICS_TOKEN``."""
 
 from __future__ import annotations
 
@@ -21,12 +24,23 @@ def healthz() -> Response:
     return jsonify(status="ok")
 
 
+def _is_operator() -> bool:
+    """The request carries ``SSO_METRICS_TOKEN`` as its bearer (compared in constant time)."""
+    expected = registry().settings.metrics_token
+    given = bearer_token()
+    return (expected is not None and given is not None
+            and hmac.compare_digest(given.encode(), expected.encode()))
+
+
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
     try:
         registry().store.ping()
     except StorageUnavailable as exc:
-        return jsonify(status="unavailable", redis="unreachable", detail=str(exc)[:200]), 503
+        if _is_operator():
+            return jsonify(status="unavailable", redis="unavailable",
+                           detail=str(exc)[:200]), 503
+        return jsonify(status="unavailable", redis="unavailable"), 503
     return jsonify(status="ready", redis="ok"), 200
 
 
@@ -34,11 +48,7 @@ def readyz() -> tuple[Response, int]:
 def metrics() -> Response:
     # Traffic volumes and failure rates are for operators: with SSO_METRICS_TOKEN set,
     # only a scraper presenting it (Prometheus' `authorization: credentials:`) reads them.
-    expected = registry().settings.metrics_token
-    if expected is not None:
-        given = bearer_token() or ""
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            return bearer_error(401, "unauthorized",
-                                "/metrics needs the SSO_METRICS_TOKEN bearer.",
-                                'Bearer realm="keycard-metrics"')
+    if registry().settings.metrics_token is not None and not _is_operator():
+        return bearer_error(401, "unauthorized", "/metrics needs the SSO_METRICS_TOKEN bearer.",
+                            'Bearer realm="keycard-metrics"')
     return Response(generate_latest(collector()), mimetype=CONTENT_TYPE_LATEST)

@@ -211,8 +211,8 @@ class Keys:
         return f"{self.prefix}device-gone:{device_hash}"
 
     @_key("device-tries:{kind}:{who*}", "ttl",
-          "wrong user codes per ip or person; GUESS_WINDOW (sso/oidc/device_records.py) from the"
-          " first miss")
+          "wrong user codes per person (kind: user); GUESS_WINDOW (sso/oidc/device_records.py)"
+          " from the first miss")
     def device_tries(self, kind: str, who: str) -> str:
         return f"{self.prefix}device-tries:{kind}:{who}"
 

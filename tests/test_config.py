@@ -96,3 +96,12 @@ def test_the_device_poll_interval_defaults_to_the_rfc_and_must_be_positive():
     for bad in ("0", "-3", "soon"):
         assert "SSO_DEVICE_POLL_INTERVAL" in problems(
             {**GOOD_PRODUCTION, "SSO_DEVICE_POLL_INTERVAL": bad})
+
+
+def test_trusted_proxy_hops_default_to_none_and_must_be_a_whole_number():
+    assert load_settings(GOOD_PRODUCTION).trusted_proxy_hops == 0
+    assert load_settings({**GOOD_PRODUCTION,
+                          "SSO_TRUSTED_PROXY_HOPS": "2"}).trusted_proxy_hops == 2
+    for bad in ("-1", "one", "1.5"):
+        assert "SSO_TRUSTED_PROXY_HOPS" in problems(
+            {**GOOD_PRODUCTION, "SSO_TRUSTED_PROXY_HOPS": bad})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -59,6 +60,18 @@ def test_sso_dev_serves_the_whole_journey(dev_server):
     proc.terminate()
     output, _ = proc.communicate(timeout=10)
     assert f"{url}/" in output and "Development GitHub" in output
+
+
+def test_finding_13_sso_devs_request_log_never_shows_codes_or_state(dev_server):
+    url, proc = dev_server
+    sign_in(requests.Session(), url, "alice")
+    proc.terminate()
+    output, _ = proc.communicate(timeout=10)
+    callbacks = [line for line in output.splitlines() if "GET /auth/github/callback?" in line]
+    assert callbacks, output[-2000:]
+    for line in callbacks:
+        assert "code=[redacted]" in line and "state=[redacted]" in line, line
+    assert not re.search(r"[?&](code|state)=(?!\[redacted\])", output), output[-2000:]
 
 
 def test_sso_dev_refuses_production(tmp_path):

@@ -229,6 +229,33 @@ def test_bearer_token_issued_for_another_app_is_refused(keycard, http):
     assert response.status_code == 401
 
 
+def test_finding_4_a_pinned_aud_decides_the_app_whatever_the_headers_say(keycard, bob_tokens):
+    _, _, tokens = bob_tokens  # audience https://app.acme.test
+    bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
+    anonymous = requests.Session()
+    # The headers claim the token's app, the verify URL pins another: refused.
+    assert verify(anonymous, keycard, "?aud=https://wiki.acme.test",
+                  headers=bearer).status_code == 401
+    # Pinned to the token's app, whatever host the headers name: accepted, and the
+    # assertion is made out to the pinned app.
+    pinned = verify(anonymous, keycard, f"?aud=https://{APP_HOST}",
+                    headers={**bearer, "X-Forwarded-Host": "wiki.acme.test"})
+    assert pinned.status_code == 200, pinned.text
+    _, claims = decode_assertion(keycard, pinned.headers["X-Auth-Request-Assertion"])
+    assert claims["aud"] == APP_HOST
+
+
+@pytest.mark.parametrize("aud", ["wiki.acme.test", "ftp://wiki.acme.test",
+                                 "https://user@wiki.acme.test", "https://wiki.acme.test/x",
+                                 "https://wiki.acme.test/?a=1", "https://wiki.acme.test:x",
+                                 "https://wiki_acme.test", "https://", ""])
+def test_finding_4_a_malformed_aud_is_a_400_json_error(keycard, http, aud):
+    sign_in(http, keycard.url, "bob")
+    response = verify(http, keycard, "?aud=" + quote(aud, safe=""))
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
+
+
 def test_bearer_access_token_answers_200(keycard, bob_tokens):
     _, _, tokens = bob_tokens
     anonymous = requests.Session()  # no cookie: the token alone

@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,18 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from sso import create_app
+from sso.registry import registry
 from tests.conftest import RedisServer, Upstream, keycard_env
-from tests.support import LiveServer, csrf_token, free_port, pick_upstream_user, wait_until
+from tests.support import (
+    RP_CALLBACK,
+    LiveServer,
+    csrf_token,
+    free_port,
+    obtain_tokens,
+    pick_upstream_user,
+    sign_in,
+    wait_until,
+)
 
 HOST = "localhost"
 AUTH_HEADERS = ("User", "Email", "Groups", "Roles", "Sub", "Assertion")
@@ -70,20 +81,20 @@ http {{
         # along; the body does not.
         location = /_keycard_verify {{
             internal;
-            proxy_pass http://keycard/auth/verify;
+            proxy_pass http://keycard/auth/verify?aud=http://{HOST};
             proxy_pass_request_body off;
             proxy_set_header Content-Length "";
-            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Forwarded-Host {HOST};
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Forwarded-Uri $request_uri;
             proxy_set_header X-Forwarded-Method $request_method;
         }}
         location = /_keycard_verify_admin {{
             internal;
-            proxy_pass http://keycard/auth/verify?allowed_roles=admin;
+            proxy_pass http://keycard/auth/verify?aud=http://{HOST}&allowed_roles=admin;
             proxy_pass_request_body off;
             proxy_set_header Content-Length "";
-            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Forwarded-Host {HOST};
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Forwarded-Uri $request_uri;
             proxy_set_header X-Forwarded-Method $request_method;
@@ -91,7 +102,7 @@ http {{
 
         # 401 from Keycard: send the browser to sign in, and back here afterwards.
         location @keycard_signin {{
-            return 302 {issuer}/auth/start?rd=$scheme://$http_host$request_uri;
+            return 302 {issuer}/auth/start?rd=http://{HOST}:{port}$request_uri;
         }}
 
         location / {{
@@ -107,6 +118,13 @@ http {{
 {forwarded}
             proxy_pass http://app;
         }}
+    }}
+
+    # Any Host the block above does not name: refused, never served by the first block.
+    server {{
+        listen 127.0.0.1:{port} default_server;
+        server_name _;
+        return 421;
     }}
 }}
 """
@@ -149,12 +167,30 @@ def _accepts(port: int) -> bool:
         return False
 
 
-@pytest.fixture
-def stack(redis_server: RedisServer, prefix: str, upstream: Upstream,
-          tmp_path: Path) -> Iterator[Stack]:
+@contextmanager
+def running_nginx(tmp_path: Path, config: str, port: int) -> Iterator[None]:
+    """nginx in the foreground with ``config``, until the block ends."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(nginx).exists():
         pytest.fail("nginx is not installed: run .ci/run or apt-get install nginx-light")
+    (tmp_path / "nginx.conf").write_text(config)
+    stderr = (tmp_path / "nginx.stderr").open("wb")
+    proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", "nginx.conf"],
+                            stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        wait_until(lambda: proc.poll() is not None or _accepts(port), timeout=15)
+        if proc.poll() is not None:
+            raise AssertionError(f"nginx did not start: {(tmp_path / 'nginx.stderr').read_text()}")
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        stderr.close()
+
+
+@pytest.fixture
+def stack(redis_server: RedisServer, prefix: str, upstream: Upstream,
+          tmp_path: Path) -> Iterator[Stack]:
     app_server = LiveServer(echo_app).start()
     keycard_server = LiveServer()
     port = free_port()
@@ -164,19 +200,10 @@ def stack(redis_server: RedisServer, prefix: str, upstream: Upstream,
     keycard_app = create_app(env)
     keycard_server.start(keycard_app)
     config = nginx_conf(tmp_path, port, issuer, keycard_server.port, app_server.port)
-    (tmp_path / "nginx.conf").write_text(config)
-    stderr = (tmp_path / "nginx.stderr").open("wb")
-    proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", "nginx.conf"],
-                            stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        wait_until(lambda: proc.poll() is not None or _accepts(port), timeout=15)
-        if proc.poll() is not None:
-            raise AssertionError(f"nginx did not start: {(tmp_path / 'nginx.stderr').read_text()}")
-        yield Stack(issuer, f"http://{HOST}:{port}", keycard_app, config)
+        with running_nginx(tmp_path, config, port):
+            yield Stack(issuer, f"http://{HOST}:{port}", keycard_app, config)
     finally:
-        proc.terminate()
-        proc.wait(10)
-        stderr.close()
         keycard_server.stop()
         app_server.stop()
 
@@ -263,3 +290,134 @@ def test_after_sign_out_the_app_asks_to_sign_in_again(stack):
     response = http.get(stack.app + "/private", allow_redirects=False, timeout=10)
     assert response.status_code == 302
     assert response.headers["Location"].startswith(stack.issuer + "/auth/start?rd=")
+
+
+# -- finding 4: one nginx, two apps; the Host a client sends must not choose the app --------
+
+WIKI, FILES = "wiki.acme.test", "files.acme.test"
+
+
+def app_server_block(listen: str, name: str, forwarded_host: str, keycard_port: int,
+                     app_port: int) -> str:
+    """docs/forward-auth.md's server block for one app: the verify URL pins the app
+    (``?aud=``) and ``X-Forwarded-Host`` is written out, never ``$http_host``."""
+    forwarded = "\n".join(
+        f"        auth_request_set $auth_{h.lower()} $upstream_http_x_auth_request_{h.lower()};"
+        f"\n        proxy_set_header X-Auth-Request-{h} $auth_{h.lower()};"
+        for h in AUTH_HEADERS
+    )
+    return f"""
+    server {{
+        listen {listen};
+        server_name {name};
+        location = /_keycard_verify {{
+            internal;
+            proxy_pass http://127.0.0.1:{keycard_port}/auth/verify?aud=https://{name};
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Forwarded-Host {forwarded_host};
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Uri $request_uri;
+            proxy_set_header X-Forwarded-Method $request_method;
+        }}
+        location / {{
+            auth_request /_keycard_verify;
+{forwarded}
+            proxy_pass http://127.0.0.1:{app_port};
+        }}
+    }}
+"""
+
+
+@dataclass
+class TwoApps:
+    keycard: str
+    app: Any  # Keycard's Flask app
+    documented: int  # wiki's block and the refusing default_server, as documented
+    files_default: int  # files.acme.test as nginx's default server, trusting $http_host
+
+
+@pytest.fixture
+def two_apps(redis_server: RedisServer, prefix: str, upstream: Upstream,
+             tmp_path: Path) -> Iterator[TwoApps]:
+    app_server = LiveServer(echo_app).start()
+    keycard_server = LiveServer()
+    env = keycard_env(redis_server.url, prefix, upstream.url, keycard_server.port, tmp_path,
+                      SSO_FORWARD_AUTH_DOMAINS="acme.test")
+    keycard = f"http://127.0.0.1:{keycard_server.port}"
+    keycard_app = create_app(env)
+    keycard_server.start(keycard_app)
+    documented, files_default = free_port(), free_port()
+    k, a = keycard_server.port, app_server.port
+    config = f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {tmp_path}/nginx.pid;
+error_log {tmp_path}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+    access_log {tmp_path}/access.log;
+    client_body_temp_path {tmp_path}/client_body;
+    proxy_temp_path {tmp_path}/proxy;
+    fastcgi_temp_path {tmp_path}/fastcgi;
+    uwsgi_temp_path {tmp_path}/uwsgi;
+    scgi_temp_path {tmp_path}/scgi;
+{app_server_block(f"127.0.0.1:{documented}", WIKI, WIKI, k, a)}
+    # A Host no block names is refused, never served by whichever block comes first.
+    server {{
+        listen 127.0.0.1:{documented} default_server;
+        server_name _;
+        return 421;
+    }}
+{app_server_block(f"127.0.0.1:{files_default} default_server", FILES, "$http_host", k, a)}
+}}
+"""
+    try:
+        with running_nginx(tmp_path, config, files_default):
+            yield TwoApps(keycard, keycard_app, documented, files_default)
+    finally:
+        keycard_server.stop()
+        app_server.stop()
+
+
+def wiki_token(two_apps: TwoApps) -> str:
+    """bob's access token for the wiki (audience https://wiki.acme.test, RFC 8707)."""
+    client, secret = registry(two_apps.app).clients.create(
+        name="Wiki CLI", redirect_uris=[RP_CALLBACK], trusted=True,
+        audiences=[f"https://{WIKI}"])
+    http = requests.Session()
+    http.trust_env = False
+    sign_in(http, two_apps.keycard, "bob")
+    tokens = obtain_tokens(http, two_apps.keycard, client.client_id, secret,
+                           resource=f"https://{WIKI}")
+    return str(tokens["access_token"])
+
+
+def through_nginx(port: int, host: str, token: str | None = None) -> requests.Response:
+    """A request to nginx's listener on ``port`` claiming ``Host: host``."""
+    headers = {"Host": host, **({"Authorization": f"Bearer {token}"} if token else {})}
+    with requests.Session() as http:
+        http.trust_env = False
+        return http.get(f"http://127.0.0.1:{port}/private", headers=headers,
+                        allow_redirects=False, timeout=10)
+
+
+def test_finding_4_a_token_for_one_app_does_not_open_the_default_server_app(two_apps):
+    token = wiki_token(two_apps)
+    wiki = through_nginx(two_apps.documented, WIKI, token)
+    assert seen_headers(wiki)["X-Auth-Request-User"] == "bob"
+    # files.acme.test is nginx's default server and still forwards the client's Host: a
+    # request claiming "Host: wiki.acme.test" lands there. The verify URL pins files, so
+    # the wiki's token is refused (401, which nginx answers without reaching the app).
+    for host in (WIKI, FILES):
+        misdirected = through_nginx(two_apps.files_default, host, token)
+        assert misdirected.status_code == 401, (host, misdirected.text[:300])
+
+
+def test_finding_4_the_documented_config_refuses_hosts_it_does_not_name(two_apps):
+    token = wiki_token(two_apps)
+    for host in (FILES, "evil.test", "127.0.0.1"):
+        refused = through_nginx(two_apps.documented, host, token)
+        assert refused.status_code == 421, (host, refused.text[:300])
+        assert "X-Auth-Request" not in refused.text  # the app never saw it

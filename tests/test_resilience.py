@@ -13,6 +13,23 @@ def test_healthz_answers_and_readyz_reports_redis(keycard):
     assert ready.status_code == 200 and ready.json()["redis"] == "ok"
 
 
+def test_finding_13_readyz_tells_only_operators_why_redis_is_unavailable(make_keycard,
+                                                                         private_redis):
+    token = "m" * 32
+    keycard = make_keycard(redis_url=private_redis.url, SSO_METRICS_TOKEN=token)
+    private_redis.stop()
+    for given in (None, "wrong-token-" + "x" * 20):
+        headers = {"Authorization": f"Bearer {given}"} if given else {}
+        anonymous = requests.get(keycard.url + "/readyz", headers=headers, timeout=10)
+        assert anonymous.status_code == 503
+        assert anonymous.json() == {"status": "unavailable", "redis": "unavailable"}
+        assert str(private_redis.port) not in anonymous.text
+    operator = requests.get(keycard.url + "/readyz", timeout=10,
+                            headers={"Authorization": f"Bearer {token}"})
+    assert operator.status_code == 503
+    assert operator.json()["detail"]  # the Redis error, for whoever runs Keycard
+
+
 def test_redis_stopped_mid_run_gives_503_then_recovers(make_keycard, private_redis, http):
     keycard = make_keycard(redis_url=private_redis.url)
     sign_in(http, keycard.url, "alice")

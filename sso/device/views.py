@@ -2,7 +2,8 @@
 
 RFC 8628 §3.3 and §5.4: the person types (or confirms) the code shown on the device,
 sees which application asks for what, and approves or denies with a CSRF-protected
-form post. Wrong codes are counted per IP and per person; over the limit every try,
+form post. Wrong codes are counted per person (not per IP: behind a proxy or NAT an
+address is everyone); over the limit every try,
 even a right one, gets a 429 until the window passes (§5.1: user codes are short).
 """
 
@@ -51,16 +52,16 @@ def _entry_page(code: str, error: str | None = None, status: int = 200) -> Respo
     return response
 
 
-def _who() -> tuple[str, str]:
-    return request.remote_addr or "", str(current_user.profile.user_id)
+def _who() -> str:
+    return str(current_user.profile.user_id)
 
 
 def _checked_request() -> tuple[PendingDevice | None, Response | None]:
     """The pending request the submitted code names, or the page to answer instead:
     429 when over the guess limit, the entry form again for a wrong code."""
-    ip, user_id = _who()
+    user_id = _who()
     records = registry().devices
-    wait = records.blocked_for(ip, user_id)
+    wait = records.blocked_for(user_id)
     if wait:
         return None, _too_many(wait)
     typed = _typed_code()
@@ -68,7 +69,7 @@ def _checked_request() -> tuple[PendingDevice | None, Response | None]:
     pending = records.pending(code) if code else None
     if pending is None:
         if typed.strip():
-            records.count_wrong(ip, user_id)
+            records.count_wrong(user_id)
         return None, _entry_page(typed, "That code is not valid, or it has expired. Check the "
                                  "code on your device and try again.", 400)
     return pending, None

@@ -15,6 +15,10 @@ from sso.crypto import hash_secret, new_secret, same
 from sso.storage import Store
 from sso.upstream.base import Connector, Identity, UpstreamToken
 
+# Refusals anyone can cause without starting a sign-in (no state, or one never issued or
+# already used): the callback counts them in a metric instead of the audit stream.
+UNKNOWN_STATE_REASONS = frozenset({"state_missing", "state_unknown"})
+
 
 class SignInRefused(Exception):
     """The callback cannot be trusted; ``reason`` is the audit code."""

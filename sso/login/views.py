@@ -15,8 +15,9 @@ from flask import (
 from flask_login import current_user, login_required, login_user
 from werkzeug.wrappers import Response
 
-from sso.login.flow import SignInRefused
+from sso.login.flow import UNKNOWN_STATE_REASONS, SignInRefused
 from sso.login.users import User
+from sso.metrics import SIGNIN_UNKNOWN_STATE
 from sso.registry import registry
 from sso.sessions import ServerSession, end_browser_session
 from sso.upstream.base import AccessDenied, UpstreamError
@@ -64,7 +65,12 @@ def callback() -> Response:
             request.args.get("state"), request.cookies.get(_binding_cookie())
         )
     except SignInRefused as exc:
-        svc.audit.record("signin.refused", reason=exc.reason, **_client())
+        if exc.reason in UNKNOWN_STATE_REASONS:
+            # Anyone can send these, unauthenticated and by the thousand: counted, not
+            # audited one by one, so they cannot flush the capped audit stream.
+            SIGNIN_UNKNOWN_STATE.labels(exc.reason).inc()
+        else:  # a real state carried to another browser: worth a line each
+            svc.audit.record("signin.refused", reason=exc.reason, **_client())
         return error_response(400, "Sign-in could not be completed", exc.message,
                               code=exc.reason, retry=True)
     error = request.args.get("error")

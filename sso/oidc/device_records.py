@@ -9,7 +9,7 @@ Keys (built by :class:`sso.storage.Keys`, each with its TTL):
 - ``device-gone:{hash(device_code)}``: a tombstone outliving the record by
   ``GONE_TTL``, so a late poll says ``expired_token`` (or ``invalid_grant`` once used)
   instead of "unknown";
-- ``device-tries:{ip|user}:{who}``: wrong user codes per window (§5.1 brute force).
+- ``device-tries:user:{user_id}``: a person's wrong user codes per window (§5.1 brute force).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ SLOW_DOWN_STEP = 5  # RFC 8628 §3.5: "the interval MUST be increased by 5 secon
 GONE_TTL = 3600  # how long after expiry a device code still says expired_token
 USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"  # RFC 8628 §6.1: no vowels, no look-alikes
 USER_CODE_LENGTH = 8  # 20^8 ≈ 2^34.6 codes; with GUESS_LIMIT tries a guess is hopeless
-GUESS_LIMIT = 5  # wrong codes per window, per IP and per signed-in person (§5.1)
+GUESS_LIMIT = 5  # wrong codes per window per signed-in person (§5.1)
 GUESS_WINDOW = 600
 
 # KEYS device, user-code index, gone; ARGV ttl, gone_ttl, device_hash, field, value, ...
@@ -193,29 +193,31 @@ class DeviceRecords:
                                  args=[status, user_id, str(auth_time)]))
 
     # -- brute force (RFC 8628 §5.1) --------------------------------------------------------
-    # flask-limiter is not a dependency, and what we limit is *wrong* codes (not requests),
-    # per IP and per person across instances: a Redis INCR + EXPIRE NX counter does exactly
-    # that in one round trip.
+    # What we limit is *wrong* codes (not requests), per signed-in person across instances:
+    # a Redis INCR + EXPIRE NX counter does exactly that in one round trip. Not per IP:
+    # behind a proxy or a company NAT one address is everybody, and one person's typos
+    # would lock the whole company out. The page needs a signed-in person before any code
+    # is checked, so every guess has someone to count against; and a right code opens one
+    # device request, decided once.
 
     @guard
-    def blocked_for(self, ip: str, user_id: str) -> int:
-        """Seconds until another try is allowed (0: allowed now)."""
-        keys = [self.keys.device_tries("ip", ip), self.keys.device_tries("user", user_id)]
+    def blocked_for(self, user_id: str) -> int:
+        """Seconds until this person may try another code (0: allowed now)."""
+        key = self.keys.device_tries("user", user_id)
         pipe = self.store.redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.get(key)
-            pipe.ttl(key)
-        values = pipe.execute()
-        waits = [max(1, int(values[i + 1])) for i in (0, 2)
-                 if values[i] is not None and int(values[i]) >= GUESS_LIMIT]
-        return max(waits, default=0)
+        pipe.get(key)
+        pipe.ttl(key)
+        count, ttl = pipe.execute()
+        if count is None or int(count) < GUESS_LIMIT:
+            return 0
+        return max(1, int(ttl))
 
     @guard
-    def count_wrong(self, ip: str, user_id: str) -> None:
+    def count_wrong(self, user_id: str) -> None:
+        key = self.keys.device_tries("user", user_id)
         pipe = self.store.redis.pipeline(transaction=True)
-        for key in (self.keys.device_tries("ip", ip), self.keys.device_tries("user", user_id)):
-            pipe.incr(key)
-            pipe.expire(key, GUESS_WINDOW, nx=True)
+        pipe.incr(key)
+        pipe.expire(key, GUESS_WINDOW, nx=True)
         pipe.execute()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from sso.web.csrf import install_request_guard
 from sso.web.errors import register_error_handlers
@@ -43,3 +44,11 @@ def init_app(app: Flask) -> None:
     )
 
     register_error_handlers(app)
+
+    # Behind a reverse proxy every remote_addr is the proxy's: believe X-Forwarded-For,
+    # -Proto and -Host from exactly the configured number of hops (0: from nobody, since a
+    # client can send those headers itself). Flask and Flask-Login then see the client's address.
+    hops = app.config["SSO_SETTINGS"].trusted_proxy_hops
+    if hops:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)

@@ -281,11 +281,22 @@ def test_wrong_codes_are_rate_limited_even_for_the_right_code(keycard, cli_clien
     assert blocked.status_code == 429
     assert int(blocked.headers["Retry-After"]) > 0
     assert "Too many" in blocked.text
-    # The limit is per IP too: another person on the same address is blocked as well.
-    other = requests.Session()
-    sign_in(other, keycard.url, "alice")
-    assert enter_code(other, keycard.url, grant["user_code"]).status_code == 429
-    other.close()
+
+
+def test_finding_6_one_persons_wrong_codes_do_not_lock_out_another(keycard, cli_client, bob):
+    """Behind the recommended proxy every person has the proxy's address: the guess limit
+    is per person, so bob's five typos leave alice (same address) free to approve."""
+    grant = started(keycard, cli_client)
+    wrong = "BBBB-BBBB" if grant["user_code"] != "BBBB-BBBB" else "CCCC-CCCC"
+    for _ in range(GUESS_LIMIT):
+        assert enter_code(bob, keycard.url, wrong).status_code == 400
+    assert enter_code(bob, keycard.url, grant["user_code"]).status_code == 429
+    alice = requests.Session()
+    sign_in(alice, keycard.url, "alice")  # the same 127.0.0.1, as behind one proxy
+    confirm = enter_code(alice, keycard.url, grant["user_code"])
+    assert confirm.status_code == 200, confirm.text[:300]
+    assert decide(alice, confirm).status_code == 303
+    alice.close()
 
 
 # -- client policy ----------------------------------------------------------------------------
