@@ -30,7 +30,7 @@ from werkzeug.wrappers import Response
 from sso.crypto import hash_secret
 from sso.oidc.scopes import SCOPE_WORDS, SUPPORTED_SCOPES
 from sso.oidc.server import KeycardServer, Provider
-from sso.oidc.tokens import Subject, subject_for
+from sso.oidc.tokens import Subject, is_client_subject, subject_for
 from sso.registry import registry
 from sso.sessions import ServerSession
 from sso.web.bearer import bearer_error, bearer_token
@@ -297,7 +297,7 @@ def userinfo() -> Response:
         return _no_store(bearer_error(
             401, "invalid_token", "The access token is missing, expired, revoked or not ours.",
             'Bearer error="invalid_token"' if token_value else 'Bearer realm="keycard"'))
-    if str(claims.get("sub", "")).startswith("client:"):
+    if is_client_subject(claims.get("sub")):
         # A client-credentials token: no end user, so no UserInfo (OIDC Core §5.3).
         return _no_store(bearer_error(
             401, "invalid_token", "This token was issued to a service, not for a person.",
