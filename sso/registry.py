@@ -101,7 +101,7 @@ def build(app: Flask, settings: Settings, connector: Connector | None = None) ->
     accounts = Accounts(store=store, settings=settings, connector=connector, sealer=sealer,
                         sessions=sessions, audit=audit, rules=rules.all,
                         on_access_end=records.revoke_user_grants)
-    clients = ClientRegistry(store)
+    clients = ClientRegistry(store, on_revoke=records.revoke_all_client_grants)
     keys = KeyRing(store, sealer)
     devices = DeviceRecords(store)
     provider = Provider(issuer=settings.issuer, records=records, accounts=accounts, keys=keys,

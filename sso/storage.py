@@ -184,6 +184,12 @@ class Keys:
     def revoked_access_token(self, jti: str) -> str:
         return f"{self.prefix}revoked:{jti}"
 
+    @_key("clientgrants:{client_id}", "ttl",
+          "set of grant ids; TTL only grows, to the longest grant listed (ended with the "
+          "client: `sso clients delete`, `rotate-secret --revoke-tokens`)")
+    def client_grants(self, client_id: str) -> str:
+        return f"{self.prefix}clientgrants:{client_id}"
+
     @_key("user:{user_id}:grants", "ttl",
           "set of grant ids; TTL only grows, to the longest grant listed")
     def user_grants(self, user_id: str) -> str:

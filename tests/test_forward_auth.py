@@ -447,3 +447,14 @@ def test_cookie_domain_scopes_the_session_to_every_app_subdomain(make_keycard, h
         "Cookie": f"__Secure-keycard={sid}", "X-Forwarded-Host": "wiki.acme.test"})
     assert response.status_code == 200
     assert response.headers["X-Auth-Request-User"] == "bob"
+
+
+def test_finding_10_deleted_client_bearer_stops_opening_apps(keycard, bob_tokens):
+    """Issue #11 item 10: deleting a client ends its access tokens at forward auth within
+    the client cache's lifetime, not at the end of their own."""
+    client, _, tokens = bob_tokens
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    assert verify(requests.Session(), keycard, headers=headers).status_code == 200
+    assert keycard.services.clients.delete(client.client_id)
+    wait_until(lambda: verify(requests.Session(), keycard, headers=headers).status_code == 401,
+               timeout=10)

@@ -214,14 +214,18 @@ def clients_delete(client_id: str, as_json: bool) -> None:
 
 @clients_group.command("rotate-secret", help="Issue a new secret; the old one stops working.")
 @click.argument("client_id")
+@click.option("--revoke-tokens", is_flag=True,
+              help="Also end every token issued to the client so far (a leaked secret): "
+                   "access tokens are refused within seconds, grants and refresh tokens end.")
 @json_option
 @with_appcontext
-def clients_rotate_secret(client_id: str, as_json: bool) -> None:
+def clients_rotate_secret(client_id: str, revoke_tokens: bool, as_json: bool) -> None:
     try:
-        secret = client_registry().rotate_secret(client_id)
+        secret = client_registry().rotate_secret(client_id, revoke_tokens=revoke_tokens)
     except ClientError as exc:
         raise click.ClickException(str(exc)) from exc
-    registry().audit.record("client.secret_rotated", actor=actor(), subject=client_id)
+    registry().audit.record("client.secret_rotated", actor=actor(), subject=client_id,
+                            revoke_tokens=revoke_tokens)
 
     def text() -> None:
         click.echo(f"New secret for {client_id}: {secret}")

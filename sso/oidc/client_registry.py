@@ -33,8 +33,12 @@ class ClientRegistry:
     """Clients in Redis: ``Keys.client`` (JSON, one per client) and the id set
     ``Keys.clients_index``."""
 
-    def __init__(self, store: Store, *, cache_seconds: float = CACHE_SECONDS) -> None:
+    def __init__(self, store: Store, *, cache_seconds: float = CACHE_SECONDS,
+                 on_revoke: Callable[[str], object] | None = None) -> None:
         self.store = store
+        # Ends every grant of a client (its refresh tokens and access tokens): the
+        # provider's Records.revoke_all_client_grants, wired in registry.build.
+        self.on_revoke = on_revoke
         self.index_key = store.keys.clients_index()
         self.cache_seconds = cache_seconds
         self._cache: ExpiringCache[str, Client] = ExpiringCache(CACHE_MAX_ENTRIES, cache_seconds)
@@ -111,18 +115,32 @@ class ClientRegistry:
 
         return self._mutate(client_id, change)
 
-    def rotate_secret(self, client_id: str) -> str:
+    def rotate_secret(self, client_id: str, *, revoke_tokens: bool = False) -> str:
         """Replace the secret; the old one stops working at once (after the cache window
-        of other processes, at most a couple of seconds)."""
+        of other processes, at most a couple of seconds).
+
+        ``revoke_tokens`` (a leaked secret): also end every token issued so far: access
+        tokens issued up to this second are refused (``tokens_valid_after``, seen within
+        the cache window) and every grant, with its refresh tokens, is revoked.
+        """
         secret = new_secret(32)
+        changes: dict[str, Any] = {"secret_hash": hash_secret(secret)}
+        if revoke_tokens:
+            changes["tokens_valid_after"] = int(time.time()) + 1
 
         def change(client: Client) -> Client:
             if client.public:
                 raise ClientError(f"client {client_id} is public: it has no secret to rotate")
-            return dataclasses.replace(client, secret_hash=hash_secret(secret))
+            return dataclasses.replace(client, **changes)
 
         self._mutate(client_id, change)
+        if revoke_tokens:
+            self._revoke_tokens(client_id)
         return secret
+
+    def _revoke_tokens(self, client_id: str) -> None:
+        if self.on_revoke is not None:
+            self.on_revoke(client_id)
 
     @guard
     def delete(self, client_id: str) -> bool:
@@ -131,6 +149,9 @@ class ClientRegistry:
         pipe.srem(self.index_key, client_id)
         deleted = bool(pipe.execute()[0])
         self._forget(client_id)
+        # Its access tokens are refused as soon as the client is gone (Provider.token_claims);
+        # its grants and refresh tokens end here.
+        self._revoke_tokens(client_id)
         return deleted
 
     @guard

@@ -65,6 +65,9 @@ class Client(ClientMixin):  # type: ignore[misc]
     roles: list[str] = field(default_factory=list)  # a service client's own roles
     audiences: list[str] = field(default_factory=list)  # RFC 8707 resources it may ask for
     created_at: int = 0
+    # Access tokens issued before this second are refused (`sso clients rotate-secret
+    # --revoke-tokens`); 0: none.
+    tokens_valid_after: int = 0
 
     def __post_init__(self) -> None:
         # RFC 9700 §2.1.1: public clients must use PKCE, whatever was asked for.
@@ -253,7 +256,7 @@ def validate(client: Client) -> Client:
 
 # -- the registry ----------------------------------------------------------------------------
 
-_IMMUTABLE = {"client_id", "secret_hash", "created_at"}
+_IMMUTABLE = {"client_id", "secret_hash", "created_at", "tokens_valid_after"}
 
 
 def check_field_names(fields: dict[str, Any]) -> None:

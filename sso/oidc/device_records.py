@@ -140,7 +140,9 @@ class DeviceRecords:
                expires_in: int = DEVICE_CODE_TTL, interval: int = POLL_INTERVAL) -> bool:
         """False when the user code is already live (the caller draws another)."""
         device_hash = hash_secret(device_code)
-        fields = {"c": client_id, "s": scope, "uc": user_code, "iv": str(interval), "lp": "0",
+        # No user code in the record: the (hashed) index is the only way from a code to the
+        # request, and nothing reads the code back from the record.
+        fields = {"c": client_id, "s": scope, "iv": str(interval), "lp": "0",
                   "st": "pending", "exp": str(int(time.time()) + expires_in)}
         flat = [item for pair in fields.items() for item in pair]
         keys = [self.keys.device(device_hash), self._index(user_code),

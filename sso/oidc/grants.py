@@ -114,15 +114,43 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
         if subject is None:
             return None
         subject.grant_id = data["g"]
-        _address_tokens_to(data.get("res") or [])
+        granted = list(data.get("res") or [])
+        _address_tokens_to(granted, _requested_resources(self.request, self.request.client,
+                                                         granted))
         return subject
 
 
-def _address_tokens_to(resources: list[str]) -> None:
-    """RFC 8707: the access tokens of this grant name its resources as their audience."""
+def _resources_of(request: Any) -> list[str]:
+    return [str(r) for r in request.payload.datalist.get("resource", [])]
+
+
+def _check_resource(client: Any, resource: str) -> None:
+    if resource not in (getattr(client, "audiences", None) or []):
+        raise InvalidTargetError(f"The resource {resource!r} is not registered for this "
+                                 "client.")
+
+
+def _requested_resources(request: Any, client: Any, granted: list[str]) -> list[str]:
+    """RFC 8707: the resources this token request addresses, checked against what the
+    client has registered *now* (an audience removed since the grant is refused) and what
+    the grant covers (a token request may narrow it, never widen it)."""
+    for resource in granted:
+        _check_resource(client, resource)
+    requested = _resources_of(request)
+    for resource in requested:
+        _check_resource(client, resource)
+        if resource not in granted:
+            raise InvalidTargetError(f"The resource {resource!r} was not part of this grant.")
+    return requested or granted
+
+
+def _address_tokens_to(granted: list[str], audience: list[str] | None = None) -> None:
+    """RFC 8707: the access tokens of this grant name its resources (or the narrower ones
+    requested now) as their audience; the refresh token keeps the grant's."""
     from flask import g
 
-    g.token_audience = list(resources)
+    g.grant_resources = list(granted)
+    g.token_audience = list(granted if audience is None else audience)
 
 
 class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
@@ -133,7 +161,12 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
         record = provider(self).records.peek_refresh_token(refresh_token)
         if record is None:
             return None
-        return RefreshRecord(refresh_token, record)
+        found = RefreshRecord(refresh_token, record)
+        client = self.request.client
+        if client is not None and found.check_client(client):
+            # Checked before the token is claimed: a bad resource must not burn it.
+            _requested_resources(self.request, client, found.resources)
+        return found
 
     def create_token_response(self) -> Any:
         # Claim the token before issuing anything: of two concurrent uses one wins, and a
@@ -158,7 +191,8 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
         if subject is None:
             raise InvalidGrantError("Your access has ended; sign in again.")
         subject.grant_id = grant.grant_id
-        _address_tokens_to(refresh_token.resources)
+        _address_tokens_to(refresh_token.resources, _requested_resources(
+            self.request, self.request.client, refresh_token.resources))
         return subject
 
     def revoke_old_credential(self, refresh_token: RefreshRecord) -> None:

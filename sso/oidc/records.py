@@ -38,14 +38,15 @@ if u then return {2, u} end
 return {0}
 """
 
-# KEYS grant, tombstone, user_index, session_index; ARGV ttl, grant_id, field, value, ...
+# KEYS grant, tombstone, user_index, session_index, client_index;
+# ARGV ttl, grant_id, field, value, ...
 # The indexes hold grant ids (Keys.grant builds the key from one).
 _CREATE_GRANT = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 -- An index must outlive every grant it lists: its TTL only ever grows.
-for i = 3, 4 do
+for i = 3, 5 do
   if KEYS[i] ~= '' then
     redis.call('SADD', KEYS[i], ARGV[2])
     if redis.call('TTL', KEYS[i]) < tonumber(ARGV[1]) then
@@ -137,7 +138,8 @@ class Records:
         flat = [item for pair in fields.items() for item in pair]
         keys = [self.keys.grant(grant.grant_id), self.keys.grant_tombstone(grant.grant_id),
                 self.keys.user_grants(grant.user_id),
-                self.keys.session_grants(grant.sid) if grant.sid else ""]
+                self.keys.session_grants(grant.sid) if grant.sid else "",
+                self.keys.client_grants(grant.client_id)]
         return bool(self._create_grant(keys=keys, args=[ttl, grant.grant_id, *flat]))
 
     @guard
@@ -182,6 +184,12 @@ class Records:
             if owner == client_id and self.revoke_grant(grant_id):
                 revoked += 1
         return revoked
+
+    @guard
+    def revoke_all_client_grants(self, client_id: str) -> int:
+        """A client deleted (or its tokens revoked at a secret rotation): every grant it
+        holds, for everyone, with their refresh tokens and access tokens."""
+        return self._revoke_index(self.keys.client_grants(client_id))
 
     @guard
     def revoke_session_grants(self, sid_hash: str) -> int:

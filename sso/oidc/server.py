@@ -14,6 +14,7 @@ import orjson
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload, FlaskOAuth2Request
 from authlib.oauth2.rfc6749 import InsecureTransportError, OAuth2Request
+from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from authlib.oauth2.rfc9207 import IssuerParameter
 from flask import Response, request
 from flask import request as flask_request
@@ -92,11 +93,21 @@ class Provider:
             claims = self.verified.verify(token, self.keys.public_keyset, "at+jwt")
         except InvalidToken:
             return None
-        if claims.get("iss") != self.issuer or not self.records.access_token_alive(
-            str(claims.get("jti", ""))
-        ):
+        if claims.get("iss") != self.issuer or not self.issued_to_live_client(claims):
+            return None
+        if not self.records.access_token_alive(str(claims.get("jti", ""))):
             return None
         return claims
+
+    def issued_to_live_client(self, claims: dict[str, Any]) -> bool:
+        """The token's client is still registered and has not revoked its tokens since
+        (``sso clients rotate-secret --revoke-tokens``). Cheap: the client comes from the
+        registry's in-process cache, so a deletion is seen within its few seconds."""
+        client = self.clients.shared(str(claims.get("client_id", "")))
+        if client is None:
+            return False
+        iat = claims.get("iat")
+        return isinstance(iat, int) and iat >= client.tokens_valid_after
 
 
 class _Request(FlaskOAuth2Request):  # type: ignore[misc]
@@ -137,6 +148,16 @@ class KeycardServer(AuthorizationServer):  # type: ignore[misc]
             payload = orjson.dumps(payload)
         return Response(payload, status=status_code, headers=headers)
 
+    def authenticate_client(self, request: Any, methods: Any, endpoint: str = "token") -> Any:
+        # RFC 6749 §2.3: a client "MUST NOT use more than one authentication method in each
+        # request". Authlib tries them in turn, so a wrong secret in the Basic header beside
+        # the right one in the body would pass: refuse the pair outright.
+        basic = str(request.headers.get("Authorization", "")).lower().startswith("basic ")
+        if basic and "client_secret" in request.payload.data:
+            raise InvalidRequestError("Use one client authentication method: the HTTP Basic "
+                                      "header or client_secret in the body, not both.")
+        return super().authenticate_client(request, methods, endpoint)
+
     def query_client(self, client_id: str) -> Any:
         # Authlib only reads the client: the registry's shared copy saves a copy per request.
         return self.provider.clients.shared(client_id) if client_id else None
@@ -167,7 +188,7 @@ class KeycardServer(AuthorizationServer):  # type: ignore[misc]
             records.save_refresh_token(refresh, user.grant_id, client.get_client_id(),
                                        str(token.get("scope", "")),
                                        int(getattr(client, "refresh_idle_ttl", 14 * 86400)),
-                                       g.get("token_audience") or None)
+                                       g.get("grant_resources") or None)
         else:
             token.pop("refresh_token", None)
 

@@ -44,6 +44,11 @@ def client_subject(client_id: str) -> str:
     return f"client:{client_id}"
 
 
+def is_client_subject(sub: object) -> bool:
+    """A ``sub`` made by :func:`client_subject`: a token with no person behind it."""
+    return isinstance(sub, str) and sub.startswith("client:")
+
+
 @dataclass
 class Subject:
     """The "user" Authlib carries through a grant: a person and how they signed in."""

@@ -30,7 +30,7 @@ from werkzeug.wrappers import Response
 from sso.crypto import hash_secret
 from sso.oidc.scopes import SCOPE_WORDS, SUPPORTED_SCOPES
 from sso.oidc.server import KeycardServer, Provider
-from sso.oidc.tokens import Subject, subject_for
+from sso.oidc.tokens import Subject, is_client_subject, subject_for
 from sso.registry import registry
 from sso.sessions import ServerSession
 from sso.web.bearer import bearer_error, bearer_token
@@ -40,6 +40,8 @@ from sso.web.errors import error_response
 bp = Blueprint("oidc", __name__)
 
 NO_REDIRECT_PARAMS = ("client_id", "redirect_uri")
+# An echoed value has no business being large: an 800 KB nonce made a 1 MB ID token.
+MAX_ECHOED_LENGTH = 512
 
 
 def server() -> KeycardServer:
@@ -83,6 +85,39 @@ def _redirect_error(redirect_uri: str, error: str, description: str, state: str 
         params.append(("state", state))
     params.append(("iss", provider().issuer))
     return redirect(add_params_to_uri(redirect_uri, params), code=status)
+
+
+def _refused(client: Any, redirect_uri: str, values: Any, status: int) -> Response | None:
+    """What Keycard refuses in an authorization request, as an error redirect (the
+    redirect URI is already known to be the client's): the same checks at /authorize and
+    at the consent decision, which can be posted without going through /authorize."""
+    state = values.get("state")
+    for name in ("state", "nonce"):
+        if len(values.get(name) or "") > MAX_ECHOED_LENGTH:
+            # Never reflect an oversized state: the error goes back without it.
+            return _redirect_error(redirect_uri, "invalid_request",
+                                   f"{name} is longer than {MAX_ECHOED_LENGTH} characters.",
+                                   None if name == "state" else state, status)
+    if "request" in values:  # OIDC Core §6.1; discovery: request_parameter_supported false
+        return _redirect_error(redirect_uri, "request_not_supported",
+                               "Request objects (the request parameter) are not supported.",
+                               state, status)
+    if "request_uri" in values:
+        return _redirect_error(redirect_uri, "request_uri_not_supported",
+                               "The request_uri parameter is not supported.", state, status)
+    mode = values.get("response_mode")
+    if mode is not None and mode != "query":
+        # OAuth 2.0 Multiple Response Type Encoding Practices defines no error for this;
+        # discovery announces response_modes_supported ["query"], and the error itself
+        # goes back in the query, the one mode we speak.
+        return _redirect_error(redirect_uri, "invalid_request",
+                               f"response_mode {mode[:40]!r} is not supported: only 'query'.",
+                               state, status)
+    resources = values.getlist("resource")
+    if any(r not in (client.audiences or []) for r in resources):  # RFC 8707 §2
+        return _redirect_error(redirect_uri, "invalid_target", "A requested resource is not "
+                               "registered for this application.", state, status)
+    return None
 
 
 def _subject() -> Subject | None:
@@ -129,6 +164,9 @@ def authorize() -> Response:
                      "registered, so Keycard will not send you back there.")
     state = values.get("state")
     status = 303 if request.method == "POST" else 302
+    refused = _refused(client, redirect_uri, values, status)
+    if refused is not None:
+        return refused
     params = {k: values.get(k, "") for k in values}
     subject = _subject()
     try:
@@ -136,10 +174,6 @@ def authorize() -> Response:
     except OAuth2Error as error:
         return _redirect_error(redirect_uri, error.error, error.description or "", state, status)
 
-    resources = values.getlist("resource")
-    if any(r not in (client.audiences or []) for r in resources):
-        return _redirect_error(redirect_uri, "invalid_target", "A requested resource is not "
-                               "registered for this application.", state, status)
     prompts = set(values.get("prompt", "").split())
     max_age = values.get("max_age")
     if subject is not None and max_age is not None:
@@ -200,6 +234,9 @@ def decision() -> Response:
     redirect_uri = values.get("redirect_uri", "")
     if client is None or not client.check_redirect_uri(redirect_uri):
         return _page(400, "Invalid sign-in request", "This consent form is not valid.")
+    refused = _refused(client, redirect_uri, values, 303)
+    if refused is not None:
+        return refused
     if subject is None:
         return _relogin({k: v for k, v in values.items() if k not in ("csrf_token", "decision")},
                         force=False)
@@ -260,6 +297,11 @@ def userinfo() -> Response:
         return _no_store(bearer_error(
             401, "invalid_token", "The access token is missing, expired, revoked or not ours.",
             'Bearer error="invalid_token"' if token_value else 'Bearer realm="keycard"'))
+    if is_client_subject(claims.get("sub")):
+        # A client-credentials token: no end user, so no UserInfo (OIDC Core §5.3).
+        return _no_store(bearer_error(
+            401, "invalid_token", "This token was issued to a service, not for a person.",
+            'Bearer error="invalid_token"'))
     scopes = set(str(claims.get("scope", "")).split())
     if "openid" not in scopes:
         return _no_store(bearer_error(

@@ -138,6 +138,18 @@ def test_rotate_secret_and_delete(run, keycard):
         assert event in events
 
 
+def test_finding_10_rotate_secret_revoke_tokens_flag(run, keycard):
+    """``--revoke-tokens`` marks the client so earlier access tokens are refused."""
+    client_id = run_json(run, "clients", "create", "--name", "App", "--redirect-uri",
+                         CALLBACK)["client_id"]
+    run_json(run, "clients", "rotate-secret", client_id)
+    assert keycard.services.clients.get(client_id).tokens_valid_after == 0
+    run_json(run, "clients", "rotate-secret", client_id, "--revoke-tokens")
+    assert keycard.services.clients.get(client_id).tokens_valid_after > 0
+    events = [e for e in audit_events(run) if e["event"] == "client.secret_rotated"]
+    assert sorted(e["details"]["revoke_tokens"] for e in events) == [False, True]
+
+
 def test_public_client_has_no_secret_to_rotate(run):
     client_id = run_json(run, "clients", "create", "--name", "SPA", "--public",
                          "--redirect-uri", CALLBACK)["client_id"]
