@@ -138,13 +138,13 @@ class Accounts:
 
     # -- storage --------------------------------------------------------------------
 
-    @guard
     def complete_sign_in(self, identity: Identity, token: UpstreamToken) -> Profile:
         """An admitted person's profile (roles applied), stored with their upstream token."""
         profile = self.profile_for(identity)
         self.save(profile, token, signed_in=True)
         return profile
 
+    @guard
     def save(self, profile: Profile, token: UpstreamToken | None, *, signed_in: bool) -> None:
         """Write the user record, the directory and the login index in one transaction."""
         keys = self.store.keys

@@ -4,13 +4,15 @@ Keycard caches only what is safe to be a few seconds stale (client records, rule
 team ancestors) or cannot change (a verified signature, a signed assertion), and
 never a decision that revocation must reach at once. Reads take no lock (a dict
 lookup is atomic under the GIL) because they are on every hot path; writes do. When
-full, the oldest entry goes: no bookkeeping on reads, unlike an LRU.
+full, the oldest entry goes (an ``OrderedDict`` pops it in constant time): no
+bookkeeping on reads, unlike an LRU.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -24,7 +26,7 @@ class ExpiringCache(Generic[K, V]):
         self.maxsize = maxsize
         self.ttl = ttl
         self.clock = clock
-        self._items: dict[K, tuple[float, V]] = {}
+        self._items: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: K, now: float | None = None) -> V | None:
@@ -39,7 +41,7 @@ class ExpiringCache(Generic[K, V]):
         with self._lock:
             self._items.pop(key, None)  # re-inserted last: the newest entry
             while len(self._items) >= self.maxsize:
-                del self._items[next(iter(self._items))]
+                self._items.popitem(last=False)
             self._items[key] = (deadline, value)
 
     def pop(self, key: K) -> None:

@@ -241,6 +241,8 @@ class SessionStore:
             pipe.delete(self.store.keys.session(sid_hash))
         pipe.delete(index)
         results = pipe.execute()
+        for sid_hash in members:
+            self.on_end(sid_hash)
         return int(sum(results[:-1]))
 
     @guard

@@ -111,7 +111,7 @@ class Keys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
 
-    # -- browser sign-in and sessions (sso/signin.py, sso/sessions.py) ---------------------
+    # -- browser sign-in and sessions (sso/login/flow.py, sso/sessions.py) -----------------
 
     @_key("state:{state_hash}", "ttl",
           "settings.login_state_seconds (SignInFlow.ttl); consumed by GETDEL")
@@ -222,7 +222,7 @@ class Keys:
     def device_tries(self, kind: str, who: str) -> str:
         return f"{self.prefix}device-tries:{kind}:{who}"
 
-    # -- clients and signing keys (sso/oidc/clients.py, sso/oidc/keys.py) --------------------
+    # -- clients and signing keys (sso/oidc/client_registry.py, sso/oidc/keys.py) -----------
 
     @_key("client:{client_id}", "durable", "a registration lives until an admin deletes it")
     def client(self, client_id: str) -> str:

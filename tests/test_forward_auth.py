@@ -146,15 +146,27 @@ def test_odd_hosts_are_answered_but_never_fill_the_assertion_cache(keycard, http
 
 def test_assertions_are_reused_only_while_half_their_life_is_left(keycard):
     asserter = keycard.services.asserter
+    now = [time.time()]
+    asserter.cache.clock = lambda: now[0]
     identity = {"sub": "s", "preferred_username": "bob", "email": None, "groups": [],
                 "roles": []}
     first = asserter.sign(identity, "app.acme.test")
+    iat = json.loads(base64.urlsafe_b64decode(first.split(".")[1] + "=="))["iat"]
+    now[0] = iat + ASSERTION_TTL // 2 - 0.1  # just over half its life left: reused
     assert asserter.sign(identity, "app.acme.test") == first
     assert asserter.sign({**identity, "roles": ["ops"]}, "app.acme.test") != first
-    exp = json.loads(base64.urlsafe_b64decode(first.split(".")[1] + "=="))["exp"]
-    key = next(k for k in asserter.cache._items if k[2] == "s" and not k[6])
-    deadline, value = asserter.cache._items[key]
-    assert value == first and deadline == exp - ASSERTION_TTL // 2
+    now[0] = iat + ASSERTION_TTL // 2  # half left: signed afresh (ES256 is randomised)
+    assert asserter.sign(identity, "app.acme.test") != first
+
+
+def test_the_assertion_cache_is_bounded(keycard):
+    asserter = keycard.services.asserter
+    identity = {"sub": "s", "preferred_username": "bob", "email": None, "groups": [],
+                "roles": []}
+    for i in range(asserter.cache.maxsize + 10):
+        asserter.cache.put(("k", i), "x")
+    asserter.sign(identity, "app.acme.test")
+    assert len(asserter.cache) == asserter.cache.maxsize
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "HEAD", "OPTIONS"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import requests
 
 from tests.support import sign_in, wait_until
@@ -68,3 +69,17 @@ def test_pages_carry_security_headers(keycard, http):
 def test_unknown_page_is_a_friendly_404_without_trace(keycard):
     page = requests.get(keycard.url + "/no/such/page")
     assert page.status_code == 404 and "Page not found" in page.text
+
+
+def test_a_profile_write_during_an_outage_is_a_storage_error_not_a_crash(make_keycard,
+                                                                         private_redis):
+    """Accounts.save (sign-in, re-check, "apply now") turns a Redis outage into the
+    503 the error handlers answer, like every other storage call."""
+    from sso.accounts import Profile
+    from sso.storage import StorageUnavailable
+
+    keycard = make_keycard(redis_url=private_redis.url)
+    profile = Profile("1002", "bob", None, None, False, None)
+    private_redis.stop()
+    with pytest.raises(StorageUnavailable):
+        keycard.services.accounts.save(profile, None, signed_in=False)

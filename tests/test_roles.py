@@ -91,3 +91,16 @@ def test_role_names_are_lowercase_and_restricted():
     assert valid_role("deployer") and valid_role("team:sre_on-call")
     for bad in ("Admin", "has space", "", "emoji✓", "a" * 65, "semi;colon"):
         assert not valid_role(bad)
+
+
+def test_the_rule_cache_is_dropped_by_a_write_in_this_process(redis_server, prefix):
+    """Reads are cached a few seconds per process; a change made here shows at once."""
+    from sso.rules_store import RuleStore
+    from sso.storage import Store
+
+    rules = RuleStore(Store(redis_server.client(), prefix), cache_seconds=60)
+    assert rules.all() == []
+    rules.map("team", "acme/platform", ("deployer",))
+    assert [r.roles for r in rules.all()] == [("deployer",)]
+    rules.unmap("team", "acme/platform")
+    assert rules.all() == []

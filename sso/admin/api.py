@@ -1,6 +1,6 @@
 """The ``admin_api`` blueprint: the admin console's operations as JSON under ``/api/admin/``.
 
-Same service calls and audit events as the console (:mod:`sso.admin`). Every
+Same service calls (:mod:`sso.admin.service`) and audit events as the console. Every
 endpoint goes through :func:`admin_principal` in ``before_request``, so none can
 forget the check. Errors are always JSON ``{"error", "error_description"}``.
 """

@@ -40,7 +40,6 @@ class ClientRegistry:
         # provider's Records.revoke_all_client_grants, wired in registry.build.
         self.on_revoke = on_revoke
         self.index_key = store.keys.clients_index()
-        self.cache_seconds = cache_seconds
         self._cache: ExpiringCache[str, Client] = ExpiringCache(CACHE_MAX_ENTRIES, cache_seconds)
 
     def key(self, client_id: str) -> str:

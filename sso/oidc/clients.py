@@ -84,7 +84,7 @@ class Client(ClientMixin):  # type: ignore[misc]
         return self.client_id
 
     def get_default_redirect_uri(self) -> str | None:
-        # OIDC Core 3.1.2.1 and SECURITY 2: never fall back to a registered URI; a
+        # OIDC Core 3.1.2.1: never fall back to a registered URI; a
         # request without redirect_uri is an error page, not a redirect.
         return None
 
@@ -183,7 +183,7 @@ def check_uri(uri: str, what: str = "redirect URI") -> str:
     if parts.scheme == "http":
         if _is_loopback(host):
             return uri
-        # RFC 9700 §2.6 / SECURITY 7: plain http only for native apps on loopback.
+        # RFC 9700 §2.6: plain http only for native apps on loopback.
         raise ClientError(
             f"{what} {uri!r}: http:// is allowed only on loopback "
             "(127.0.0.1, [::1], localhost); use https://"
@@ -240,7 +240,7 @@ def validate(client: Client) -> Client:
     _check_roles(client.required_roles, "required role")
     _check_roles(client.roles, "role")
     if client.id_token_alg not in SIGNING_ALGS:
-        # SECURITY 28 and the Authlib pitfall: the per-client alg is allow-listed.
+        # An Authlib pitfall: the per-client alg must be allow-listed (never none or HMAC).
         raise ClientError(f"id_token_alg {client.id_token_alg!r} is not supported; choose "
                           + " or ".join(SIGNING_ALGS))
     for flag in ("trusted", "require_pkce"):

@@ -14,8 +14,8 @@ from flask import Response, jsonify, request
 def bearer_token() -> str | None:
     """The credentials of an ``Authorization: Bearer`` header (RFC 6750 §2.1), else None.
 
-    An empty string means the scheme was sent without a token: callers answer it as an
-    invalid token rather than as no authentication at all.
+    An empty string means the scheme was sent without a token; callers decide whether
+    that is an invalid token (the admin API) or no authentication (userinfo, forward auth).
     """
     header = request.headers.get("Authorization", "")
     if header[:7].lower() != "bearer ":

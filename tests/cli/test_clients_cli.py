@@ -6,18 +6,11 @@ import json
 
 import pytest
 
-from sso.oidc.client_registry import ClientRegistry
-from sso.oidc.keys import KeyRing
-
 CALLBACK = "https://app.example.com/callback"
 
 
 @pytest.fixture
 def run(keycard):
-    # The factory wires these; set them here too in case it does not (yet).
-    svc = keycard.services
-    keycard.app.extensions.setdefault("keycard.clients", ClientRegistry(svc.store))
-    keycard.app.extensions.setdefault("keycard.keys", KeyRing(svc.store, svc.sealer))
     runner = keycard.app.test_cli_runner()
 
     def invoke(*args: str, ok: bool = True):
@@ -37,12 +30,12 @@ def run_json(run, *args: str):
 
 
 def audit_events(run) -> list[dict]:
-    return [json.loads(line) for line in run("audit", "tail", "--json").output.splitlines()]
+    return [json.loads(line) for line in run("audit", "tail", "--json").stdout.splitlines()]
 
 
 def test_create_prints_id_and_secret_once(run, keycard, http):
     result = run("clients", "create", "--name", "Wiki", "--redirect-uri", CALLBACK)
-    lines = dict(line.split(":", 1) for line in result.output.splitlines()
+    lines = dict(line.split(":", 1) for line in result.stdout.splitlines()
                  if line.strip().startswith("client_"))
     client_id, secret = lines["  client_id"].strip(), lines["  client_secret"].strip()
     assert "shown only once" in result.output

@@ -24,7 +24,7 @@ def run(keycard):
 
 
 def rules_json(run) -> list[dict]:
-    return json.loads(run("roles", "list", "--json").output)
+    return json.loads(run("roles", "list", "--json").stdout)
 
 
 def test_map_org_team_and_user_then_list_and_unmap(run, keycard, http):
@@ -102,7 +102,7 @@ def test_import_dry_run_prints_the_difference_and_changes_nothing(run, tmp_path:
     result = run("roles", "import", "--dry-run", str(new))
     assert "- acme: employee" in result.output and "+ acme/sre: oncall" in result.output
     assert rules_json(run) == [{"org": "acme", "roles": ["employee"]}]
-    data = json.loads(run("roles", "import", "--dry-run", "--json", str(new)).output)
+    data = json.loads(run("roles", "import", "--dry-run", "--json", str(new)).stdout)
     assert data["added"] == [{"team": "acme/sre", "roles": ["oncall"]}]
 
 
@@ -111,7 +111,7 @@ def test_explain_names_the_rules_matching_a_user_in_nested_teams(run, keycard, h
     run("roles", "map", "acme/engineering", "engineer")
     run("roles", "map", "acme/platform", "deployer")
     run("roles", "map", "acme/frontend", "ui")
-    data = json.loads(run("roles", "explain", "bob", "--json").output)
+    data = json.loads(run("roles", "explain", "bob", "--json").stdout)
     assert data["roles"] == ["deployer", "engineer"]
     assert sorted(m["rule"]["team"] for m in data["matches"]) == ["acme/engineering",
                                                                    "acme/platform"]
@@ -125,14 +125,14 @@ def test_apply_now_changes_roles_of_active_sessions_without_new_sign_in(run, key
     assert "deployer" not in http.get(keycard.url + "/").text
     run("roles", "map", "acme/platform", "deployer")
     assert "deployer" not in http.get(keycard.url + "/").text  # applies at the next re-check...
-    data = json.loads(run("roles", "apply", "--json").output)
+    data = json.loads(run("roles", "apply", "--json").stdout)
     assert data == {"changed": 1}
     assert "deployer" in http.get(keycard.url + "/").text  # ...or now, on demand
 
 
 def test_rule_changes_are_in_the_audit_trail(run):
     run("roles", "map", "acme", "employee")
-    events = [json.loads(line) for line in run("audit", "tail", "--json").output.splitlines()]
+    events = [json.loads(line) for line in run("audit", "tail", "--json").stdout.splitlines()]
     change = next(e for e in events if e["event"] == "rules.changed")
     assert change["actor"].startswith("cli")
     assert change["details"]["before"] == [] and change["details"]["after"] == [

@@ -53,6 +53,27 @@ def test_signing_in_again_keeps_earlier_tokens_bound_to_the_browser(keycard, htt
     assert not active(rp, tokens["access_token"])
 
 
+def test_another_person_signing_in_on_the_same_browser_ends_the_first_ones_tokens(
+        keycard, http, make_client):
+    rp = make_client()
+    tokens = tokens_for(http, rp, "bob")
+    page = http.get(keycard.url + "/login?prompt=login")
+    pick_upstream_user(http, page, "alice")  # a shared machine: bob's session gives way
+    assert refresh(rp, tokens["refresh_token"]).json()["error"] == "invalid_grant"
+    assert not active(rp, tokens["access_token"])
+
+
+def test_signing_out_everywhere_ends_the_tokens_of_every_session(keycard, http,
+                                                                  make_client):
+    rp = make_client()
+    tokens = tokens_for(http, rp, "bob")
+    page = http.get(keycard.url + "/")
+    ended = http.post(keycard.url + "/logout/everywhere",
+                      data={"csrf_token": csrf_token(page.text)})
+    assert ended.status_code == 200
+    assert refresh(rp, tokens["refresh_token"]).json()["error"] == "invalid_grant"
+
+
 def test_an_admin_ending_one_session_ends_its_tokens(keycard, http, make_client):
     rp = make_client()
     tokens = tokens_for(http, rp, "bob")
