@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -187,15 +188,24 @@ class Accounts:
         checked = int(profile.get("checked_at", 0))
         return time.time() - checked >= self.settings.membership_max_age
 
+    def unverified_for(self, profile: Profile) -> float:
+        """Seconds since the profile was last read successfully from the upstream."""
+        return time.time() - profile.checked_at
+
     def recheck(self, user_id: str, *, actor: str = "system") -> Profile | None:
         """Re-read membership upstream. ``None`` means access has ended (sessions are gone).
 
-        When the upstream fails transiently the current profile is kept and the next
-        attempt is postponed: an outage at GitHub must not sign the company out.
+        When the upstream fails the current profile is kept and the next attempt is
+        postponed: a short outage at GitHub must not sign the company out. But only for
+        ``settings.membership_max_stale`` after the last successful re-check: past that,
+        a failure ends the person's access (fail closed), because a leaver can make the
+        re-check fail on purpose (exhausting their own API rate limit, for example).
         """
         lock = self.store.keys.recheck_lock(user_id)
         if not self.store.redis.set(lock, "1", nx=True, ex=RECHECK_BACKOFF):
-            return self.get(user_id)  # another request is re-checking, or we are backing off
+            # Another request is re-checking (it decides), or the upstream failed a moment
+            # ago and we are backing off: a back-off never outlasts the profile's bound.
+            return self.get(user_id)
         current = self.get(user_id)
         token = self._token(user_id)
         if current is None or token is None:
@@ -209,9 +219,21 @@ class Accounts:
             # Keycard: we can no longer vouch for the person, so access ends until they sign
             # in again (outages and rate limits, below, keep the session).
             self.end_access(user_id, reason=exc.audit_reason, actor=actor, login=current.login)
+            self.store.redis.delete(lock)  # a later grant (device, code) must ask again
             return None
         except UpstreamError as exc:
+            left = self.settings.membership_max_stale - self.unverified_for(current)
+            if left <= 0:
+                log.warning("membership of %s unverifiable for %ds, access ends: %s",
+                            current.login, self.unverified_for(current), exc.detail)
+                self.end_access(user_id, reason="membership_unverifiable", actor=actor,
+                                login=current.login, upstream=exc.audit_reason,
+                                checked_at=current.checked_at)
+                self.store.redis.delete(lock)
+                return None
             log.warning("membership re-check of %s postponed: %s", current.login, exc.detail)
+            # Ask again after the back-off, or as soon as the bound passes if that is sooner.
+            self.store.redis.set(lock, "1", ex=max(1, min(RECHECK_BACKOFF, math.ceil(left))))
             return current
         fresh = self.profile_for(identity)
         self.save(fresh, None, signed_in=False)
@@ -266,13 +288,15 @@ class Accounts:
             changed += 1
         return changed
 
-    def end_access(self, user_id: str, *, reason: str, actor: str, login: str = "") -> int:
-        """Deprovision: end every session of the person (and, later, their tokens)."""
+    def end_access(self, user_id: str, *, reason: str, actor: str, login: str = "",
+                   **details: Any) -> int:
+        """Deprovision: end every session of the person, and through ``on_access_end`` every
+        token grant (refresh tokens and their access tokens, device-flow grants included)."""
         ended = self.sessions.end_user_sessions(user_id)
         tokens = self.on_access_end(user_id)
         self.audit.record(
             "access.ended", actor=actor, subject=login or user_id, reason=reason, sessions=ended,
-            token_grants=tokens,
+            token_grants=tokens, **details,
         )
         return ended
 
