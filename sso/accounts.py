@@ -36,6 +36,7 @@ from sso.upstream.base import (
 log = logging.getLogger("keycard.accounts")
 
 RECHECK_BACKOFF = 300  # seconds to wait before asking a failing upstream again
+PIN_REREAD = 2.0  # seconds between reads of the bootstrap pins while a login entry is unbound
 
 
 @dataclass
@@ -96,6 +97,15 @@ class Accounts:
         # Told the user id whenever their access ends (returns how many token grants
         # ended), so tokens die with sessions without this module knowing about tokens.
         self.on_access_end = on_access_end
+        # SSO_BOOTSTRAP_ADMINS: numeric entries are ids; login entries are bound (pinned,
+        # durably in Redis) to the id that first signs in with them. Pins are written once,
+        # so a complete set is cached for good; while one is missing it is re-read now
+        # and then (another process may have written it).
+        entries = settings.bootstrap_admins
+        self._admin_ids = frozenset(a for a in entries if a.isdigit())
+        self._admin_logins = frozenset(a.lower() for a in entries if not a.isdigit())
+        self._pins: dict[str, str] = {}
+        self._pins_read_at = -PIN_REREAD
 
     # -- policy ---------------------------------------------------------------------
 
@@ -116,13 +126,16 @@ class Accounts:
             )
 
     def profile_for(self, identity: Identity) -> Profile:
+        """Roles applied to an identity just read from the upstream (sign-in or re-check),
+        which is also when a bootstrap login entry is pinned to its first id."""
+        self._pin_bootstrap_login(identity)
         roles = evaluate(
             identity.user_id,
             identity.login,
             identity.orgs,
             identity.teams,
             self.rules(),
-            self.settings.bootstrap_admins,
+            self.bootstrap_ids(),
         )
         return Profile(
             user_id=identity.user_id,
@@ -268,8 +281,58 @@ class Accounts:
         """The profile with roles recomputed from the current rules (no upstream call)."""
         roles = evaluate(profile.user_id, profile.login, profile.orgs, profile.teams,
                          self.rules() if rules is None else rules,
-                         self.settings.bootstrap_admins)
+                         self.bootstrap_ids())
         return replace(profile, roles=roles)
+
+    # -- bootstrap admins ---------------------------------------------------------------
+
+    def _pinned(self) -> dict[str, str]:
+        """Bootstrap login entry -> the id it is bound to (only the entries bound so far)."""
+        if self._admin_logins <= self._pins.keys():
+            return self._pins
+        if time.monotonic() - self._pins_read_at >= PIN_REREAD:
+            stored = self.store.redis.hgetall(self.store.keys.bootstrap_pins())
+            self._pins = {login: stored[login] for login in self._admin_logins if login in stored}
+            self._pins_read_at = time.monotonic()
+        return self._pins
+
+    def bootstrap_ids(self) -> frozenset[str]:
+        """The user ids SSO_BOOTSTRAP_ADMINS makes admins: its numeric entries and the ids its
+        login entries are pinned to."""
+        if not self._admin_logins:
+            return self._admin_ids
+        return self._admin_ids | frozenset(self._pinned().values())
+
+    def bootstrap_source(self, user_id: str) -> str | None:
+        """Why SSO_BOOTSTRAP_ADMINS makes this id an admin, or None if it does not."""
+        if user_id in self._admin_ids:
+            return f"bootstrap admin (SSO_BOOTSTRAP_ADMINS: id {user_id})"
+        for login, pinned in sorted(self._pinned().items()):
+            if pinned == user_id:
+                return (f"bootstrap admin (SSO_BOOTSTRAP_ADMINS: login {login}, "
+                        f"pinned to id {user_id})")
+        return None
+
+    def _pin_bootstrap_login(self, identity: Identity) -> None:
+        """Bind a bootstrap login entry to the first id GitHub names for it; refuse (and
+        record) any other id arriving with that login later (a renamed or freed login)."""
+        login = identity.login.lower()
+        if login not in self._admin_logins:
+            return
+        key = self.store.keys.bootstrap_pins()
+        if self.store.redis.hsetnx(key, login, identity.user_id):
+            self._pins[login] = identity.user_id
+            self.audit.record("admin.bootstrap_pinned", actor="system", subject=identity.login,
+                              user_id=identity.user_id)
+            return
+        pinned = self.store.redis.hget(key, login)
+        if pinned:
+            self._pins[login] = pinned
+        if pinned != identity.user_id:
+            log.warning("bootstrap admin login %s is pinned to id %s; id %s refused",
+                        login, pinned, identity.user_id)
+            self.audit.record("admin.bootstrap_refused", actor="system", subject=identity.login,
+                              user_id=identity.user_id, pinned_to=pinned)
 
     def apply_rules_now(self, *, actor: str) -> int:
         """Recompute the roles of everyone with a live session; returns how many changed."""

@@ -245,7 +245,11 @@ def load_settings(
         github_client_secret=client_secret,
         github_orgs=orgs,
         allow_any_github_user=allow_any,
-        bootstrap_admins=tuple(a.lower() for a in _split(env.get("SSO_BOOTSTRAP_ADMINS", ""))),
+        # Numeric GitHub ids or logins ("@login" accepted); logins bind to their first id
+        # (sso/accounts.py).
+        bootstrap_admins=tuple(
+            a.lower().removeprefix("@") for a in _split(env.get("SSO_BOOTSTRAP_ADMINS", ""))
+        ),
         membership_max_age=max_age,
         membership_max_stale=max_stale,
         cookie_domain=cookie_domain,
