@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sso.audit import Audit
+from sso.cache import ExpiringCache
 from sso.config import Settings
 from sso.crypto import DecryptionError, Sealer
 from sso.roles import Rule, evaluate
@@ -105,7 +106,7 @@ class Accounts:
         self._admin_ids = frozenset(a for a in entries if a.isdigit())
         self._admin_logins = frozenset(a.lower() for a in entries if not a.isdigit())
         self._pins: dict[str, str] = {}
-        self._pins_read_at = -PIN_REREAD
+        self._pins_read: ExpiringCache[str, dict[str, str]] = ExpiringCache(1, PIN_REREAD)
 
     # -- policy ---------------------------------------------------------------------
 
@@ -290,10 +291,10 @@ class Accounts:
         """Bootstrap login entry -> the id it is bound to (only the entries bound so far)."""
         if self._admin_logins <= self._pins.keys():
             return self._pins
-        if time.monotonic() - self._pins_read_at >= PIN_REREAD:
+        if self._pins_read.get("pins") is None:
             stored = self.store.redis.hgetall(self.store.keys.bootstrap_pins())
             self._pins = {login: stored[login] for login in self._admin_logins if login in stored}
-            self._pins_read_at = time.monotonic()
+            self._pins_read.put("pins", self._pins)
         return self._pins
 
     def bootstrap_ids(self) -> frozenset[str]:
