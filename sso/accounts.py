@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sso.audit import Audit
+from sso.cache import ExpiringCache
 from sso.config import Settings
 from sso.crypto import DecryptionError, Sealer
 from sso.roles import Rule, evaluate
@@ -35,6 +37,7 @@ from sso.upstream.base import (
 log = logging.getLogger("keycard.accounts")
 
 RECHECK_BACKOFF = 300  # seconds to wait before asking a failing upstream again
+PIN_REREAD = 2.0  # seconds between reads of the bootstrap pins while a login entry is unbound
 
 
 @dataclass
@@ -95,6 +98,15 @@ class Accounts:
         # Told the user id whenever their access ends (returns how many token grants
         # ended), so tokens die with sessions without this module knowing about tokens.
         self.on_access_end = on_access_end
+        # SSO_BOOTSTRAP_ADMINS: numeric entries are ids; login entries are bound (pinned,
+        # durably in Redis) to the id that first signs in with them. Pins are written once,
+        # so a complete set is cached for good; while one is missing it is re-read now
+        # and then (another process may have written it).
+        entries = settings.bootstrap_admins
+        self._admin_ids = frozenset(a for a in entries if a.isdigit())
+        self._admin_logins = frozenset(a.lower() for a in entries if not a.isdigit())
+        self._pins: dict[str, str] = {}
+        self._pins_read: ExpiringCache[str, dict[str, str]] = ExpiringCache(1, PIN_REREAD)
 
     # -- policy ---------------------------------------------------------------------
 
@@ -115,13 +127,16 @@ class Accounts:
             )
 
     def profile_for(self, identity: Identity) -> Profile:
+        """Roles applied to an identity just read from the upstream (sign-in or re-check),
+        which is also when a bootstrap login entry is pinned to its first id."""
+        self._pin_bootstrap_login(identity)
         roles = evaluate(
             identity.user_id,
             identity.login,
             identity.orgs,
             identity.teams,
             self.rules(),
-            self.settings.bootstrap_admins,
+            self.bootstrap_ids(),
         )
         return Profile(
             user_id=identity.user_id,
@@ -187,15 +202,24 @@ class Accounts:
         checked = int(profile.get("checked_at", 0))
         return time.time() - checked >= self.settings.membership_max_age
 
+    def unverified_for(self, profile: Profile) -> float:
+        """Seconds since the profile was last read successfully from the upstream."""
+        return time.time() - profile.checked_at
+
     def recheck(self, user_id: str, *, actor: str = "system") -> Profile | None:
         """Re-read membership upstream. ``None`` means access has ended (sessions are gone).
 
-        When the upstream fails transiently the current profile is kept and the next
-        attempt is postponed: an outage at GitHub must not sign the company out.
+        When the upstream fails the current profile is kept and the next attempt is
+        postponed: a short outage at GitHub must not sign the company out. But only for
+        ``settings.membership_max_stale`` after the last successful re-check: past that,
+        a failure ends the person's access (fail closed), because a leaver can make the
+        re-check fail on purpose (exhausting their own API rate limit, for example).
         """
         lock = self.store.keys.recheck_lock(user_id)
         if not self.store.redis.set(lock, "1", nx=True, ex=RECHECK_BACKOFF):
-            return self.get(user_id)  # another request is re-checking, or we are backing off
+            # Another request is re-checking (it decides), or the upstream failed a moment
+            # ago and we are backing off: a back-off never outlasts the profile's bound.
+            return self.get(user_id)
         current = self.get(user_id)
         token = self._token(user_id)
         if current is None or token is None:
@@ -209,9 +233,21 @@ class Accounts:
             # Keycard: we can no longer vouch for the person, so access ends until they sign
             # in again (outages and rate limits, below, keep the session).
             self.end_access(user_id, reason=exc.audit_reason, actor=actor, login=current.login)
+            self.store.redis.delete(lock)  # a later grant (device, code) must ask again
             return None
         except UpstreamError as exc:
+            left = self.settings.membership_max_stale - self.unverified_for(current)
+            if left <= 0:
+                log.warning("membership of %s unverifiable for %ds, access ends: %s",
+                            current.login, self.unverified_for(current), exc.detail)
+                self.end_access(user_id, reason="membership_unverifiable", actor=actor,
+                                login=current.login, upstream=exc.audit_reason,
+                                checked_at=current.checked_at)
+                self.store.redis.delete(lock)
+                return None
             log.warning("membership re-check of %s postponed: %s", current.login, exc.detail)
+            # Ask again after the back-off, or as soon as the bound passes if that is sooner.
+            self.store.redis.set(lock, "1", ex=max(1, min(RECHECK_BACKOFF, math.ceil(left))))
             return current
         fresh = self.profile_for(identity)
         self.save(fresh, None, signed_in=False)
@@ -246,8 +282,58 @@ class Accounts:
         """The profile with roles recomputed from the current rules (no upstream call)."""
         roles = evaluate(profile.user_id, profile.login, profile.orgs, profile.teams,
                          self.rules() if rules is None else rules,
-                         self.settings.bootstrap_admins)
+                         self.bootstrap_ids())
         return replace(profile, roles=roles)
+
+    # -- bootstrap admins ---------------------------------------------------------------
+
+    def _pinned(self) -> dict[str, str]:
+        """Bootstrap login entry -> the id it is bound to (only the entries bound so far)."""
+        if self._admin_logins <= self._pins.keys():
+            return self._pins
+        if self._pins_read.get("pins") is None:
+            stored = self.store.redis.hgetall(self.store.keys.bootstrap_pins())
+            self._pins = {login: stored[login] for login in self._admin_logins if login in stored}
+            self._pins_read.put("pins", self._pins)
+        return self._pins
+
+    def bootstrap_ids(self) -> frozenset[str]:
+        """The user ids SSO_BOOTSTRAP_ADMINS makes admins: its numeric entries and the ids its
+        login entries are pinned to."""
+        if not self._admin_logins:
+            return self._admin_ids
+        return self._admin_ids | frozenset(self._pinned().values())
+
+    def bootstrap_source(self, user_id: str) -> str | None:
+        """Why SSO_BOOTSTRAP_ADMINS makes this id an admin, or None if it does not."""
+        if user_id in self._admin_ids:
+            return f"bootstrap admin (SSO_BOOTSTRAP_ADMINS: id {user_id})"
+        for login, pinned in sorted(self._pinned().items()):
+            if pinned == user_id:
+                return (f"bootstrap admin (SSO_BOOTSTRAP_ADMINS: login {login}, "
+                        f"pinned to id {user_id})")
+        return None
+
+    def _pin_bootstrap_login(self, identity: Identity) -> None:
+        """Bind a bootstrap login entry to the first id GitHub names for it; refuse (and
+        record) any other id arriving with that login later (a renamed or freed login)."""
+        login = identity.login.lower()
+        if login not in self._admin_logins:
+            return
+        key = self.store.keys.bootstrap_pins()
+        if self.store.redis.hsetnx(key, login, identity.user_id):
+            self._pins[login] = identity.user_id
+            self.audit.record("admin.bootstrap_pinned", actor="system", subject=identity.login,
+                              user_id=identity.user_id)
+            return
+        pinned = self.store.redis.hget(key, login)
+        if pinned:
+            self._pins[login] = pinned
+        if pinned != identity.user_id:
+            log.warning("bootstrap admin login %s is pinned to id %s; id %s refused",
+                        login, pinned, identity.user_id)
+            self.audit.record("admin.bootstrap_refused", actor="system", subject=identity.login,
+                              user_id=identity.user_id, pinned_to=pinned)
 
     def apply_rules_now(self, *, actor: str) -> int:
         """Recompute the roles of everyone with a live session; returns how many changed."""
@@ -266,13 +352,15 @@ class Accounts:
             changed += 1
         return changed
 
-    def end_access(self, user_id: str, *, reason: str, actor: str, login: str = "") -> int:
-        """Deprovision: end every session of the person (and, later, their tokens)."""
+    def end_access(self, user_id: str, *, reason: str, actor: str, login: str = "",
+                   **details: Any) -> int:
+        """Deprovision: end every session of the person, and through ``on_access_end`` every
+        token grant (refresh tokens and their access tokens, device-flow grants included)."""
         ended = self.sessions.end_user_sessions(user_id)
         tokens = self.on_access_end(user_id)
         self.audit.record(
             "access.ended", actor=actor, subject=login or user_id, reason=reason, sessions=ended,
-            token_grants=tokens,
+            token_grants=tokens, **details,
         )
         return ended
 

@@ -44,6 +44,9 @@ class Settings:
     allow_any_github_user: bool = False
     bootstrap_admins: tuple[str, ...] = ()
     membership_max_age: int = 3600
+    # Longest a profile may go without a successful re-check (GitHub failing) before the
+    # person's access ends: fail closed. 4 × membership_max_age unless set.
+    membership_max_stale: int = 4 * 3600
     cookie_domain: str | None = None
     forward_auth_domains: tuple[str, ...] = ()
     session_idle_seconds: int = 8 * 3600
@@ -223,6 +226,15 @@ def load_settings(
     if not prefix or any(c.isspace() for c in prefix):
         problems.append("SSO_REDIS_PREFIX must be non-empty and contain no spaces.")
 
+    max_age = _int("SSO_MEMBERSHIP_MAX_AGE", env.get("SSO_MEMBERSHIP_MAX_AGE"), 3600, problems)
+    max_stale = _int("SSO_MEMBERSHIP_MAX_STALE", env.get("SSO_MEMBERSHIP_MAX_STALE"),
+                     4 * max_age, problems)
+    if max_stale < max_age:
+        problems.append(
+            f"SSO_MEMBERSHIP_MAX_STALE={max_stale} is shorter than SSO_MEMBERSHIP_MAX_AGE="
+            f"{max_age}: a profile must be allowed at least one re-check period."
+        )
+
     timeout_raw = env.get("SSO_GITHUB_TIMEOUT", "10")
     try:
         upstream_timeout = float(timeout_raw)
@@ -249,10 +261,13 @@ def load_settings(
         github_client_secret=client_secret,
         github_orgs=orgs,
         allow_any_github_user=allow_any,
-        bootstrap_admins=tuple(a.lower() for a in _split(env.get("SSO_BOOTSTRAP_ADMINS", ""))),
-        membership_max_age=_int(
-            "SSO_MEMBERSHIP_MAX_AGE", env.get("SSO_MEMBERSHIP_MAX_AGE"), 3600, problems
+        # Numeric GitHub ids or logins ("@login" accepted); logins bind to their first id
+        # (sso/accounts.py).
+        bootstrap_admins=tuple(
+            a.lower().removeprefix("@") for a in _split(env.get("SSO_BOOTSTRAP_ADMINS", ""))
         ),
+        membership_max_age=max_age,
+        membership_max_stale=max_stale,
         cookie_domain=cookie_domain,
         forward_auth_domains=tuple(
             d.lower().lstrip(".") for d in _split(env.get("SSO_FORWARD_AUTH_DOMAINS", ""))

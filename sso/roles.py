@@ -48,13 +48,18 @@ def evaluate(
     rules: Iterable[Rule],
     bootstrap_admins: Iterable[str] = (),
 ) -> list[str]:
-    """The union of the roles of every matching rule (plus ``admin`` for bootstrap admins)."""
+    """The union of the roles of every matching rule (plus ``admin`` for bootstrap admins).
+
+    ``bootstrap_admins`` are numeric user ids (``Accounts.bootstrap_ids``: the numeric
+    entries of ``SSO_BOOTSTRAP_ADMINS`` and the ids its login entries are pinned to).
+    Like user rules, they never match by ``login``: a login can be renamed, freed and
+    claimed by someone else; the numeric id cannot."""
     orgs, teams = set(orgs), set(teams)
     roles: set[str] = set()
     for rule in rules:
         if rule.matches(user_id, orgs, teams):
             roles.update(rule.roles)
-    if login.lower() in {a.lower() for a in bootstrap_admins}:
+    if user_id in set(bootstrap_admins):
         roles.add(ADMIN_ROLE)
     return sorted(roles)
 

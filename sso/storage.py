@@ -150,6 +150,12 @@ class Keys:
     def login_index(self) -> str:
         return f"{self.prefix}logins"
 
+    @_key("bootstrap-admins", "durable",
+          "hash login -> GitHub id: each login in SSO_BOOTSTRAP_ADMINS bound (HSETNX, once) to"
+          " the id that first signed in with it; only that id gets admin through the entry")
+    def bootstrap_pins(self) -> str:
+        return f"{self.prefix}bootstrap-admins"
+
     @_key("recheck:{user_id}", "ttl",
           "RECHECK_BACKOFF (sso/accounts.py): one membership re-check at a time, and the"
           " back-off after an upstream failure")

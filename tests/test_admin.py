@@ -184,7 +184,7 @@ def test_people_page_lists_everyone_and_explains_roles(keycard):
     role = re.search(r'data-testid="role-deployer">(.*?)</li>', page, re.S).group(1)
     assert "team rule acme/platform" in role and "added at next apply" in role
     admin_page = alice.get(keycard.url + "/admin/people/alice").text
-    assert "bootstrap admin (SSO_BOOTSTRAP_ADMINS)" in admin_page
+    assert "bootstrap admin (SSO_BOOTSTRAP_ADMINS: login alice, pinned to id 1001)" in admin_page
     assert alice.get(keycard.url + "/admin/people/nobody").status_code == 404
     bob.close()
 

@@ -144,7 +144,8 @@ def test_people_sessions_and_ending_them(keycard):
     assert person["roles"] == [{"role": "deployer", "granted_by": ["team rule acme/platform"],
                                 "stale": False, "pending": True}]
     admin_roles = alice.call("GET", "/people/alice").json()["roles"]
-    assert {"role": "admin", "granted_by": ["bootstrap admin (SSO_BOOTSTRAP_ADMINS)"],
+    pinned = "bootstrap admin (SSO_BOOTSTRAP_ADMINS: login alice, pinned to id 1001)"
+    assert {"role": "admin", "granted_by": [pinned],
             "stale": False, "pending": False} in admin_roles
     assert_json_error(alice.call("GET", "/people/nobody"), 404, "not_found")
 
@@ -169,7 +170,9 @@ def test_audit_filters_and_validation(keycard):
     alice = Api(keycard, "alice")
     Api(keycard, "carol")
     events = alice.call("GET", "/audit").json()["events"]
-    assert [e["subject"] for e in events] == ["carol", "alice"]
+    assert [(e["event"], e["subject"]) for e in events] == [
+        ("signin.success", "carol"), ("signin.success", "alice"),
+        ("admin.bootstrap_pinned", "alice")]  # SSO_BOOTSTRAP_ADMINS=alice bound to her id
     assert events[0]["details"]["user_id"] == "1003"
     one = alice.call("GET", "/audit", params={"limit": 1}).json()["events"]
     assert [e["subject"] for e in one] == ["carol"]

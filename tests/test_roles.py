@@ -82,9 +82,11 @@ def test_user_rule_matches_the_numeric_id_not_the_login():
     assert evaluate("1002", "alice", [], [], [rule]) == []
 
 
-def test_bootstrap_admins_always_hold_admin_case_insensitively():
-    assert evaluate("9", "Alice", [], [], [], bootstrap_admins=["alice"]) == ["admin"]
-    assert evaluate("9", "bob", [], [], [], bootstrap_admins=["alice"]) == []
+def test_finding_2_bootstrap_admins_match_ids_never_logins():
+    assert evaluate("9", "Alice", [], [], [], bootstrap_admins=["9"]) == ["admin"]
+    assert evaluate("9", "bob", [], [], [], bootstrap_admins=["9"]) == ["admin"]  # renamed
+    assert evaluate("10", "alice", [], [], [], bootstrap_admins=["9"]) == []  # the login reused
+    assert evaluate("10", "alice", [], [], [], bootstrap_admins=["alice"]) == []
 
 
 def test_role_names_are_lowercase_and_restricted():

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import redis
+import requests
 
 from sso.crypto import hash_secret
 from sso.oidc.client_registry import ClientRegistry
@@ -189,6 +190,11 @@ def test_every_key_keycard_writes_is_declared_with_its_lifetime(keycard, upstrea
         services.accounts.recheck(bob.user_id)
     finally:
         upstream.state.clear_faults()
+
+    # A bootstrap admin (SSO_BOOTSTRAP_ADMINS=alice) signs in: her login is pinned to her id.
+    with requests.Session() as other:
+        pick_upstream_user(other, start_sign_in(other, keycard.url), "alice")
+    assert services.accounts.bootstrap_ids() == {"1001"}
 
     # Signing keys exist since the first token; hold the rotation lock while scanning.
     ring = keycard.services.keys

@@ -158,13 +158,13 @@ class AdminService:
         rules = svc.rules.all()
         granting = explain(profile.user_id, profile.orgs, profile.teams, rules)
         current = evaluate(profile.user_id, profile.login, profile.orgs, profile.teams, rules,
-                           svc.settings.bootstrap_admins)
-        bootstrap = {a.lower() for a in svc.settings.bootstrap_admins}
+                           svc.accounts.bootstrap_ids())
+        bootstrap = svc.accounts.bootstrap_source(profile.user_id)
         out = []
         for role in sorted({*current, *profile.roles}):
             sources = [f"{r.kind} rule {self.rule_label(r)}" for r in granting if role in r.roles]
-            if role == ADMIN_ROLE and profile.login.lower() in bootstrap:
-                sources.append("bootstrap admin (SSO_BOOTSTRAP_ADMINS)")
+            if role == ADMIN_ROLE and bootstrap:
+                sources.append(bootstrap)
             out.append({"role": role, "granted_by": sources, "stale": role not in current,
                         "pending": role not in profile.roles})
         return out

@@ -164,7 +164,8 @@ def roles_explain(login: str, as_json: bool) -> None:
     profile = profile_or_exit(login)
     rules = svc.rules.all()
     matched = explain(profile.user_id, profile.orgs, profile.teams, rules)
-    bootstrap = profile.login.lower() in svc.settings.bootstrap_admins
+    source = svc.accounts.bootstrap_source(profile.user_id)
+    bootstrap = source is not None
     current = svc.accounts.with_roles(profile, rules)
     reasons: list[dict[str, Any]] = []
     for rule in matched:
@@ -186,7 +187,7 @@ def roles_explain(login: str, as_json: bool) -> None:
             rule = reason["rule"]
             click.echo(f"  {', '.join(rule['roles'])} ← {reason['why']}")
         if bootstrap:
-            click.echo("  admin ← listed in SSO_BOOTSTRAP_ADMINS")
+            click.echo(f"  admin ← {source}")
         if not reasons and not bootstrap:
             click.echo("  no rule matches")
 

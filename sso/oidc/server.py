@@ -71,8 +71,12 @@ class Provider:
         return not required or bool(required & set(profile.roles))
 
     def subject(self, user_id: str, *, auth_time: int, sid: str, client: Any,
-                recheck: bool = False) -> Subject | None:
-        """The person behind a grant, re-checked upstream when their membership is stale."""
+                recheck: bool = True) -> Subject | None:
+        """The person behind a grant, re-checked upstream when their membership is stale.
+
+        Every grant re-checks (code, refresh, device): a code or an approved device request
+        outliving the end of the person's access (lost membership, or a profile GitHub
+        could not confirm for ``SSO_MEMBERSHIP_MAX_STALE``) must not mint tokens."""
         profile = self.accounts.get(user_id)
         if profile is None:
             return None

@@ -88,6 +88,16 @@ class UpstreamUnavailable(UpstreamError):
     audit_reason = "upstream_unavailable"
 
 
+class UpstreamMalformed(UpstreamError):
+    """GitHub's answer could not be used: not JSON, the wrong shape, a field missing, or
+    larger than Keycard reads. A 502, never a 500, and for a membership re-check an
+    upstream failure like any other (the profile is kept, within its bound)."""
+
+    status = 502
+    title = "GitHub answered in an unexpected way"
+    audit_reason = "upstream_malformed"
+
+
 class NotAMember(UpstreamError):
     status = 403
     title = "Not a member of an allowed organisation"

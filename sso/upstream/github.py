@@ -5,7 +5,17 @@ unverified emails, paginated ``/user/teams`` and ``/user/orgs`` (``Link:
 rel="next"``), nested teams whose ancestors GitHub does not list, orgs hidden
 from ``/user/orgs`` by OAuth-app restrictions (we ask per-org membership
 instead), primary and secondary rate limits, SAML SSO enforcement
-(``X-GitHub-SSO``), 5xx "unicorn" pages and timeouts.
+(``X-GitHub-SSO``), 5xx "unicorn" pages and timeouts, and answers that are slow,
+huge or the wrong shape.
+
+Every call has one deadline (``SSO_GITHUB_TIMEOUT``, the whole call: connecting, the
+answer's headers and its body) and a size cap (``MAX_BODY_BYTES``): the body is read in
+chunks against both, so a reply trickled a byte at a time or one of forty megabytes
+fails as an :class:`UpstreamError` instead of holding a worker or its memory. (While
+the status line and headers arrive, the bound is per read, ``SSO_GITHUB_TIMEOUT`` each,
+on at most http.client's 100 header lines of 64 KiB; the body is bounded in total.)
+Answers of the wrong shape (``{}`` for ``/user``, a list for an object, a non-JSON
+body) raise :class:`UpstreamMalformed`, a 502, never a 500.
 
 Two HTTP stacks toward GitHub, on purpose, both set up once per process from the
 same proxy and CA-bundle settings (``_environment``): the OAuth token exchange goes
@@ -42,6 +52,7 @@ from sso.upstream.base import (
     RateLimited,
     SamlSsoRequired,
     UpstreamError,
+    UpstreamMalformed,
     UpstreamToken,
     UpstreamUnavailable,
     valid_login,
@@ -53,6 +64,8 @@ MAX_PAGES = 50  # 5 000 teams at per_page=100: far beyond any real user, bounds 
 MAX_REDIRECTS = 3  # GitHub answers 301/307 for renamed orgs and teams
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 PARENT_CACHE_SECONDS = 300  # team hierarchy changes rarely; membership itself is never cached
+MAX_BODY_BYTES = 5 * 1024 * 1024  # a page of 100 teams is ~100 KiB; beyond this, refuse
+READ_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -127,33 +140,65 @@ class GitHubConnector:
 
     def refresh(self, token: UpstreamToken) -> Identity:
         api = _Api(self._api_pool, self.config, token.access_token)
-        user = api.get("/user")
-        email, verified = _pick_email(user, api)
-        orgs = self._orgs(api)
-        teams = self._teams(api, set(orgs))
-        return Identity(
-            user_id=str(int(user["id"])),
-            login=str(user["login"]),
-            name=user.get("name") or None,
-            email=email,
-            email_verified=verified,
-            avatar_url=user.get("avatar_url"),
-            orgs=tuple(sorted(orgs)),
-            teams=tuple(sorted(teams)),
-        )
+        try:
+            user = api.get("/user")
+            if not isinstance(user, dict):
+                raise TypeError(f"/user is a {type(user).__name__}, not an object")
+            user_id, login = user["id"], user["login"]
+            if isinstance(user_id, bool) or not isinstance(user_id, int) or user_id <= 0:
+                raise ValueError(f"/user id {user_id!r} is not a positive integer")
+            if not isinstance(login, str) or not login:  # EMU logins have "_": no syntax check
+                raise ValueError(f"/user login {login!r} is not a login")
+            email, verified = _pick_email(user, api)
+            orgs = self._orgs(api)
+            teams = self._teams(api, set(orgs))
+            name, avatar = user.get("name"), user.get("avatar_url")
+            return Identity(
+                user_id=str(user_id),
+                login=login,
+                name=str(name) if name else None,
+                email=email,
+                email_verified=verified,
+                avatar_url=str(avatar) if avatar else None,
+                orgs=tuple(sorted(orgs)),
+                teams=tuple(sorted(teams)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # GitHub's documented shapes are read without ceremony above; anything else
+            # (a member missing, a list where an object belongs) is GitHub's fault: a 502.
+            raise UpstreamMalformed(
+                "GitHub answered in an unexpected way. Please try again in a minute.",
+                detail=f"malformed profile or membership: {exc!r}",
+            ) from exc
 
     # -- token exchange --------------------------------------------------------------
 
     def _exchange(self, code: str, redirect_uri: str, code_verifier: str) -> UpstreamToken:
         client = self._oauth(redirect_uri)
+        deadline = time.monotonic() + self.config.timeout
+        url = f"{self.config.web_url}/login/oauth/access_token"
+
+        def bounded(response: requests.Response, **_: Any) -> requests.Response:
+            # stream=True leaves the body unread; read it here, before Authlib parses it,
+            # against the call's deadline and the size cap (requests' private _content is
+            # where Response.content keeps what it read: tests/test_private_apis.py).
+            try:
+                response._content = _read_capped(response.raw, deadline, url)
+                response._content_consumed = True  # type: ignore[attr-defined]  # reusable
+            finally:
+                response.close()  # closes the connection instead when the read failed
+            return response
+
         try:
             # Authlib sends Accept: application/json and raises on an "error" member,
             # which GitHub returns with HTTP 200.
             data = client.fetch_token(
-                f"{self.config.web_url}/login/oauth/access_token",
+                url,
                 code=code,
                 code_verifier=code_verifier,
                 timeout=self.config.timeout,
+                stream=True,
+                hooks={"response": [bounded]},
             )
         except OAuthError as exc:
             raise BadCredentials(
@@ -164,10 +209,13 @@ class GitHubConnector:
             raise UpstreamUnavailable(
                 "GitHub did not answer in time. Please try again in a minute.", detail=repr(exc)
             ) from exc
-        except (requests.HTTPError, ValueError) as exc:
+        except (requests.HTTPError, requests.RequestException, ValueError) as exc:
             raise UpstreamUnavailable(
                 "GitHub answered with an error. Please try again in a minute.", detail=repr(exc)
             ) from exc
+        if not isinstance(data, dict):
+            raise UpstreamMalformed("GitHub answered in an unexpected way.",
+                                    detail=f"token endpoint answered a {type(data).__name__}")
         # Not client.close(): it would close the shared adapter, and with it the pool of
         # keep-alive connections every sign-in reuses.
         access_token = data.get("access_token")
@@ -267,7 +315,7 @@ def _pool_for(url: str, proxies: dict[str, str], verify: bool | str, *,
     parts = urlsplit(url)
     bundle = verify if isinstance(verify, str) else certifi.where()
     options: dict[str, Any] = {
-        "maxsize": 32, "retries": False, "timeout": urllib3.Timeout(timeout, read=timeout),
+        "maxsize": 32, "retries": False, "timeout": urllib3.Timeout(total=timeout),
         "cert_reqs": "CERT_REQUIRED",
         "ca_cert_dir" if os.path.isdir(bundle) else "ca_certs": bundle,
     }
@@ -318,15 +366,29 @@ class _Api:
         }
 
     def _request(self, url: str) -> _Reply:
+        """One API call, redirects included, within one deadline and the size cap."""
+        deadline = time.monotonic() + self._config.timeout
         for _ in range(MAX_REDIRECTS + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _too_slow(url)
             try:
-                answer = self._http.request("GET", url, headers=self._headers, redirect=False)
+                answer = self._http.request("GET", url, headers=self._headers, redirect=False,
+                                            preload_content=False,
+                                            timeout=urllib3.Timeout(total=remaining))
             except urllib3.exceptions.HTTPError as exc:  # timeouts, refused, reset, TLS
                 raise UpstreamUnavailable(
                     "GitHub did not answer in time. Please try again in a minute.",
                     detail=repr(exc),
                 ) from exc
-            reply = _Reply("GET", url, answer.status, answer.headers, answer.data)
+            try:
+                body = _read_capped(answer, deadline, url)
+            except UpstreamError:
+                answer.close()  # half read: the connection cannot be reused
+                raise
+            finally:
+                answer.release_conn()
+            reply = _Reply("GET", url, answer.status, answer.headers, body)
             target = urljoin(url, reply.headers.get("Location", ""))
             if reply.status in REDIRECTS and target.startswith(self._config.api_url + "/"):
                 url = target  # a renamed org or team; the token stays on the API host
@@ -353,7 +415,7 @@ class _Api:
             response = self._request(url)
             page = _json(response)
             if not isinstance(page, list):
-                raise UpstreamError("GitHub answered in an unexpected shape.", detail=path)
+                raise UpstreamMalformed("GitHub answered in an unexpected shape.", detail=path)
             yield from page
             url = response.next_url()
             if url and not url.startswith(self._config.api_url + "/"):
@@ -361,11 +423,54 @@ class _Api:
                 raise UpstreamError("GitHub's pagination pointed elsewhere.", detail=str(url))
 
 
+def _too_slow(url: str) -> UpstreamUnavailable:
+    return UpstreamUnavailable("GitHub did not answer in time. Please try again in a minute.",
+                               detail=f"no complete answer from {url} within the deadline")
+
+
+def _read_capped(answer: urllib3.BaseHTTPResponse, deadline: float, url: str) -> bytes:
+    """The body of an unread answer, read in chunks until ``deadline`` (a monotonic time)
+    and at most :data:`MAX_BODY_BYTES` (decoded); :class:`UpstreamError` otherwise.
+
+    ``read1`` returns whatever one receive brought, so a body trickled a byte at a time
+    is checked against the deadline at every byte, and each receive waits at most for
+    what is left of the deadline."""
+    too_large = UpstreamMalformed(
+        "GitHub's answer was too large. Please try again in a minute.",
+        detail=f"answer from {url} larger than {MAX_BODY_BYTES} bytes",
+    )
+    length = answer.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise too_large  # refused before a byte of it is read
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _too_slow(url)
+        sock = getattr(getattr(answer, "connection", None), "sock", None)
+        if sock is not None:
+            sock.settimeout(remaining)  # urllib3 sets it again for the next request
+        try:
+            chunk = answer.read1(READ_CHUNK, decode_content=True)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:  # timeout, reset, bad gzip
+            raise UpstreamUnavailable(
+                "GitHub did not answer in time. Please try again in a minute.",
+                detail=f"reading {url}: {exc!r}",
+            ) from exc
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+
+
 def _json(response: _Reply) -> Any:
     try:
         return orjson.loads(response.body)
     except ValueError as exc:
-        raise UpstreamUnavailable(
+        raise UpstreamMalformed(
             "GitHub answered with something that is not JSON. Please try again shortly.",
             detail=f"{response.status} {response.url}",
         ) from exc
