@@ -70,6 +70,8 @@ def create_app(
         MAX_CONTENT_LENGTH=1024 * 1024,
     )
     logging.getLogger("keycard").setLevel(logging.INFO)
+    for warning in settings.warnings:  # weak but allowed settings, once per process start
+        logging.getLogger("keycard.config").warning("%s", warning)
 
     reg = registry.build(app, settings, connector)
     app.extensions[registry.EXTENSION] = reg
