@@ -37,6 +37,7 @@ from sso.sessions import ServerSession
 from sso.web.bearer import bearer_error, bearer_token
 from sso.web.csrf import csrf, origin_exempt
 from sso.web.errors import error_response
+from sso.web.ratelimit import limited
 
 bp = Blueprint("oidc", __name__)
 
@@ -112,6 +113,7 @@ def _relogin(params: dict[str, str], *, force: bool) -> Response:
 @bp.route("/authorize", methods=["GET", "POST"])
 @origin_exempt  # an RP's auto-submitted form posts here cross-site; a POST
 @csrf.exempt  # authorization request is no more powerful than the same GET.
+@limited("sign_in", lambda: registry().limiter)
 def authorize() -> Response:
     values = request.values
     for name in NO_REDIRECT_PARAMS:
@@ -244,6 +246,7 @@ def token() -> Response:
 @bp.post("/device_authorization")
 @origin_exempt
 @csrf.exempt
+@limited("device", lambda: registry().limiter, per_client=True)
 def device_authorization() -> Response:
     """RFC 8628 §3.1: a device asks for a user code (see sso/oidc/device.py)."""
     return _malformed_basic() or _no_store(
