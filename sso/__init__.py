@@ -71,6 +71,8 @@ def create_app(
     )
     logging.getLogger("keycard").setLevel(logging.INFO)
     audit.install_log_handler()  # one JSON line per audit event on stderr
+    for warning in settings.warnings:  # weak but allowed settings, once per process start
+        logging.getLogger("keycard.config").warning("%s", warning)
 
     reg = registry.build(app, settings, connector)
     app.extensions[registry.EXTENSION] = reg

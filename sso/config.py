@@ -10,13 +10,30 @@ import ipaddress
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+
+import limits
+from publicsuffixlist import PublicSuffixList
 
 #: The OAuth client id the development upstream hands out; production refuses it.
 DEV_UPSTREAM_CLIENT_ID = "keycard-dev"
 DEV_UPSTREAM_CLIENT_SECRET = "keycard-dev-secret"  # noqa: S105 - a public demo value
+
+
+#: Request limits (the ``limits`` package's notation), per client IP unless said otherwise.
+#: Generous enough for a whole company behind one NAT address; ``SSO_RATE_LIMITS``
+#: overrides them by name, or turns them all off.
+DEFAULT_RATE_LIMITS: dict[str, str] = {
+    # /login, /authorize and /auth/github/callback, each endpoint counted on its own.
+    "sign_in": "1000/minute",
+    # /device_authorization, per client IP and per client_id: a device tombstone lives 70 min.
+    "device": "120/minute",
+    # failed client authentications (/token, /introspect, /revoke, /device_authorization),
+    # per client IP and per client_id.
+    "client_auth_failures": "60/minute",
+}
 
 
 class ConfigError(Exception):
@@ -57,6 +74,10 @@ class Settings:
     metrics_token: str | None = None  # when set, /metrics wants it as a bearer token
     device_poll_interval: int = 5  # RFC 8628 §3.2 default; seconds between device polls
     trusted_proxy_hops: int = 0  # proxies whose X-Forwarded-For/-Proto/-Host are believed
+    # name -> limit (see DEFAULT_RATE_LIMITS); empty when SSO_RATE_LIMITS=off
+    rate_limits: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
+    # Weak but allowed choices, logged at start (create_app) so operators see them.
+    warnings: tuple[str, ...] = ()
 
     @property
     def is_production(self) -> bool:
@@ -131,6 +152,97 @@ def _check_url(name: str, value: str, problems: list[str]) -> None:
         problems.append(f"{name}={value!r} must be an absolute http(s) URL.")
     elif parts.query or parts.fragment:
         problems.append(f"{name}={value!r} must not carry a query or fragment.")
+
+
+def _rate_limits(value: str, problems: list[str]) -> dict[str, str]:
+    """``off``, or ``name=limit`` pairs overriding :data:`DEFAULT_RATE_LIMITS`."""
+    chosen = dict(DEFAULT_RATE_LIMITS)
+    if value.strip().lower() in {"off", "false", "0", "none"}:
+        return {}
+    for item in _split(value):
+        name, _, limit = item.partition("=")
+        name = name.strip()
+        if name not in DEFAULT_RATE_LIMITS:
+            problems.append(f"SSO_RATE_LIMITS names {name!r}: use "
+                            f"{', '.join(DEFAULT_RATE_LIMITS)} (or set it to off).")
+            continue
+        try:
+            limits.parse(limit.strip())
+        except ValueError:
+            problems.append(f"SSO_RATE_LIMITS: {item!r} is not a limit like "
+                            f"{name}=100/minute.")
+            continue
+        chosen[name] = limit.strip()
+    return chosen
+
+
+_SUFFIXES: PublicSuffixList | None = None
+
+
+def is_public_suffix(domain: str) -> bool:
+    """``com``, ``co.uk``, ``github.io``: a domain anyone can register names under.
+
+    The Public Suffix List bundled with the ``publicsuffixlist`` package (offline; the
+    package's releases track the list), loaded on first use.
+    """
+    global _SUFFIXES
+    if _SUFFIXES is None:
+        _SUFFIXES = PublicSuffixList()
+    return bool(_SUFFIXES.is_public(domain.lower().strip(".")))
+
+
+def _low_variety(secret: str) -> bool:
+    # A random 32-character key has well over 16 distinct characters (hex ~14); fewer
+    # than 8 means a repeated character or word ("aaaa...", "passwordpassword...").
+    return len(set(secret)) < 8
+
+
+def _redis_hosts(url: str) -> list[str | None]:
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    if parts.scheme == "unix":
+        return []
+    hosts = []
+    for item in netloc.split(","):
+        try:
+            hosts.append(urlsplit(f"//{item}").hostname)
+        except ValueError:
+            hosts.append(item)
+    return hosts
+
+
+def _production_hardening(*, secret_key: str, github_urls: list[str],
+                          cookie_domain: str | None, forward_auth_domains: tuple[str, ...],
+                          redis_url: str, allow_any: bool, bootstrap_admins: tuple[str, ...],
+                          problems: list[str], warnings: list[str]) -> None:
+    """Weak settings production refuses (or warns about), beyond the basic checks."""
+    if secret_key and _low_variety(secret_key):
+        problems.append("SSO_SECRET_KEY has too little variety (a repeated character or "
+                        "word): use a random value (python -c 'import secrets; "
+                        "print(secrets.token_urlsafe(48))').")
+    for name, url in zip(("SSO_GITHUB_URL", "SSO_GITHUB_API_URL"), github_urls, strict=True):
+        host = urlsplit(url).hostname
+        if url.startswith("http://") and not is_loopback_host(host):
+            problems.append(f"{name}={url!r} uses plain http: the upstream's tokens and "
+                            "people's profiles would travel in clear; use https.")
+    if cookie_domain and is_public_suffix(cookie_domain):
+        problems.append(f"SSO_COOKIE_DOMAIN={cookie_domain!r} is a public suffix: the "
+                        "session cookie would go to every site under it; use your own domain.")
+    for domain in forward_auth_domains:
+        if is_public_suffix(domain):
+            problems.append(f"SSO_FORWARD_AUTH_DOMAINS lists {domain!r}, a public suffix: "
+                            "forward auth would send browsers back to anyone's site under it.")
+    if allow_any and any(not a.isdigit() for a in bootstrap_admins):
+        problems.append("SSO_BOOTSTRAP_ADMINS names logins while SSO_ALLOW_ANY_GITHUB_USER="
+                        "true: whoever signs in first with such a login (a renamed or "
+                        "unclaimed one) becomes admin; list numeric GitHub user ids instead.")
+    scheme = urlsplit(redis_url).scheme
+    if scheme in {"redis", "redis+sentinel", "redis+cluster"} and any(
+        not is_loopback_host(h) for h in _redis_hosts(redis_url)
+    ):
+        warnings.append(f"SSO_REDIS_URL uses {scheme}:// (no TLS) to a host that is not "
+                        "loopback: sessions, tokens and sealed secrets cross the network "
+                        "in clear; prefer rediss:// (or a private, trusted link).")
 
 
 def dev_secret_key(instance_dir: Path) -> str:
@@ -249,11 +361,28 @@ def load_settings(
         problems.append("SSO_METRICS_TOKEN must be at least 32 characters (e.g. from "
                         "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`).")
 
+    redis_url = env.get("SSO_REDIS_URL", "redis://127.0.0.1:6379/0").strip()
+    # Numeric GitHub ids or logins ("@login" accepted); logins bind to their first id
+    # (sso/accounts.py).
+    bootstrap_admins = tuple(
+        a.lower().removeprefix("@") for a in _split(env.get("SSO_BOOTSTRAP_ADMINS", "")))
+    forward_auth_domains = tuple(
+        d.lower().lstrip(".") for d in _split(env.get("SSO_FORWARD_AUTH_DOMAINS", ""))
+    )
+    warnings: list[str] = []
+    if production:
+        _production_hardening(
+            secret_key=secret_key, github_urls=[github_url, github_api_url],
+            cookie_domain=cookie_domain, forward_auth_domains=forward_auth_domains,
+            redis_url=redis_url, allow_any=allow_any, bootstrap_admins=bootstrap_admins,
+            problems=problems, warnings=warnings,
+        )
+
     settings = Settings(
         env=mode,
         issuer=issuer,
         secret_key=secret_key,
-        redis_url=env.get("SSO_REDIS_URL", "redis://127.0.0.1:6379/0").strip(),
+        redis_url=redis_url,
         redis_prefix=prefix,
         github_url=github_url,
         github_api_url=github_api_url,
@@ -261,17 +390,11 @@ def load_settings(
         github_client_secret=client_secret,
         github_orgs=orgs,
         allow_any_github_user=allow_any,
-        # Numeric GitHub ids or logins ("@login" accepted); logins bind to their first id
-        # (sso/accounts.py).
-        bootstrap_admins=tuple(
-            a.lower().removeprefix("@") for a in _split(env.get("SSO_BOOTSTRAP_ADMINS", ""))
-        ),
+        bootstrap_admins=bootstrap_admins,
         membership_max_age=max_age,
         membership_max_stale=max_stale,
         cookie_domain=cookie_domain,
-        forward_auth_domains=tuple(
-            d.lower().lstrip(".") for d in _split(env.get("SSO_FORWARD_AUTH_DOMAINS", ""))
-        ),
+        forward_auth_domains=forward_auth_domains,
         session_idle_seconds=idle,
         session_absolute_seconds=absolute,
         upstream_timeout=upstream_timeout,
@@ -285,6 +408,8 @@ def load_settings(
         trusted_proxy_hops=_count(
             "SSO_TRUSTED_PROXY_HOPS", env.get("SSO_TRUSTED_PROXY_HOPS"), problems
         ),
+        rate_limits=_rate_limits(env.get("SSO_RATE_LIMITS", ""), problems),
+        warnings=tuple(warnings),
     )
     if problems:
         raise ConfigError(problems)

@@ -29,6 +29,7 @@ from sso.oidc.discovery import discovery_document
 from sso.oidc.keys import KeyRing
 from sso.oidc.records import Records
 from sso.oidc.server import KeycardServer, Provider, build_server
+from sso.ratelimit import RateLimiter
 from sso.rules_store import RuleStore
 from sso.sessions import SessionStore
 from sso.storage import Store, connect
@@ -58,6 +59,7 @@ class Registry:
     server: KeycardServer
     discovery: dict[str, Any]
     asserter: Asserter
+    limiter: RateLimiter
 
 
 def registry(app: Flask | None = None) -> Registry:
@@ -106,6 +108,7 @@ def build(app: Flask, settings: Settings, connector: Connector | None = None) ->
     devices = DeviceRecords(store)
     provider = Provider(issuer=settings.issuer, records=records, accounts=accounts, keys=keys,
                         clients=clients, audit_log=audit, sessions=sessions, devices=devices)
+    limiter = RateLimiter(store, settings.redis_url, settings.rate_limits)
     metadata = OpenIDProviderMetadata(discovery_document(settings.issuer))
     metadata.validate()  # a malformed discovery document is a start-up error, not a surprise
     return Registry(
@@ -127,7 +130,9 @@ def build(app: Flask, settings: Settings, connector: Connector | None = None) ->
         devices=devices,
         provider=provider,
         server=build_server(provider, app,
-                            device_poll_interval=settings.device_poll_interval),
+                            device_poll_interval=settings.device_poll_interval,
+                            limiter=limiter),
         discovery=dict(metadata),
         asserter=Asserter(settings.issuer, keys),
+        limiter=limiter,
     )

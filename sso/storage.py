@@ -263,6 +263,12 @@ class Keys:
     def rules(self) -> str:
         return f"{self.prefix}rules"
 
+    @_key("rl:{window*}", "ttl",
+          "the rate limit's window (sso/ratelimit.py, SSO_RATE_LIMITS): the limits package's"
+          " fixed window, INCR and EXPIRE in one script")
+    def rate_limit(self, window: str) -> str:
+        return f"{self.prefix}rl:{window}"
+
     @_key("dev:demo-client", "durable",
           "`sso dev` only: the demo app's client id, reused across runs like the client")
     def dev_demo_client(self) -> str:

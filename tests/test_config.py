@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from sso.config import ConfigError, load_settings
+from sso.config import DEFAULT_RATE_LIMITS, ConfigError, load_settings
 
 GOOD_PRODUCTION = {
     "SSO_ENV": "production",
     "SSO_ISSUER": "https://sso.example.com",
-    "SSO_SECRET_KEY": "x" * 48,
+    "SSO_SECRET_KEY": "kQ3v9-Zr_b7LmT2xW8pYc4NdHs6GfJ1aE0uRoVtKiP5yBnXq",
     "SSO_GITHUB_CLIENT_ID": "Iv1.abc",
     "SSO_GITHUB_CLIENT_SECRET": "s3cret",
     "SSO_GITHUB_ORGS": "acme",
@@ -105,3 +107,92 @@ def test_trusted_proxy_hops_default_to_none_and_must_be_a_whole_number():
     for bad in ("-1", "one", "1.5"):
         assert "SSO_TRUSTED_PROXY_HOPS" in problems(
             {**GOOD_PRODUCTION, "SSO_TRUSTED_PROXY_HOPS": bad})
+
+
+# -- issue #11 item 9: production refuses weak settings ------------------------------------
+
+
+@pytest.mark.parametrize("name", ["SSO_GITHUB_URL", "SSO_GITHUB_API_URL"])
+def test_finding_9_production_refuses_plain_http_github_enterprise(name):
+    env = {**GOOD_PRODUCTION, "SSO_GITHUB_URL": "https://ghe.acme.com",
+           "SSO_GITHUB_API_URL": "https://ghe.acme.com/api/v3"}
+    env[name] = env[name].replace("https://", "http://")
+    assert f"{name}=" in problems(env) and "plain http" in problems(env)
+    load_settings({**env, name: env[name].replace("http://", "https://")})
+
+
+@pytest.mark.parametrize("domain", ["com", "co.uk", ".co.uk", "github.io"])
+def test_finding_9_production_refuses_a_public_suffix_for_forward_auth(domain):
+    env = {**GOOD_PRODUCTION, "SSO_FORWARD_AUTH_DOMAINS": f"acme.com,{domain}"}
+    assert "SSO_FORWARD_AUTH_DOMAINS lists" in problems(env)
+    assert "public suffix" in problems(env)
+    load_settings({**GOOD_PRODUCTION, "SSO_FORWARD_AUTH_DOMAINS": "acme.com,acme.co.uk"})
+
+
+def test_finding_9_production_refuses_a_public_suffix_cookie_domain():
+    env = {**GOOD_PRODUCTION, "SSO_ISSUER": "https://sso.acme.co.uk",
+           "SSO_COOKIE_DOMAIN": "co.uk"}
+    assert "SSO_COOKIE_DOMAIN='co.uk' is a public suffix" in problems(env)
+    load_settings({**env, "SSO_COOKIE_DOMAIN": "acme.co.uk"})
+
+
+@pytest.mark.parametrize("secret", ["x" * 48, "ab" * 24, "password" * 5])
+def test_finding_9_production_refuses_a_secret_key_of_little_variety(secret):
+    assert "SSO_SECRET_KEY has too little variety" in problems(
+        {**GOOD_PRODUCTION, "SSO_SECRET_KEY": secret})
+
+
+def test_finding_9_a_hex_secret_key_is_varied_enough():
+    load_settings({**GOOD_PRODUCTION, "SSO_SECRET_KEY": "3f9a0c7be41d2865" * 2})
+
+
+def test_finding_9_production_warns_about_plain_redis_to_another_host(caplog):
+    settings = load_settings({**GOOD_PRODUCTION, "SSO_REDIS_URL": "redis://redis.internal:6379/0"})
+    assert any("SSO_REDIS_URL uses redis://" in w and "rediss://" in w
+               for w in settings.warnings)
+    for url in ("rediss://redis.internal:6380/0", "redis://127.0.0.1:6379/0",
+                "redis+sentinel://localhost:26379/main"):
+        assert load_settings({**GOOD_PRODUCTION, "SSO_REDIS_URL": url}).warnings == ()
+    assert load_settings({**GOOD_PRODUCTION, "SSO_REDIS_URL":
+                          "redis+sentinel://:pw@10.0.0.5:26379,127.0.0.1:26379/m"}).warnings
+
+
+def test_finding_9_the_warning_is_logged_when_the_app_starts(caplog, tmp_path):
+    from sso import create_app  # noqa: PLC0415 - only this test builds an app
+
+    env = {**GOOD_PRODUCTION, "SSO_REDIS_URL": "redis://redis.invalid:6379/0"}
+    with caplog.at_level(logging.WARNING, logger="keycard.config"):
+        create_app(env)
+    assert any("SSO_REDIS_URL uses redis://" in r.getMessage() for r in caplog.records)
+
+
+def test_finding_9_production_refuses_login_admins_when_anyone_may_sign_in():
+    env = {**GOOD_PRODUCTION, "SSO_ALLOW_ANY_GITHUB_USER": "true",
+           "SSO_BOOTSTRAP_ADMINS": "alice,12345"}
+    assert "SSO_BOOTSTRAP_ADMINS names logins" in problems(env)
+    load_settings({**env, "SSO_BOOTSTRAP_ADMINS": "12345"})
+    load_settings({**env, "SSO_ALLOW_ANY_GITHUB_USER": "false"})
+
+
+def test_finding_9_every_weak_setting_is_listed_at_once():
+    env = {**GOOD_PRODUCTION, "SSO_SECRET_KEY": "a" * 40, "SSO_GITHUB_URL": "http://ghe.acme.com",
+           "SSO_FORWARD_AUTH_DOMAINS": "com", "SSO_ALLOW_ANY_GITHUB_USER": "true",
+           "SSO_BOOTSTRAP_ADMINS": "alice"}
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert len(info.value.problems) == 4
+
+
+def test_development_keeps_accepting_what_production_refuses():
+    load_settings({"SSO_SECRET_KEY": "a" * 40, "SSO_FORWARD_AUTH_DOMAINS": "test",
+                   "SSO_ALLOW_ANY_GITHUB_USER": "true", "SSO_BOOTSTRAP_ADMINS": "alice"})
+
+
+def test_rate_limits_are_named_overrides_or_off():
+    assert load_settings({}).rate_limits == DEFAULT_RATE_LIMITS
+    assert load_settings({"SSO_RATE_LIMITS": "off"}).rate_limits == {}
+    chosen = load_settings({"SSO_RATE_LIMITS": "device=5/minute, sign_in=10 per second"})
+    assert chosen.rate_limits == {**DEFAULT_RATE_LIMITS, "device": "5/minute",
+                                  "sign_in": "10 per second"}
+    text = problems({"SSO_RATE_LIMITS": "devices=5/minute,device=lots"})
+    assert "names 'devices'" in text and "'device=lots' is not a limit" in text

@@ -22,6 +22,7 @@ from sso.registry import registry
 from sso.sessions import ServerSession, end_browser_session
 from sso.upstream.base import AccessDenied, UpstreamError
 from sso.web.errors import error_response
+from sso.web.ratelimit import limited
 from sso.web.redirects import safe_next
 
 bp = Blueprint("auth", __name__)
@@ -36,6 +37,7 @@ def _client() -> dict[str, str]:
 
 
 @bp.get("/login")
+@limited("sign_in", lambda: registry().limiter)
 def login() -> Response:
     next_url = safe_next(request.args.get("next"))
     if current_user.is_authenticated and request.args.get("prompt") != "login":
@@ -55,6 +57,7 @@ def login() -> Response:
 
 
 @bp.get("/auth/github/callback")
+@limited("sign_in", lambda: registry().limiter)
 def callback() -> Response:
     svc = registry()
     # The binding cookie is single-use like the state: drop it whatever the outcome,

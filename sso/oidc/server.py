@@ -13,8 +13,10 @@ from typing import Any
 import orjson
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Payload, FlaskOAuth2Request
+from authlib.oauth2.base import OAuth2Error
 from authlib.oauth2.rfc6749 import InsecureTransportError, OAuth2Request
-from authlib.oauth2.rfc6749.errors import InvalidRequestError
+from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidRequestError
+from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from authlib.oauth2.rfc9207 import IssuerParameter
 from flask import Response, request
 from flask import request as flask_request
@@ -43,6 +45,7 @@ from sso.oidc.tokens import (
     VerifiedTokens,
     subject_for,
 )
+from sso.ratelimit import RateLimiter
 from sso.sessions import SessionStore
 
 
@@ -137,10 +140,26 @@ class _Request(FlaskOAuth2Request):  # type: ignore[misc]
         self._request = request
 
 
+class TooManyAttempts(OAuth2Error):  # type: ignore[misc]
+    """429 after too many failed client authentications (``SSO_RATE_LIMITS``)."""
+
+    error = "temporarily_unavailable"
+    status_code = 429
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"Too many failed client authentications: retry in {retry_after} s.")
+        self.retry_after = retry_after
+
+    def get_headers(self) -> list[tuple[str, str]]:
+        headers: list[tuple[str, str]] = super().get_headers()
+        return [*headers, ("Retry-After", str(self.retry_after))]
+
+
 class KeycardServer(AuthorizationServer):  # type: ignore[misc]
-    def __init__(self, provider: Provider) -> None:
+    def __init__(self, provider: Provider, limiter: RateLimiter | None = None) -> None:
         super().__init__()
         self.provider = provider
+        self.limiter = limiter
         self._base = provider.issuer.rstrip("/")
         InsecureTransportError.check(self._base)  # once, for every request (see _Request)
 
@@ -152,7 +171,15 @@ class KeycardServer(AuthorizationServer):  # type: ignore[misc]
             payload = orjson.dumps(payload)
         return Response(payload, status=status_code, headers=headers)
 
-    def authenticate_client(self, request: Any, methods: Any, endpoint: str = "token") -> Any:
+    def authenticate_client(self, request: Any, methods: list[str],
+                            endpoint: str = "token") -> Any:
+        """One authentication method per request; failures counted per client IP and client_id.
+
+        Over the limit, failures answer 429. An IP over it is refused before any check (in
+        this process, until its window ends: a dict read on the hot path). A client_id over
+        it is not: its secret is 256 random bits, so a flood of wrong ones must not lock
+        the real client out.
+        """
         # RFC 6749 §2.3: a client "MUST NOT use more than one authentication method in each
         # request". Authlib tries them in turn, so a wrong secret in the Basic header beside
         # the right one in the body would pass: refuse the pair outright.
@@ -160,7 +187,22 @@ class KeycardServer(AuthorizationServer):  # type: ignore[misc]
         if basic and "client_secret" in request.payload.data:
             raise InvalidRequestError("Use one client authentication method: the HTTP Basic "
                                       "header or client_secret in the body, not both.")
-        return super().authenticate_client(request, methods, endpoint)
+        limiter = self.limiter
+        ip = "ip|" + (flask_request.remote_addr or "")
+        if limiter is not None and (wait := limiter.blocked(ip)) is not None:
+            raise TooManyAttempts(wait)
+        try:
+            return super().authenticate_client(request, methods, endpoint)
+        except InvalidClientError:
+            if limiter is None:
+                raise
+            named = request.payload.client_id or extract_basic_authorization(request.headers)[0]
+            over = limiter.hit("client_auth_failures", [ip, f"client|{named or ''}"])
+            if over is None:
+                raise
+            if over[0] == ip:
+                limiter.block(ip, over[1])
+            raise TooManyAttempts(over[1]) from None
 
     def query_client(self, client_id: str) -> Any:
         # Authlib only reads the client: the registry's shared copy saves a copy per request.
@@ -207,8 +249,9 @@ class Issuer(IssuerParameter):  # type: ignore[misc]
         return self.issuer
 
 
-def build_server(provider: Provider, app: Any, *, device_poll_interval: int) -> KeycardServer:
-    server = KeycardServer(provider)
+def build_server(provider: Provider, app: Any, *, device_poll_interval: int,
+                 limiter: RateLimiter | None = None) -> KeycardServer:
+    server = KeycardServer(provider, limiter)
     server.init_app(app)
     # an unknown scope is invalid_scope (RFC 6749 §4.1.2.1), not silently
     # dropped. Set after init_app, which resets it from OAUTH2_SCOPES_SUPPORTED.

@@ -8,6 +8,7 @@ roles) and the response hygiene (``iss``, 303 after form posts, no-store).
 
 from __future__ import annotations
 
+import base64
 import time
 from typing import Any
 from urllib.parse import urlencode
@@ -36,6 +37,7 @@ from sso.sessions import ServerSession
 from sso.web.bearer import bearer_error, bearer_token
 from sso.web.csrf import csrf, origin_exempt
 from sso.web.errors import error_response
+from sso.web.ratelimit import limited
 
 bp = Blueprint("oidc", __name__)
 
@@ -146,6 +148,7 @@ def _relogin(params: dict[str, str], *, force: bool) -> Response:
 @bp.route("/authorize", methods=["GET", "POST"])
 @origin_exempt  # an RP's auto-submitted form posts here cross-site; a POST
 @csrf.exempt  # authorization request is no more powerful than the same GET.
+@limited("sign_in", lambda: registry().limiter)
 def authorize() -> Response:
     values = request.values
     for name in NO_REDIRECT_PARAMS:
@@ -274,15 +277,17 @@ def _no_store(response: Response) -> Response:
 @origin_exempt
 @csrf.exempt
 def token() -> Response:
-    return _no_store(server().create_token_response())
+    return _malformed_basic() or _no_store(server().create_token_response())
 
 
 @bp.post("/device_authorization")
 @origin_exempt
 @csrf.exempt
+@limited("device", lambda: registry().limiter, per_client=True)
 def device_authorization() -> Response:
     """RFC 8628 §3.1: a device asks for a user code (see sso/oidc/device.py)."""
-    return _no_store(server().create_endpoint_response("device_authorization"))
+    return _malformed_basic() or _no_store(
+        server().create_endpoint_response("device_authorization"))
 
 
 @bp.route("/userinfo", methods=["GET", "POST"])
@@ -315,15 +320,38 @@ def userinfo() -> Response:
     return _no_store(jsonify({k: v for k, v in claims.items() if k in released}))
 
 
+def _invalid_client(description: str) -> Response:
+    response = jsonify(error="invalid_client", error_description=description)
+    response.status_code = 401
+    response.headers["WWW-Authenticate"] = 'Basic realm="keycard"'
+    return _no_store(response)
+
+
+def _malformed_basic() -> Response | None:
+    """RFC 6749 §2.3.1: Basic credentials are UTF-8 once decoded. Authlib decodes them
+    without catching the error, so bytes that are not UTF-8 would end in a 500."""
+    # Read the way Authlib's extract_basic_authorization reads it, which catches neither
+    # a str that is not ASCII nor bytes that are not UTF-8.
+    header = request.headers.get("Authorization", "")
+    if " " not in header:
+        return None
+    parts = header.split(None, 1)
+    if len(parts) != 2:  # "Basic " alone: Authlib's unpacking would raise
+        return _invalid_client("The Authorization header is malformed.")
+    if parts[0].lower() != "basic":
+        return None
+    try:
+        base64.b64decode(parts[1]).decode("utf-8")
+    except (ValueError, UnicodeError):  # binascii.Error is a ValueError
+        return _invalid_client("The Basic credentials are not valid base64 of UTF-8 text.")
+    return None
+
+
 def _client_auth_missing() -> Response | None:
     has_basic = request.headers.get("Authorization", "").lower().startswith("basic ")
     if not has_basic and not request.form.get("client_id"):
-        response = jsonify(error="invalid_client", error_description="Client authentication "
-                           "is required.")
-        response.status_code = 401
-        response.headers["WWW-Authenticate"] = 'Basic realm="keycard"'
-        return _no_store(response)
-    return None
+        return _invalid_client("Client authentication is required.")
+    return _malformed_basic()
 
 
 @bp.post("/introspect")

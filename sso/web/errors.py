@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadHost, HTTPException
 
 from sso.storage import StorageUnavailable
 from sso.upstream.base import RateLimited, SamlSsoRequired, UpstreamError
@@ -83,6 +83,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
+        if isinstance(exc, BadHost):
+            # A Host werkzeug cannot bind (an IDNA label over 63 characters...): no URL can
+            # be built for this request, so no page either; plain text, not a 500.
+            return Response("Bad Host header.\n", status=400, mimetype="text/plain")
         status = exc.code or 500
         titles = {403: "Not allowed", 404: "Page not found", 405: "Method not allowed"}
         return error_response(

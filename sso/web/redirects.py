@@ -32,7 +32,12 @@ def safe_return_url(url: str | None, allowed_domains: Iterable[str]) -> str | No
     """
     if not url or len(url) > 4096 or any(ord(c) <= 0x20 or c in "\\\x7f" for c in url):
         return None
-    parts = urlsplit(url)
+    try:
+        # A bad IPv6 literal (``https://[x/``) or a host that NFKC-normalises into a
+        # separator (full-width ``／``) makes urlsplit raise: not a URL we send anyone to.
+        parts = urlsplit(url)
+    except ValueError:
+        return None
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
         return None
     if not url.lower().startswith(parts.scheme.lower() + "://"):
