@@ -109,10 +109,10 @@ def _refused(client: Any, redirect_uri: str, values: Any, status: int) -> Respon
                                "The request_uri parameter is not supported.", state, status)
     mode = values.get("response_mode")
     if mode is not None and mode != "query":
-        # OAuth 2.0 Multiple Response Type Encoding Practices defines no error for this;
-        # discovery announces response_modes_supported ["query"], and the error itself
-        # goes back in the query, the one mode we speak.
-        return _redirect_error(redirect_uri, "invalid_request",
+        # Discovery announces response_modes_supported ["query"]; the error code is the one
+        # other providers use for this (no RFC registers one), and it goes back in the
+        # query, the one mode we speak.
+        return _redirect_error(redirect_uri, "unsupported_response_mode",
                                f"response_mode {mode[:40]!r} is not supported: only 'query'.",
                                state, status)
     resources = values.getlist("resource")

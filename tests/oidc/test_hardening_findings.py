@@ -179,7 +179,8 @@ def test_finding_12_response_mode_other_than_query_is_refused(bob, make_client, 
     rp = make_client()
     for mode in ("form_post", "fragment", "web_message"):
         query = sent_back(authorize(bob, rp, response_mode=mode))
-        assert query["error"] == "invalid_request" and "code" not in query, (mode, query)
+        assert query["error"] == "unsupported_response_mode" and "code" not in query, (mode,
+                                                                                      query)
         assert "response_mode" in query["error_description"]
     assert "code" in sent_back(authorize(bob, rp, response_mode="query"))
 
