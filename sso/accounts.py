@@ -153,6 +153,7 @@ class Accounts:
 
     # -- storage --------------------------------------------------------------------
 
+    @guard
     def complete_sign_in(self, identity: Identity, token: UpstreamToken) -> Profile:
         """An admitted person's profile (roles applied), stored with their upstream token."""
         profile = self.profile_for(identity)
@@ -206,6 +207,7 @@ class Accounts:
         """Seconds since the profile was last read successfully from the upstream."""
         return time.time() - profile.checked_at
 
+    @guard
     def recheck(self, user_id: str, *, actor: str = "system") -> Profile | None:
         """Re-read membership upstream. ``None`` means access has ended (sessions are gone).
 
@@ -218,8 +220,14 @@ class Accounts:
         lock = self.store.keys.recheck_lock(user_id)
         if not self.store.redis.set(lock, "1", nx=True, ex=RECHECK_BACKOFF):
             # Another request is re-checking (it decides), or the upstream failed a moment
-            # ago and we are backing off: a back-off never outlasts the profile's bound.
-            return self.get(user_id)
+            # ago and we are backing off: a back-off never outlasts the profile's bound, and
+            # whatever holds the lock, a profile past the bound is never trusted.
+            held = self.get(user_id)
+            if held is not None and self.unverified_for(held) > self.settings.membership_max_stale:
+                self.end_access(user_id, reason="membership_unverifiable", actor=actor,
+                                login=held.login)
+                return None
+            return held
         current = self.get(user_id)
         token = self._token(user_id)
         if current is None or token is None:
@@ -287,6 +295,7 @@ class Accounts:
 
     # -- bootstrap admins ---------------------------------------------------------------
 
+    @guard
     def _pinned(self) -> dict[str, str]:
         """Bootstrap login entry -> the id it is bound to (only the entries bound so far)."""
         if self._admin_logins <= self._pins.keys():
@@ -314,6 +323,7 @@ class Accounts:
                         f"pinned to id {user_id})")
         return None
 
+    @guard
     def _pin_bootstrap_login(self, identity: Identity) -> None:
         """Bind a bootstrap login entry to the first id GitHub names for it; refuse (and
         record) any other id arriving with that login later (a renamed or freed login)."""

@@ -364,8 +364,14 @@ def load_settings(
     redis_url = env.get("SSO_REDIS_URL", "redis://127.0.0.1:6379/0").strip()
     # Numeric GitHub ids or logins ("@login" accepted); logins bind to their first id
     # (sso/accounts.py).
-    bootstrap_admins = tuple(
-        a.lower().removeprefix("@") for a in _split(env.get("SSO_BOOTSTRAP_ADMINS", "")))
+    raw_admins = _split(env.get("SSO_BOOTSTRAP_ADMINS", ""))
+    for entry in raw_admins:
+        if entry.startswith("@") and entry[1:].isdigit():
+            # Digits mean an id here: "@12345" would silently name another account.
+            problems.append(f"SSO_BOOTSTRAP_ADMINS entry {entry!r} is ambiguous: write the "
+                            "account's numeric id (without @); all-digit logins are not "
+                            "supported.")
+    bootstrap_admins = tuple(a.lower().removeprefix("@") for a in raw_admins)
     forward_auth_domains = tuple(
         d.lower().lstrip(".") for d in _split(env.get("SSO_FORWARD_AUTH_DOMAINS", ""))
     )

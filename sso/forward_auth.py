@@ -111,8 +111,16 @@ def _pinned_host() -> str | None:
 
 
 def _requested_host() -> str:
-    """The host the proxied request was for (``X-Forwarded-Host``, else ``Host``), no port."""
-    raw = request.headers.get("X-Forwarded-Host") or request.host or ""
+    """The host the proxied request was for (``X-Forwarded-Host``, else ``Host``), no port.
+
+    With ``SSO_TRUSTED_PROXY_HOPS`` set, ProxyFix has already put the trusted hop's
+    ``X-Forwarded-Host`` into ``request.host``; the raw header's leftmost value would be
+    the one a client can forge.
+    """
+    if registry().settings.trusted_proxy_hops:
+        raw = request.host or ""
+    else:
+        raw = request.headers.get("X-Forwarded-Host") or request.host or ""
     host = raw.split(",", 1)[0].strip().lower()
     if host.startswith("["):  # IPv6 literal
         return host.split("]", 1)[0] + "]"

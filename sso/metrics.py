@@ -40,12 +40,14 @@ LATENCY = Histogram(
 )
 AUDIT_EVENTS = Counter("keycard_audit_events", "Audit events recorded, by event name.",
                        ["event"])
-# Callbacks whose state Keycard never issued (or already used): anyone can send them, so
-# they are counted here rather than written one by one to the capped audit stream, where
-# a flood would push every real event out (issue #11, finding 5).
-SIGNIN_UNKNOWN_STATE = Counter(
-    "keycard_signin_refused_unknown_state",
-    "Upstream callbacks refused because their state was missing, unknown or already used.",
+# Refused sign-in callbacks that name nobody (a made-up or used state, a state carried to
+# another browser, GitHub's error= answer, a code GitHub does not accept): anyone can send
+# them by the thousand (a state costs one GET /login), so they are counted here rather than
+# written one by one to the capped audit stream, where a flood would push every real event
+# out. Refusals of a person GitHub vouched for (not a member...) are audited.
+SIGNIN_REFUSED_ANONYMOUS = Counter(
+    "keycard_signin_refused_anonymous",
+    "Upstream callbacks refused before any GitHub identity was known, by reason.",
     ["reason"],
 )
 TOKENS = Counter("keycard_tokens_issued", "Token responses issued, by grant type.",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import threading
 import time
 from collections.abc import Iterable, Mapping
 
@@ -53,10 +52,6 @@ class RateLimiter:
     def __init__(self, store: Store, url: str, configured: Mapping[str, str]) -> None:
         self.items = {name: limits.parse(value) for name, value in configured.items()}
         self._window = FixedWindowRateLimiter(_storage(store, url)) if self.items else None
-        # Per process: identities over a limit that is checked before the work it protects
-        # (client authentication), until their window ends; a dict read on the hot path.
-        self._blocked: dict[str, float] = {}
-        self._lock = threading.Lock()
 
     def hit(self, name: str, identities: Iterable[str]) -> tuple[str, int] | None:
         """Count one request for each identity; the first one over the limit and the
@@ -78,18 +73,3 @@ class RateLimiter:
                 raise StorageUnavailable(str(exc)) from exc
             return identity, max(1, math.ceil(reset - time.time()))
         return None
-
-    def block(self, identity: str, seconds: int) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if len(self._blocked) > 10_000:  # bounded: drop what has ended
-                self._blocked = {k: v for k, v in self._blocked.items() if v > now}
-            self._blocked[identity] = now + seconds
-
-    def blocked(self, identity: str) -> int | None:
-        """Seconds left on a per-process block of ``identity``, or None."""
-        until = self._blocked.get(identity)
-        if until is None:
-            return None
-        left = until - time.monotonic()
-        return math.ceil(left) if left > 0 else None

@@ -21,7 +21,7 @@ from sso.admin.service import AdminService
 from sso.assertions import Asserter
 from sso.audit import Audit
 from sso.config import Settings
-from sso.crypto import Sealer
+from sso.crypto import Sealer, derive_key
 from sso.login.flow import SignInFlow
 from sso.oidc.client_registry import ClientRegistry
 from sso.oidc.device_records import DeviceRecords
@@ -105,7 +105,7 @@ def build(app: Flask, settings: Settings, connector: Connector | None = None) ->
                         on_access_end=records.revoke_user_grants)
     clients = ClientRegistry(store, on_revoke=records.revoke_all_client_grants)
     keys = KeyRing(store, sealer)
-    devices = DeviceRecords(store)
+    devices = DeviceRecords(store, derive_key(settings.secret_key, "device-user-code"))
     provider = Provider(issuer=settings.issuer, records=records, accounts=accounts, keys=keys,
                         clients=clients, audit_log=audit, sessions=sessions, devices=devices)
     limiter = RateLimiter(store, settings.redis_url, settings.rate_limits)

@@ -12,6 +12,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -34,7 +35,7 @@ def _audit_events(keycard: Any) -> list[str]:
 
 def test_finding_5_junk_callbacks_are_counted_not_written_to_the_audit_stream(keycard):
     anonymous = requests.Session()
-    name = "keycard_signin_refused_unknown_state_total"
+    name = "keycard_signin_refused_anonymous_total"
     unknown_before = _metric(keycard.url, name, reason="state_unknown")
     missing_before = _metric(keycard.url, name, reason="state_missing")
     for _ in range(20):
@@ -47,16 +48,36 @@ def test_finding_5_junk_callbacks_are_counted_not_written_to_the_audit_stream(ke
     assert _metric(keycard.url, name, reason="state_missing") == missing_before + 1
 
 
-def test_finding_5_callbacks_with_a_real_state_that_fail_later_are_still_audited(
-        keycard, http):
-    page = sign_in(http, keycard.url, "mallory")  # signs in upstream, not a member of acme
-    assert page.status_code == 403
+def test_finding_5_refusals_of_real_states_that_name_nobody_are_counted_too(keycard, http):
+    """A state costs one anonymous GET /login: a callback with it that GitHub never
+    vouched for (carried to another browser, error=access_denied, a made-up code) is a
+    metric too, or a script could still flush the stream."""
+    name = "keycard_signin_refused_anonymous_total"
+    before = {reason: _metric(keycard.url, name, reason=reason)
+              for reason in ("state_foreign_browser", "upstream_access_denied",
+                             "upstream_bad_credentials")}
     carried = stop_at_callback(http, keycard.url, "alice")
     with requests.Session() as other:  # a real state carried to another browser
         assert other.get(carried, timeout=10).status_code == 400
+    for query in ("error=access_denied", "code=made-up"):
+        scripted = requests.Session()
+        start = scripted.get(keycard.url + "/login", allow_redirects=False, timeout=10)
+        state = parse_qs(urlsplit(start.headers["Location"]).query)["state"][0]
+        answer = scripted.get(f"{keycard.url}/auth/github/callback?state={state}&{query}",
+                              timeout=10)
+        assert 400 <= answer.status_code < 600 and answer.status_code != 500
+    assert [e for e in keycard.services.audit.recent(100) if e["event"] == "signin.refused"
+            ] == []
+    for reason, count in before.items():
+        assert _metric(keycard.url, name, reason=reason) == count + 1, reason
+
+
+def test_finding_5_a_person_github_vouched_for_is_still_audited_by_login(keycard, http):
+    page = sign_in(http, keycard.url, "mallory")  # signs in upstream, not a member of acme
+    assert page.status_code == 403
     refused = [e for e in keycard.services.audit.recent(100) if e["event"] == "signin.refused"]
-    assert {e["details"]["reason"] for e in refused} == {"not_a_member",
-                                                         "state_foreign_browser"}
+    assert [(e["details"]["reason"], e["details"]["login"]) for e in refused] == [
+        ("not_a_member", "mallory")]
 
 
 # -- the JSON lines on a real server's stderr -------------------------------------------------

@@ -196,3 +196,10 @@ def test_rate_limits_are_named_overrides_or_off():
                                   "sign_in": "10 per second"}
     text = problems({"SSO_RATE_LIMITS": "devices=5/minute,device=lots"})
     assert "names 'devices'" in text and "'device=lots' is not a limit" in text
+
+
+def test_finding_2_an_at_sign_before_digits_is_refused_not_read_as_an_id():
+    assert "SSO_BOOTSTRAP_ADMINS entry '@12345' is ambiguous" in problems(
+        {**GOOD_PRODUCTION, "SSO_BOOTSTRAP_ADMINS": "1001,@12345"})
+    assert load_settings({**GOOD_PRODUCTION, "SSO_BOOTSTRAP_ADMINS": "1001,@alice"}
+                         ).bootstrap_admins == ("1001", "alice")

@@ -470,3 +470,18 @@ def test_finding_10_deleted_client_bearer_stops_opening_apps(keycard, bob_tokens
     assert keycard.services.clients.delete(client.client_id)
     wait_until(lambda: verify(requests.Session(), keycard, headers=headers).status_code == 401,
                timeout=10)
+
+
+def test_behind_trusted_proxies_the_app_host_is_the_trusted_hops_not_the_clients(
+        make_keycard, http):
+    """With SSO_TRUSTED_PROXY_HOPS=1 the host comes from the hop Keycard trusts (the last
+    X-Forwarded-Host value); a value the client put first decides nothing."""
+    keycard = make_keycard(SSO_TRUSTED_PROXY_HOPS="1")
+    client, secret = keycard.services.clients.create(
+        name="CLI", redirect_uris=[RP_CALLBACK], trusted=True, audiences=["https://evil.test"])
+    sign_in(http, keycard.url, "bob")
+    token = obtain_tokens(http, keycard.url, client.client_id, secret,
+                          resource="https://evil.test")["access_token"]
+    forged = verify(requests.Session(), keycard, headers={
+        "Authorization": f"Bearer {token}", "X-Forwarded-Host": f"evil.test, {APP_HOST}"})
+    assert forged.status_code == 401  # a token for evil.test does not open APP_HOST

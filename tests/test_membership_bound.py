@@ -110,6 +110,17 @@ def test_finding_1_back_off_never_outlasts_the_bound(keycard, upstream, http, rd
     assert 0 < rdb.ttl(lock) <= 5  # not the 300 s back-off: asked again when the bound passes
 
 
+def test_finding_1_a_held_recheck_lock_never_extends_trust_past_the_bound(
+        keycard, upstream, http, rdb):
+    """Whoever holds the re-check lock (a request mid-check, or a crash that left it), a
+    profile past the bound is not handed out while the lock lives."""
+    sign_in(http, keycard.url, "bob")
+    unverified_for(keycard, rdb, BOB, MAX_STALE + 1)
+    rdb.set(keycard.services.store.keys.recheck_lock(BOB), "1", ex=300)
+    assert not signed_in(http, keycard)
+    assert ended(keycard)[0]["details"]["reason"] == "membership_unverifiable"
+
+
 def test_finding_1_device_grants_end_too_even_approved_and_not_yet_collected(
         keycard, upstream, http, rdb):
     cli = register_device_client(keycard)

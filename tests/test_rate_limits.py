@@ -52,9 +52,10 @@ def test_finding_7_failed_client_authentications_are_limited_per_ip(keycard, ser
     for _ in range(3):
         assert token(keycard, client.client_id, "wrong").status_code == 401
     assert_429_json(token(keycard, client.client_id, "wrong"))
-    # The address is refused before any check until its window ends, right secret or not.
-    assert_429_json(token(keycard, client.client_id, secret))
-    # Elsewhere the same client still works.
+    assert_429_json(token(keycard, "another-client", "wrong"))  # the address's count
+    # A client with its right secret is never refused, even from that address (a NAT or a
+    # sidecar shared with a misbehaving app must not stop everyone's tokens).
+    assert token(keycard, client.client_id, secret).status_code == 200
     assert token(keycard, client.client_id, secret, ip="10.1.2.3").status_code == 200
 
 
@@ -95,7 +96,7 @@ def test_finding_7_each_sign_in_endpoint_has_its_own_count(keycard, http):
     assert http.get(keycard.url + "/authorize", allow_redirects=False).status_code < 429
 
 
-def test_finding_7_device_authorization_is_limited_per_ip_and_per_client(keycard):
+def test_finding_7_device_authorization_is_limited_per_ip_only(keycard):
     public = keycard.services.clients.create(
         name="CLI", redirect_uris=[], public=True,
         grant_types=["urn:ietf:params:oauth:grant-type:device_code"])[0]
@@ -105,12 +106,13 @@ def test_finding_7_device_authorization_is_limited_per_ip_and_per_client(keycard
         return client.post("/device_authorization", data={"client_id": client_id},
                            environ_base={"REMOTE_ADDR": ip})
 
-    for i in range(3):
-        assert ask(public.client_id, f"10.0.1.{i}").status_code == 200
-    assert_429_json(ask(public.client_id, "10.0.1.9"))  # the client's count
     for _ in range(3):
-        ask("other", "10.0.2.1")
-    assert_429_json(ask("another", "10.0.2.1"))  # the address's count
+        ask(public.client_id, "10.0.2.1")
+    assert_429_json(ask(public.client_id, "10.0.2.1"))  # the address's count
+    # Anyone can name a public client: flooding with its id must not lock out its real
+    # devices elsewhere (no per-client count before authentication).
+    for i in range(5):
+        assert ask(public.client_id, f"10.0.1.{i}").status_code == 200
 
 
 def test_finding_7_counters_live_under_the_prefix_with_a_ttl(keycard, http, rdb, prefix):

@@ -17,7 +17,6 @@ from sso.upstream.base import Connector, Identity, UpstreamToken
 
 # Refusals anyone can cause without starting a sign-in (no state, or one never issued or
 # already used): the callback counts them in a metric instead of the audit stream.
-UNKNOWN_STATE_REASONS = frozenset({"state_missing", "state_unknown"})
 
 
 class SignInRefused(Exception):

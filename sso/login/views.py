@@ -15,12 +15,12 @@ from flask import (
 from flask_login import current_user, login_required, login_user
 from werkzeug.wrappers import Response
 
-from sso.login.flow import UNKNOWN_STATE_REASONS, SignInRefused
+from sso.login.flow import SignInRefused
 from sso.login.users import User
-from sso.metrics import SIGNIN_UNKNOWN_STATE
+from sso.metrics import SIGNIN_REFUSED_ANONYMOUS
 from sso.registry import registry
 from sso.sessions import ServerSession, end_browser_session
-from sso.upstream.base import AccessDenied, UpstreamError
+from sso.upstream.base import AccessDenied, BadCredentials, UpstreamError
 from sso.web.errors import error_response
 from sso.web.ratelimit import limited
 from sso.web.redirects import safe_next
@@ -68,12 +68,7 @@ def callback() -> Response:
             request.args.get("state"), request.cookies.get(_binding_cookie())
         )
     except SignInRefused as exc:
-        if exc.reason in UNKNOWN_STATE_REASONS:
-            # Anyone can send these, unauthenticated and by the thousand: counted, not
-            # audited one by one, so they cannot flush the capped audit stream.
-            SIGNIN_UNKNOWN_STATE.labels(exc.reason).inc()
-        else:  # a real state carried to another browser: worth a line each
-            svc.audit.record("signin.refused", reason=exc.reason, **_client())
+        SIGNIN_REFUSED_ANONYMOUS.labels(exc.reason).inc()
         return error_response(400, "Sign-in could not be completed", exc.message,
                               code=exc.reason, retry=True)
     error = request.args.get("error")
@@ -84,8 +79,7 @@ def callback() -> Response:
             else "GitHub could not complete the sign-in. Please try again.",
             detail=f"upstream error {error}: {request.args.get('error_description', '')}",
         )
-        svc.audit.record("signin.refused", reason=denied.audit_reason,
-                         upstream_error=error[:64], **_client())
+        SIGNIN_REFUSED_ANONYMOUS.labels(denied.audit_reason).inc()
         raise denied
     code = request.args.get("code")
     if not code:
@@ -94,9 +88,17 @@ def callback() -> Response:
                               code="invalid_request", retry=True)
     try:
         identity, token = svc.signin.finish(pending, code)
-        svc.accounts.admit(identity)
+    except BadCredentials as exc:  # a code GitHub does not accept: anyone can send one
+        SIGNIN_REFUSED_ANONYMOUS.labels(exc.audit_reason).inc()
+        raise
     except UpstreamError as exc:
         svc.audit.record("signin.refused", reason=exc.audit_reason, **_client())
+        raise
+    try:
+        svc.accounts.admit(identity)
+    except UpstreamError as exc:
+        svc.audit.record("signin.refused", reason=exc.audit_reason, login=identity.login,
+                         user_id=identity.user_id, **_client())
         raise
     profile = svc.accounts.complete_sign_in(identity, token)
     assert isinstance(session, ServerSession)

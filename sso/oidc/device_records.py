@@ -14,6 +14,9 @@ Keys (built by :class:`sso.storage.Keys`, each with its TTL):
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import secrets
 import time
 from dataclasses import dataclass
@@ -121,8 +124,12 @@ class PendingDevice:
 class DeviceRecords:
     """Device requests, user-code index, tombstones and wrong-guess counters in Redis."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, user_code_key: bytes) -> None:
         self.store = store
+        # A user code has only ~2^34.6 values: a plain hash of it is inverted in seconds by
+        # whoever reads Redis. Keyed (HMAC with a key derived from SSO_SECRET_KEY), the index
+        # tells a Redis reader nothing.
+        self._user_code_key = user_code_key
         self.keys = store.keys
         self._create = store.redis.register_script(_CREATE)
         self._poll = store.redis.register_script(_POLL)
@@ -132,8 +139,9 @@ class DeviceRecords:
         """The record of a device code (operators and tests expire it by hand)."""
         return self.keys.device(hash_secret(device_code))
 
-    def _index(self, user_code: str) -> str:  # user codes are secrets too: hashed
-        return self.keys.device_user_code(hash_secret(user_code))
+    def _index(self, user_code: str) -> str:  # user codes are secrets too: keyed hash
+        digest = hmac.new(self._user_code_key, user_code.encode(), hashlib.sha256).digest()
+        return self.keys.device_user_code(base64.urlsafe_b64encode(digest).decode().rstrip("="))
 
     @guard
     def create(self, device_code: str, user_code: str, client_id: str, scope: str, *,

@@ -231,6 +231,10 @@ def _consent_page(client: Any, scopes: set[str], params: dict[str, str]) -> Resp
 @bp.post("/authorize/decision")
 def decision() -> Response:
     """The consent form's answer; CSRF-protected like every form."""
+    if request.query_string:
+        # Authlib reads request.values, where the query wins over the form: parameters
+        # there would bypass every check below, which reads the form.
+        return _page(400, "Invalid sign-in request", "This consent form is not valid.")
     subject = _subject()
     values = request.form
     client = provider().clients.get(values.get("client_id", ""))
@@ -283,7 +287,7 @@ def token() -> Response:
 @bp.post("/device_authorization")
 @origin_exempt
 @csrf.exempt
-@limited("device", lambda: registry().limiter, per_client=True)
+@limited("device", lambda: registry().limiter)
 def device_authorization() -> Response:
     """RFC 8628 §3.1: a device asks for a user code (see sso/oidc/device.py)."""
     return _malformed_basic() or _no_store(

@@ -46,6 +46,21 @@ def test_finding_3_consent_decision_refuses_a_resource_the_client_has_not_regist
     assert query["state"] == page.sent["state"]  # type: ignore[attr-defined]
 
 
+def test_finding_3_the_decision_takes_no_parameters_from_the_query(keycard, http,
+                                                                    make_client):
+    """Authlib reads request.values (the query wins over the form): a resource, a client or
+    an oversized nonce in the decision's query must not slip past the form's checks."""
+    admin_api = keycard.url + "/api/admin"
+    rp = make_client(trusted=False, audiences=["https://wiki.acme.test"])
+    sign_in(http, keycard.url, "alice")
+    page = authorize(http, rp, scope="openid roles")
+    form = form_with(page.text, "/authorize/decision")
+    answer = http.post(urljoin(page.url, form.action) + "?resource=" + admin_api,
+                       data=dict(form.fields, decision="approve"), allow_redirects=False,
+                       timeout=10)
+    assert answer.status_code == 400 and "Location" not in answer.headers
+
+
 def test_finding_3_trusted_client_decision_posted_directly_is_checked_too(keycard, http,
                                                                           make_client):
     """The decision endpoint can be posted without ever showing the consent page."""
@@ -248,7 +263,11 @@ def test_finding_13_device_record_keeps_no_clear_user_code(keycard, rdb, prefix)
     client = register_device_client(keycard)
     started = start_device(keycard.url, client.client_id).json()
     user_code = started["user_code"]
-    forms = {user_code, user_code.replace("-", "")}
+    from sso.crypto import hash_secret
+
+    # Nor an unkeyed hash of it: 20^8 codes are inverted in seconds by whoever reads Redis.
+    forms = {user_code, user_code.replace("-", ""), hash_secret(user_code.replace("-", "")),
+             hash_secret(user_code)}
     seen: list[Any] = []
     for key in rdb.scan_iter(match=f"{prefix}*", count=1000):
         kind = rdb.type(key)
