@@ -135,7 +135,8 @@ def _granian(name: str, target: str, port: int, workdir: Path, *, workers: int,
     log = workdir / f"{name}.log"
     cmd = [sys.executable, "-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1",
            "--port", str(port), "--workers", str(workers), "--blocking-threads", str(threads),
-           "--no-ws", "--log-level", "warning", target]
+           "--no-ws", "--log-level", "warning", "--respawn-failed-workers",
+           "--respawn-interval", "1", target]
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)

@@ -1,0 +1,157 @@
+"""Issue #12 (scale out and survive): Keycard under the server the README tells operators
+to run survives a dead worker (defect 4), and its log lines reach that server's output as
+JSON, with outage errors kept to a handful (defect 8)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import keycard_env
+from tests.support import free_port, wait_until
+
+ROOT_DIR = Path(__file__).resolve().parent.parent
+
+
+def readme_granian_command(port: int) -> list[str]:
+    """The granian command of README's "Run in production", on this test's port, with the
+    app imported from the package (the test runs outside the checkout)."""
+    readme = (ROOT_DIR / "README.md").read_text()
+    section = readme.split("## Run in production", 1)[1].split("```sh", 1)[1].split("```")[0]
+    joined = section.replace("\\\n", " ")
+    line = next(raw for raw in joined.splitlines() if raw.strip().startswith(".venv/bin/granian"))
+    argv = shlex.split(line)
+    argv = [sys.executable, "-m", "granian", *argv[1:]]
+    argv[argv.index("--port") + 1] = str(port)
+    argv[argv.index("app:create_app")] = "sso:create_app"
+    return argv
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    url: str
+    stderr: Path
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        found = []
+        for raw in self.stderr.read_text(errors="replace").splitlines():
+            if raw.startswith("{"):
+                found.append(json.loads(raw))
+        return found
+
+
+def start(argv: list[str], port: int, env: dict[str, str], tmp_path: Path) -> Server:
+    stderr_path = tmp_path / "stderr.log"
+    with stderr_path.open("wb") as stderr:
+        proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=stderr,
+                                stderr=stderr, start_new_session=True)
+    server = Server(proc, f"http://127.0.0.1:{port}", stderr_path)
+
+    def ready() -> bool:
+        assert proc.poll() is None, stderr_path.read_text()[-2000:]
+        try:
+            return requests.get(server.url + "/readyz", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    wait_until(ready, timeout=60)
+    return server
+
+
+@pytest.fixture
+def run_server(tmp_path: Path, upstream: Any) -> Iterator[Any]:
+    started: list[Server] = []
+
+    def run(argv_for_port: Any, redis_url: str, prefix: str, **overrides: str) -> Server:
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SSO_", "GRANIAN_"))}
+        env.update(keycard_env(redis_url, prefix, upstream.url, port, tmp_path, **overrides))
+        server = start(argv_for_port(port), port, env, tmp_path)
+        started.append(server)
+        return server
+
+    yield run
+    for server in started:
+        if server.proc.poll() is None:
+            server.proc.terminate()  # the main process stops its workers
+            try:
+                server.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                print("granian did not stop within 5 s of SIGTERM:",
+                      server.stderr.read_text()[-1500:])
+                os.killpg(server.proc.pid, signal.SIGKILL)
+                server.proc.wait(10)
+
+
+def children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found |= {int(c) for c in (task / "children").read_text().split()}
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def test_defect_4_killing_a_granian_worker_does_not_take_the_instance_down(
+        run_server, redis_server, prefix):
+    server = run_server(readme_granian_command, redis_server.url, prefix)
+    main = server.proc.pid
+    workers = wait_until(lambda: len(children(main)) == 2 and children(main), timeout=15)
+
+    outcomes: list[tuple[float, bool]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with requests.Session() as http:
+            paths = ("/healthz", "/.well-known/openid-configuration")
+            n = 0
+            while not stop.is_set() and n < 5000:
+                try:
+                    ok = http.get(server.url + paths[n % 2], timeout=2).status_code == 200
+                except requests.RequestException:
+                    ok = False
+                    http.close()
+                outcomes.append((time.monotonic(), ok))
+                n += 1
+
+    loop = threading.Thread(target=client, daemon=True)
+    loop.start()
+    try:
+        wait_until(lambda: len(outcomes) >= 20, timeout=10)
+        victim = min(workers)
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        # A new worker takes the dead one's place; the main process lives on.
+        respawned = wait_until(
+            lambda: server.proc.poll() is None and len(children(main)) == 2
+            and children(main) - workers, timeout=10)
+        assert victim not in children(main) and respawned
+        # Requests after the respawn all succeed.
+        settled = time.monotonic()
+        wait_until(lambda: sum(1 for t, _ in outcomes if t > settled) >= 50, timeout=10)
+    finally:
+        stop.set()
+        loop.join(10)
+    assert server.proc.poll() is None, "granian shut the instance down"
+    after = [ok for t, ok in outcomes if t > settled]
+    assert all(after), f"{after.count(False)} failures after the respawn"
+    failed_during = sum(1 for t, ok in outcomes if killed_at <= t <= settled and not ok)
+    print(f"requests failed while the worker died and respawned: {failed_during} "
+          f"of {sum(1 for t, _ in outcomes if killed_at <= t <= settled)}")
+    assert failed_during <= 10
+    assert requests.get(server.url + "/readyz", timeout=5).status_code == 200
