@@ -14,7 +14,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 from flask import Flask
 
-from sso import audit, forward_auth, health, metrics, portal, registry
+from sso import audit, forward_auth, health, logs, metrics, portal, registry
 from sso.admin import api as admin_api
 from sso.admin import console as admin
 from sso.cli import groups as cli_groups
@@ -69,7 +69,7 @@ def create_app(
         WTF_CSRF_SSL_STRICT=False,
         MAX_CONTENT_LENGTH=1024 * 1024,
     )
-    logging.getLogger("keycard").setLevel(logging.INFO)
+    logs.install_log_handler()  # JSON lines on stderr, unless logging is configured
     audit.install_log_handler()  # one JSON line per audit event on stderr
     for warning in settings.warnings:  # weak but allowed settings, once per process start
         logging.getLogger("keycard.config").warning("%s", warning)
@@ -83,6 +83,7 @@ def create_app(
     for module in (auth, portal, health, admin, admin_api, forward_auth, device, oidc_views):
         app.register_blueprint(module.bp)
     app.wsgi_app = metrics.RequestMetrics(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = logs.RequestIds(app.wsgi_app)  # type: ignore[method-assign]
     cli_groups.init_app(app)
     return app
 

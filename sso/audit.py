@@ -14,27 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from typing import Any, cast
 
+from sso.logs import StderrLines
 from sso.metrics import AUDIT_EVENTS
 from sso.storage import OUTAGE_ERRORS, Store, guard
 
 log = logging.getLogger("keycard.audit")
-
-
-class _StderrLines(logging.Handler):
-    """Each record's message as one line on the process's stderr *as it is now* (servers
-    and test runners replace ``sys.stderr``; a handler holding the old one would write
-    into a closed file)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            sys.stderr.write(self.format(record) + "\n")
-            sys.stderr.flush()
-        except Exception:  # noqa: BLE001 - logging must never break the request
-            self.handleError(record)
 
 
 def install_log_handler() -> None:
@@ -43,7 +30,7 @@ def install_log_handler() -> None:
     print each line a second time, wrapped in its own format."""
     if log.handlers:
         return
-    handler = _StderrLines(logging.INFO)
+    handler = StderrLines(logging.INFO)
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)

@@ -71,6 +71,9 @@ class Settings:
     login_state_seconds: int = 600
     upstream_timeout: float = 10.0
     audit_max_events: int = 100_000
+    # A log line repeated by every request (a Redis outage): at most one per this many
+    # seconds per kind and process, with the count of lines suppressed.
+    log_repeat_seconds: int = 10
     metrics_token: str | None = None  # when set, /metrics wants it as a bearer token
     device_poll_interval: int = 5  # RFC 8628 §3.2 default; seconds between device polls
     trusted_proxy_hops: int = 0  # proxies whose X-Forwarded-For/-Proto/-Host are believed
@@ -406,6 +409,9 @@ def load_settings(
         upstream_timeout=upstream_timeout,
         audit_max_events=_int(
             "SSO_AUDIT_MAX_EVENTS", env.get("SSO_AUDIT_MAX_EVENTS"), 100_000, problems
+        ),
+        log_repeat_seconds=_int(
+            "SSO_LOG_REPEAT_SECONDS", env.get("SSO_LOG_REPEAT_SECONDS"), 10, problems
         ),
         metrics_token=metrics_token,
         device_poll_interval=_int(

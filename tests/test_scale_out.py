@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -155,3 +156,65 @@ def test_defect_4_killing_a_granian_worker_does_not_take_the_instance_down(
           f"of {sum(1 for t, _ in outcomes if killed_at <= t <= settled)}")
     assert failed_during <= 10
     assert requests.get(server.url + "/readyz", timeout=5).status_code == 200
+
+
+def test_defect_8_keycard_log_lines_are_json_on_the_servers_stderr(
+        run_server, redis_server, prefix):
+    server = run_server(readme_granian_command, redis_server.url, prefix)
+    with requests.Session() as http:
+        start_login = http.get(server.url + "/login", allow_redirects=False, timeout=10)
+        state = start_login.headers["Location"].split("state=", 1)[1].split("&", 1)[0]
+        # GitHub refuses the code: Keycard logs a warning inside this request.
+        answer = http.get(f"{server.url}/auth/github/callback?state={state}&code=made-up",
+                          headers={"X-Request-Id": "trace-4711"}, timeout=10)
+    assert answer.status_code >= 400 and answer.headers["X-Request-Id"] == "trace-4711"
+    made_up = requests.get(server.url + "/healthz",
+                           headers={"X-Request-Id": "bad id <" + "x" * 200 + ">"},
+                           timeout=10).headers["X-Request-Id"]
+    assert re.fullmatch(r"[0-9a-f]{16}", made_up)  # not a sane id: Keycard makes one
+
+    def warning() -> dict[str, Any] | None:
+        return next((line for line in server.log_lines()
+                     if line.get("logger", "").startswith("keycard.")
+                     and line.get("level") == "WARNING"), None)
+
+    line = wait_until(warning, timeout=10)
+    assert line["request_id"] == "trace-4711" and "upstream error" in line["message"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["ts"])
+
+
+def test_defect_8_a_redis_outage_logs_a_handful_of_lines_not_one_per_request(
+        run_server, private_redis, prefix):
+    server = run_server(readme_granian_command, private_redis.url, prefix,
+                        SSO_LOG_REPEAT_SECONDS="1")
+    private_redis.stop()
+    unavailable = 0
+    with requests.Session() as http:
+        for _ in range(100):
+            if http.get(server.url + "/login", allow_redirects=False,
+                        timeout=10).status_code == 503:
+                unavailable += 1
+
+        def outage_lines() -> list[dict[str, Any]]:
+            return [line for line in server.log_lines()
+                    if line.get("message", "").startswith("redis unavailable")]
+
+        def reported_suppressed() -> bool:
+            nonlocal unavailable
+            if any(" 0 similar" not in line["message"] for line in outage_lines()):
+                return True
+            unavailable += http.get(server.url + "/login", allow_redirects=False,
+                                    timeout=10).status_code == 503
+            return False
+
+        wait_until(reported_suppressed, timeout=15, interval=0.2)
+    assert unavailable >= 100
+    lines = outage_lines()
+    assert all(line["level"] == "ERROR" and line["ts"] for line in lines)
+    suppressed = [int(re.search(r"\((\d+) similar lines suppressed\)", line["message"])[1])
+                  for line in lines]
+    # Every 503 is either a line or counted in a later line's suppressed number (the
+    # count still pending in each worker since its last line is not written yet).
+    assert len(lines) <= 12, [line["message"] for line in lines]
+    assert sum(suppressed) + len(lines) <= unavailable
+    assert max(suppressed) > 0

@@ -12,6 +12,7 @@ from flask import Flask, Response, current_app, jsonify, render_template, reques
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import BadHost, HTTPException
 
+from sso.logs import Throttle
 from sso.storage import StorageUnavailable
 from sso.upstream.base import RateLimited, SamlSsoRequired, UpstreamError
 
@@ -44,9 +45,14 @@ def error_response(
 
 
 def register_error_handlers(app: Flask) -> None:
+    # Every request fails the same way during an outage: one line per interval, not one each.
+    throttle = Throttle(app.config["SSO_SETTINGS"].log_repeat_seconds)
+
     @app.errorhandler(StorageUnavailable)
     def storage_down(exc: StorageUnavailable) -> Response:
-        log.error("redis unavailable: %s", exc)
+        suppressed = throttle.allow("storage_down")
+        if suppressed is not None:
+            log.error("redis unavailable: %s (%d similar lines suppressed)", exc, suppressed)
         response = error_response(
             503,
             "Keycard is temporarily unavailable",
