@@ -29,11 +29,25 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (
     redis.exceptions.BusyLoadingError,
     redis.exceptions.ReadOnlyError,
     redis.exceptions.MasterDownError,
+    # maxmemory reached under a no-eviction policy: nothing can be written until an
+    # operator frees memory, which Keycard cannot do; like an outage, it passes by itself.
+    redis.exceptions.OutOfMemoryError,
 )
 
 
 class StorageUnavailable(Exception):
     """Redis did not answer; the request cannot be served right now."""
+
+
+class StorageFull(StorageUnavailable):
+    """Redis answered but refused to write: its memory is full (``maxmemory``, noeviction)."""
+
+
+def unavailable(exc: Exception) -> StorageUnavailable:
+    """The :class:`StorageUnavailable` for one of :data:`OUTAGE_ERRORS`."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return StorageFull(str(exc))
+    return StorageUnavailable(str(exc))
 
 
 @dataclass(frozen=True)
@@ -352,7 +366,7 @@ def guard(func: Callable[P, T]) -> Callable[P, T]:
         try:
             return func(*args, **kwargs)
         except OUTAGE_ERRORS as exc:
-            raise StorageUnavailable(str(exc)) from exc
+            raise unavailable(exc) from exc
 
     return wrapper
 

@@ -12,7 +12,7 @@ from flask import Flask, Response, current_app, jsonify, render_template, reques
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import BadHost, HTTPException
 
-from sso.storage import StorageUnavailable
+from sso.storage import StorageFull, StorageUnavailable
 from sso.upstream.base import RateLimited, SamlSsoRequired, UpstreamError
 
 log = logging.getLogger("keycard.web")
@@ -46,13 +46,16 @@ def error_response(
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(StorageUnavailable)
     def storage_down(exc: StorageUnavailable) -> Response:
-        log.error("redis unavailable: %s", exc)
+        if isinstance(exc, StorageFull):
+            log.error("redis is full (maxmemory, noeviction): %s", exc)
+            message = ("Keycard's store is full and cannot record anything right now. "
+                       "Nothing was changed; please try again in a little while.")
+        else:
+            log.error("redis unavailable: %s", exc)
+            message = ("Keycard cannot reach its session store right now. Nothing was "
+                       "changed; please try again in a few seconds.")
         response = error_response(
-            503,
-            "Keycard is temporarily unavailable",
-            "Keycard cannot reach its session store right now. Nothing was changed; "
-            "please try again in a few seconds.",
-            code="temporarily_unavailable",
+            503, "Keycard is temporarily unavailable", message, code="temporarily_unavailable",
         )
         response.headers["Retry-After"] = "5"
         return response
@@ -83,6 +86,11 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
+        original = getattr(exc, "original_exception", None)
+        if isinstance(original, StorageUnavailable):
+            # Raised outside the view (the session saved after it): Flask wraps it in a
+            # 500; it is an outage all the same.
+            return storage_down(original)
         if isinstance(exc, BadHost):
             # A Host werkzeug cannot bind (an IDNA label over 63 characters...): no URL can
             # be built for this request, so no page either; plain text, not a 500.
