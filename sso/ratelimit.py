@@ -4,7 +4,7 @@ Fixed windows: one counter per (limit, identity, window), ``INCR`` and ``EXPIRE`
 script, so a counted request costs one Redis round trip. The limits and their defaults
 are settings (``SSO_RATE_LIMITS``, :data:`sso.config.DEFAULT_RATE_LIMITS`).
 
-Redis unreachable: the limiter raises :class:`~sso.storage.StorageUnavailable` like every
+Redis unreachable or full: the limiter raises :class:`~sso.storage.StorageUnavailable` like every
 other store operation, so the request answers 503 (never a 500, and never an unlimited
 pass): every endpoint it guards needs Redis for its own work anyway.
 """
@@ -21,7 +21,7 @@ import redis
 from limits.storage import RedisClusterStorage, RedisStorage, Storage
 from limits.strategies import FixedWindowRateLimiter
 
-from sso.storage import OUTAGE_ERRORS, StorageUnavailable, Store
+from sso.storage import OUTAGE_ERRORS, Store, unavailable
 
 #: Identities longer than this (a client_id an attacker chose) are counted by their hash.
 MAX_IDENTITY = 80
@@ -70,6 +70,6 @@ class RateLimiter:
                     continue
                 reset, _ = self._window.get_window_stats(item, name, who)
             except OUTAGE_ERRORS as exc:
-                raise StorageUnavailable(str(exc)) from exc
+                raise unavailable(exc) from exc
             return identity, max(1, math.ceil(reset - time.time()))
         return None

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal, ParamSpec, TypeVar, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 P = ParamSpec("P")
@@ -29,11 +29,25 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (
     redis.exceptions.BusyLoadingError,
     redis.exceptions.ReadOnlyError,
     redis.exceptions.MasterDownError,
+    # maxmemory reached under a no-eviction policy: nothing can be written until an
+    # operator frees memory, which Keycard cannot do; like an outage, it passes by itself.
+    redis.exceptions.OutOfMemoryError,
 )
 
 
 class StorageUnavailable(Exception):
     """Redis did not answer; the request cannot be served right now."""
+
+
+class StorageFull(StorageUnavailable):
+    """Redis answered but refused to write: its memory is full (``maxmemory``, noeviction)."""
+
+
+def unavailable(exc: Exception) -> StorageUnavailable:
+    """The :class:`StorageUnavailable` for one of :data:`OUTAGE_ERRORS`."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return StorageFull(str(exc))
+    return StorageUnavailable(str(exc))
 
 
 @dataclass(frozen=True)
@@ -311,8 +325,17 @@ def _sentinel_client(url: str, options: dict[str, Any]) -> redis.Redis:
         raise ValueError("redis+sentinel URL needs a service name: redis+sentinel://h:26379/mymaster")
     db = int(path[1]) if len(path) > 1 else 0
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    # The connections to the sentinels get the same time limits as those to Redis: a
+    # sentinel that accepts but never answers (hung, paused, partitioned) must cost one
+    # timeout, then discovery asks the next one. No retry: the next sentinel is the retry.
+    sentinel_kwargs = {
+        "password": query.get("sentinel_password"),
+        "socket_timeout": options["socket_timeout"],
+        "socket_connect_timeout": options["socket_connect_timeout"],
+        "retry": Retry(NoBackoff(), 0),
+    }
     sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-        hosts, sentinel_kwargs={"password": query.get("sentinel_password")}, **options
+        hosts, sentinel_kwargs=sentinel_kwargs, **options
     )
     master = sentinel.master_for(path[0], db=db, password=password)  # type: ignore[no-untyped-call]
     return cast(redis.Redis, master)
@@ -352,7 +375,7 @@ def guard(func: Callable[P, T]) -> Callable[P, T]:
         try:
             return func(*args, **kwargs)
         except OUTAGE_ERRORS as exc:
-            raise StorageUnavailable(str(exc)) from exc
+            raise unavailable(exc) from exc
 
     return wrapper
 

@@ -30,6 +30,7 @@ from sso.oidc.keys import ALGORITHMS, KeyRing
 from sso.registry import Registry, registry
 from sso.storage import StorageUnavailable, Store
 from tests.support import LiveServer, free_port, wait_until
+from tests.topologies import SentinelTopology, start_sentinel_topology
 
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 
@@ -98,6 +99,18 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def sentinel_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelTopology]:
+    """A master, a replica and three sentinels (``mymaster``, quorum 2), started once per
+    session (per xdist worker); ``.url`` is the ``redis+sentinel://`` URL for Keycard.
+    Tests that pause or stop a process put it back (see tests/topologies.py)."""
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed: run .ci/run or apt-get install redis-server")
+    topology = start_sentinel_topology(tmp_path_factory.mktemp("sentinel"))
+    yield topology
+    topology.stop()
 
 
 @pytest.fixture

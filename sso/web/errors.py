@@ -13,7 +13,7 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import BadHost, HTTPException
 
 from sso.logs import Throttle
-from sso.storage import StorageUnavailable
+from sso.storage import StorageFull, StorageUnavailable
 from sso.upstream.base import RateLimited, SamlSsoRequired, UpstreamError
 
 log = logging.getLogger("keycard.web")
@@ -50,15 +50,20 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(StorageUnavailable)
     def storage_down(exc: StorageUnavailable) -> Response:
-        suppressed = throttle.allow("storage_down")
+        full = isinstance(exc, StorageFull)
+        suppressed = throttle.allow("storage_full" if full else "storage_down")
         if suppressed is not None:
-            log.error("redis unavailable: %s (%d similar lines suppressed)", exc, suppressed)
+            log.error("%s: %s (%d similar lines suppressed)",
+                      "redis is full (maxmemory, noeviction)" if full else "redis unavailable",
+                      exc, suppressed)
+        if full:
+            message = ("Keycard's store is full and cannot record anything right now. "
+                       "Nothing was changed; please try again in a little while.")
+        else:
+            message = ("Keycard cannot reach its session store right now. Nothing was "
+                       "changed; please try again in a few seconds.")
         response = error_response(
-            503,
-            "Keycard is temporarily unavailable",
-            "Keycard cannot reach its session store right now. Nothing was changed; "
-            "please try again in a few seconds.",
-            code="temporarily_unavailable",
+            503, "Keycard is temporarily unavailable", message, code="temporarily_unavailable",
         )
         response.headers["Retry-After"] = "5"
         return response
@@ -89,6 +94,11 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
+        original = getattr(exc, "original_exception", None)
+        if isinstance(original, StorageUnavailable):
+            # Raised outside the view (the session saved after it): Flask wraps it in a
+            # 500; it is an outage all the same.
+            return storage_down(original)
         if isinstance(exc, BadHost):
             # A Host werkzeug cannot bind (an IDNA label over 63 characters...): no URL can
             # be built for this request, so no page either; plain text, not a 500.
