@@ -100,8 +100,7 @@ class RequestIds:
         token = _request_id.set(rid)
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            headers = [h for h in headers if h[0].lower() != "x-request-id"]
-            headers.append(("X-Request-Id", rid))
+            headers.append(("X-Request-Id", rid))  # no view sets it: nothing to replace
             return start_response(status, headers, exc_info)
 
         try:
