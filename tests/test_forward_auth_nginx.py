@@ -46,13 +46,9 @@ HOST = "localhost"
 AUTH_HEADERS = ("User", "Email", "Groups", "Roles", "Sub", "Assertion")
 
 
-def nginx_conf(tmp: Path, port: int, issuer: str, keycard_port: int, app_port: int) -> str:
-    """The configuration under test; docs/forward-auth.md shows the same, annotated."""
-    forwarded = "\n".join(
-        f"            auth_request_set $auth_{h.lower()} $upstream_http_x_auth_request_{h.lower()};"
-        f"\n            proxy_set_header X-Auth-Request-{h} $auth_{h.lower()};"
-        for h in AUTH_HEADERS
-    )
+def nginx_preamble(tmp: Path) -> str:
+    """A foreground nginx with every file it writes under ``tmp``; the ``http`` block is
+    left open for the caller's upstreams and servers (and its closing brace)."""
     return f"""
 daemon off;
 master_process off;
@@ -68,7 +64,17 @@ http {{
     fastcgi_temp_path {tmp}/fastcgi;
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
+"""
 
+
+def nginx_conf(tmp: Path, port: int, issuer: str, keycard_port: int, app_port: int) -> str:
+    """The configuration under test; docs/forward-auth.md shows the same, annotated."""
+    forwarded = "\n".join(
+        f"            auth_request_set $auth_{h.lower()} $upstream_http_x_auth_request_{h.lower()};"
+        f"\n            proxy_set_header X-Auth-Request-{h} $auth_{h.lower()};"
+        for h in AUTH_HEADERS
+    )
+    return nginx_preamble(tmp) + f"""
     upstream keycard {{ server 127.0.0.1:{keycard_port}; }}  # the issuer: {issuer}
     upstream app {{ server 127.0.0.1:{app_port}; }}
 
@@ -349,20 +355,7 @@ def two_apps(redis_server: RedisServer, prefix: str, upstream: Upstream,
     keycard_server.start(keycard_app)
     documented, files_default = free_port(), free_port()
     k, a = keycard_server.port, app_server.port
-    config = f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {tmp_path}/nginx.pid;
-error_log {tmp_path}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log {tmp_path}/access.log;
-    client_body_temp_path {tmp_path}/client_body;
-    proxy_temp_path {tmp_path}/proxy;
-    fastcgi_temp_path {tmp_path}/fastcgi;
-    uwsgi_temp_path {tmp_path}/uwsgi;
-    scgi_temp_path {tmp_path}/scgi;
+    config = nginx_preamble(tmp_path) + f"""
 {app_server_block(f"127.0.0.1:{documented}", WIKI, WIKI, k, a)}
     # A Host no block names is refused, never served by whichever block comes first.
     server {{
