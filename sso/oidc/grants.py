@@ -187,7 +187,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
         if grant is None or grant.expires_at < time.time():
             raise InvalidGrantError("The grant behind this refresh token has ended.")
         subject = p.subject(grant.user_id, auth_time=grant.auth_time, sid=grant.sid,
-                            client=self.request.client, recheck=True)
+                            client=self.request.client)
         if subject is None:
             raise InvalidGrantError("Your access has ended; sign in again.")
         subject.grant_id = grant.grant_id

@@ -73,8 +73,8 @@ class Provider:
         required = set(getattr(client, "required_roles", []) or [])
         return not required or bool(required & set(profile.roles))
 
-    def subject(self, user_id: str, *, auth_time: int, sid: str, client: Any,
-                recheck: bool = True) -> Subject | None:
+    def subject(self, user_id: str, *, auth_time: int, sid: str, client: Any
+                ) -> Subject | None:
         """The person behind a grant, re-checked upstream when their membership is stale.
 
         Every grant re-checks (code, refresh, device): a code or an approved device request
@@ -83,10 +83,10 @@ class Provider:
         profile = self.accounts.get(user_id)
         if profile is None:
             return None
-        if recheck and self.accounts.is_stale(profile.as_dict()):
+        if self.accounts.is_stale(profile.as_dict()):
+            # None: access has ended, and Accounts.end_access revoked the token grants.
             profile = self.accounts.recheck(user_id, actor="refresh")
             if profile is None:
-                self.records.revoke_user_grants(user_id)
                 return None
         else:
             profile = self.accounts.with_roles(profile)
