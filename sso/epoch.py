@@ -80,7 +80,7 @@ class DataLossWatch:
     def _lost(self, previous: str, current: str) -> None:
         log.error("Redis lost its data (instance epoch %s is now %s): a restart without "
                   "persistence or a flush; dropping every cache that trusted it. Revocations "
-                  "and sessions made before are gone; see docs/operations.md",
+                  "and sessions made before are gone",
                   previous, current)
         for clear in self._callbacks:
             try:
