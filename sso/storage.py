@@ -258,7 +258,8 @@ class Keys:
         return f"{self.prefix}keys"
 
     @_key("keys:version", "durable",
-          "counter INCRed at every signing-key change; processes watch it")
+          "counter INCRed at every signing-key change, for processes of earlier releases "
+          "(a rolling upgrade); keys:generation is what processes watch now")
     def signing_keys_version(self) -> str:
         return f"{self.prefix}keys:version"
 

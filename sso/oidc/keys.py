@@ -118,14 +118,9 @@ class _Entry:
         return (r["activates_at"], r.get("retire_at") is None, r["created"], self.kid)
 
 
-# What a process compares to know the keys changed: the generation (a random id) and,
-# for processes of earlier releases during a rolling upgrade, the counter they INCR.
-Fingerprint = tuple[str | None, str | None]
-
-
 @dataclass(frozen=True)
 class _Snapshot:
-    version: Fingerprint
+    generation: str | None  # the random id written with the keys; None before any key
     entries: dict[str, _Entry] = field(default_factory=dict)
 
     def states(self, now: float) -> list[tuple[_Entry, str]]:
@@ -309,19 +304,18 @@ class KeyRing:
 
     @guard
     def _reload(self, snapshot: _Snapshot | None, reuse: _Snapshot | None = None) -> _Snapshot:
-        # One round trip: the generation, the counter, and the instance epoch.
+        # One round trip: the generation and the instance epoch (sso/epoch.py).
         pipe = self.store.redis.pipeline(transaction=False)
         pipe.get(self.generation_key)
-        pipe.get(self.version_key)
         if self.watch is not None:
             pipe.get(self.watch.key)
         answer = [None if raw is None else str(raw) for raw in pipe.execute()]
-        version: Fingerprint = (answer[0], answer[1])
-        if self.watch is not None and self.watch.observe(answer[2]):
+        generation = answer[0]
+        if self.watch is not None and self.watch.observe(answer[1]):
             snapshot = reuse = None  # nothing read before the loss is trusted
-        if snapshot is not None and version == snapshot.version:
+        if snapshot is not None and generation == snapshot.generation:
             return snapshot
-        known = (snapshot or reuse or _Snapshot((None, None))).entries
+        known = (snapshot or reuse or _Snapshot(None)).entries
         entries: dict[str, _Entry] = {}
         for field_name, raw in self.store.redis.hgetall(self.hash_key).items():
             kid = str(field_name)
@@ -333,7 +327,7 @@ class KeyRing:
                 entries[kid] = _Entry(json.loads(raw), previous.public, previous.private)
             else:
                 entries[kid] = self._parse(json.loads(raw))
-        self._snapshot = _Snapshot(version, entries)
+        self._snapshot = _Snapshot(generation, entries)
         self._reported_missing = False  # a new key ring: report it afresh if it lacks keys
         return self._snapshot
 
@@ -454,7 +448,7 @@ class KeyRing:
     @guard
     def _write(self, records: builtins.list[dict[str, Any]], delete: builtins.list[str]) -> None:
         # One transaction: a reader that sees the new generation sees the keys. The counter
-        # is still INCRed for processes of an earlier release during a rolling upgrade.
+        # is only INCRed for processes of an earlier release, during a rolling upgrade.
         pipe = self.store.redis.pipeline(transaction=True)
         if records:
             pipe.hset(self.hash_key, mapping={
