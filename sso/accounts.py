@@ -22,7 +22,7 @@ from sso.config import Settings
 from sso.crypto import DecryptionError, Sealer
 from sso.roles import Rule, evaluate
 from sso.sessions import SessionStore
-from sso.storage import Store, guard
+from sso.storage import OUTAGE_ERRORS, Store, guard
 from sso.upstream.base import (
     AccessDenied,
     BadCredentials,
@@ -305,6 +305,23 @@ class Accounts:
             self._pins = {login: stored[login] for login in self._admin_logins if login in stored}
             self._pins_read.put("pins", self._pins)
         return self._pins
+
+    def after_data_loss(self) -> None:
+        """Redis lost its data (:mod:`sso.epoch`): write back the pins this process
+        remembers, since a pin must never move to another id because its record was lost,
+        then read them afresh like any other process."""
+        pins, self._pins = dict(self._pins), {}
+        self._pins_read.clear()
+        if not pins:
+            return
+        try:
+            pipe = self.store.redis.pipeline(transaction=False)
+            for login, user_id in pins.items():
+                pipe.hsetnx(self.store.keys.bootstrap_pins(), login, user_id)
+            pipe.execute()
+        except OUTAGE_ERRORS:
+            log.warning("bootstrap-admin pins not written back after the data loss: Redis "
+                        "unavailable")
 
     def bootstrap_ids(self) -> frozenset[str]:
         """The user ids SSO_BOOTSTRAP_ADMINS makes admins: its numeric entries and the ids its

@@ -1,5 +1,6 @@
 """Operator endpoints: ``/healthz`` (the process answers), ``/readyz`` (it can serve:
-Redis answers) and ``/metrics`` (Prometheus, see :mod:`sso.metrics`).
+Redis answers and, in production, the signing keys exist: production never makes them
+unasked, see :mod:`sso.oidc.keys`) and ``/metrics`` (Prometheus, see :mod:`sso.metrics`).
 
 ``/readyz`` tells anyone only whether Keycard is ready; why not (the Redis error, which
 names hosts and ports) is for operators presenting ``SSO_METRICS_TOKEN``."""
@@ -12,6 +13,7 @@ from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sso.metrics import collector
+from sso.oidc.keys import INIT_COMMAND
 from sso.registry import registry
 from sso.storage import StorageUnavailable
 from sso.web.bearer import bearer_error, bearer_token
@@ -34,13 +36,18 @@ def _is_operator() -> bool:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
+    services = registry()
     try:
-        registry().store.ping()
+        services.store.ping()
+        missing = services.keys.missing() if services.settings.is_production else []
     except StorageUnavailable as exc:
         if _is_operator():
             return jsonify(status="unavailable", redis="unavailable",
                            detail=str(exc)[:200]), 503
         return jsonify(status="unavailable", redis="unavailable"), 503
+    if missing:
+        return jsonify(status="unavailable", redis="ok", keys="missing",
+                       detail=f"no signing keys: run `{INIT_COMMAND}`"), 503
     return jsonify(status="ready", redis="ok"), 200
 
 

@@ -22,6 +22,7 @@ from sso.assertions import Asserter
 from sso.audit import Audit
 from sso.config import Settings
 from sso.crypto import Sealer, derive_key
+from sso.epoch import DataLossWatch
 from sso.login.flow import SignInFlow
 from sso.oidc.client_registry import ClientRegistry
 from sso.oidc.device_records import DeviceRecords
@@ -43,6 +44,7 @@ EXTENSION = "keycard"
 class Registry:
     settings: Settings
     store: Store
+    epoch: DataLossWatch
     sealer: Sealer
     connector: Connector
     audit: Audit
@@ -104,16 +106,25 @@ def build(app: Flask, settings: Settings, connector: Connector | None = None) ->
                         sessions=sessions, audit=audit, rules=rules.all,
                         on_access_end=records.revoke_user_grants)
     clients = ClientRegistry(store, on_revoke=records.revoke_all_client_grants)
-    keys = KeyRing(store, sealer)
+    # Redis lost its data: every cache trusting what it held is dropped (sso/epoch.py),
+    # noticed by the key ring's periodic re-check; production never re-makes keys unasked.
+    epoch = DataLossWatch(store, audit)
+    keys = KeyRing(store, sealer, generate_missing=not settings.is_production, watch=epoch,
+                   audit=audit)
     devices = DeviceRecords(store, derive_key(settings.secret_key, "device-user-code"))
     provider = Provider(issuer=settings.issuer, records=records, accounts=accounts, keys=keys,
                         clients=clients, audit_log=audit, sessions=sessions, devices=devices)
     limiter = RateLimiter(store, settings.redis_url, settings.rate_limits)
+    asserter = Asserter(settings.issuer, keys)
+    for clear in (provider.verified.clear, asserter.cache.clear, clients.clear_cache,
+                  rules.clear_cache, accounts.after_data_loss):
+        epoch.on_loss(clear)
     metadata = OpenIDProviderMetadata(discovery_document(settings.issuer))
     metadata.validate()  # a malformed discovery document is a start-up error, not a surprise
     return Registry(
         settings=settings,
         store=store,
+        epoch=epoch,
         sealer=sealer,
         connector=connector,
         audit=audit,
@@ -133,6 +144,6 @@ def build(app: Flask, settings: Settings, connector: Connector | None = None) ->
                             device_poll_interval=settings.device_poll_interval,
                             limiter=limiter),
         discovery=dict(metadata),
-        asserter=Asserter(settings.issuer, keys),
+        asserter=asserter,
         limiter=limiter,
     )

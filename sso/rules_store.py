@@ -89,6 +89,10 @@ class RuleStore:
         # re-check anyway, so two seconds of staleness in another process is invisible.
         self._cached: ExpiringCache[str, list[Rule]] = ExpiringCache(1, cache_seconds)
 
+    def clear_cache(self) -> None:
+        """Forget the cached rules (Redis lost its data: see :mod:`sso.epoch`)."""
+        self._cached.clear()
+
     @guard
     def all(self) -> list[Rule]:
         cached = self._cached.get("rules")

@@ -258,9 +258,22 @@ class Keys:
         return f"{self.prefix}keys"
 
     @_key("keys:version", "durable",
-          "counter INCRed at every signing-key change; processes watch it")
+          "counter INCRed at every signing-key change, for processes of earlier releases "
+          "(a rolling upgrade); keys:generation is what processes watch now")
     def signing_keys_version(self) -> str:
         return f"{self.prefix}keys:version"
+
+    @_key("keys:generation", "durable",
+          "random id replaced at every signing-key change; processes compare it (a counter "
+          "restarts at 1 after a data loss and would match what they cached)")
+    def signing_keys_generation(self) -> str:
+        return f"{self.prefix}keys:generation"
+
+    @_key("epoch", "durable",
+          "random id written once (SET NX): when it vanishes or changes, Redis lost its data "
+          "(sso/epoch.py)")
+    def instance_epoch(self) -> str:
+        return f"{self.prefix}epoch"
 
     @_key("keys:lock", "ttl", "LOCK_SECONDS (sso/oidc/keys.py), held while writing keys")
     def signing_keys_lock(self) -> str:

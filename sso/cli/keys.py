@@ -1,4 +1,8 @@
-"""``sso keys``: list the token-signing keys and rotate them."""
+"""``sso keys``: make the first token-signing keys, list them and rotate them.
+
+Production never makes keys unasked (a data loss would otherwise silently replace
+them, and every token issued before would stop verifying): ``sso keys init`` is the
+operator's confirmation, once at installation and again after Redis lost its data."""
 
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ def _when(epoch: float | None) -> str:
 
 def _table(rows: list[dict[str, Any]]) -> None:
     if not rows:
-        click.echo("No signing keys yet: they are generated when Keycard first starts.")
+        click.echo("No signing keys yet: run `sso keys init` (development makes them when "
+                   "Keycard first signs).")
     for row in rows:
         click.echo(f"{row['kid']:34} {row['alg']:6} {row['state']:8} "
                    f"created {_when(row['created'])}  retires {_when(row['retire_at'])}")
@@ -40,6 +45,25 @@ def keys_group() -> None:
 def keys_list(as_json: bool) -> None:
     rows = keyring().list()
     emit(rows, as_json, lambda: _table(rows))
+
+
+@keys_group.command("init", help="Make the signing keys that are missing (first installation, "
+                                 "or after Redis lost its data); does nothing when all exist.")
+@json_option
+@with_appcontext
+def keys_init(as_json: bool) -> None:
+    ring = keyring()
+    kids = ring.ensure(confirmed=True)
+    if kids:
+        registry().audit.record("keys.initialised", actor=actor(), new_kids=kids)
+    rows = ring.list()
+
+    def text() -> None:
+        click.echo(f"New signing keys: {', '.join(kids)}" if kids
+                   else "Signing keys already exist; nothing made.")
+        _table(rows)
+
+    emit({"new": kids, "keys": rows}, as_json, text)
 
 
 @keys_group.command("rotate", help="Start new signing keys; old ones stay in JWKS for --grace.")

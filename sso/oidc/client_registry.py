@@ -42,6 +42,10 @@ class ClientRegistry:
         self.index_key = store.keys.clients_index()
         self._cache: ExpiringCache[str, Client] = ExpiringCache(CACHE_MAX_ENTRIES, cache_seconds)
 
+    def clear_cache(self) -> None:
+        """Forget every cached client (Redis lost its data: see :mod:`sso.epoch`)."""
+        self._cache.clear()
+
     def key(self, client_id: str) -> str:
         return self.store.keys.client(client_id)
 

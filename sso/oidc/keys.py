@@ -2,9 +2,19 @@
 
 Every instance of Keycard signs with the same keys, so they live in Redis: the
 public JWK in clear, the private JWK sealed with ``SSO_SECRET_KEY`` (SPEC storage
-rules). Each process parses and decrypts them once and then only watches a version
-counter, at most every ``recheck_seconds``, so a rotation reaches every process
-without a restart for the price of one GET every few seconds.
+rules). Each process parses and decrypts them once and then only watches a *generation*,
+a random id replaced at every change, at most every ``recheck_seconds``: a rotation
+reaches every process without a restart for the price of one GET every few seconds. A
+random id rather than a counter: after Redis lost its data a counter restarts at the
+value processes cached, and they went on signing with keys nobody else had.
+
+The same round trip reads the instance epoch (:mod:`sso.epoch`), so a data loss is
+noticed within ``recheck_seconds`` and every cache that trusted Redis is dropped. In
+production missing keys are never made silently (relying parties would meet an unknown
+``kid`` and every issued token would stop verifying): Keycard refuses to sign, says so
+in the log, the audit trail, ``/readyz`` and a 503, until an operator runs
+``sso keys init`` (or ``sso keys rotate``). Development makes them, with a warning when
+they replace keys a data loss took.
 
 A key's state is derived from its timestamps rather than from a background job:
 the *active* key of an algorithm is the newest one whose ``activates_at`` has
@@ -29,7 +39,9 @@ from typing import Any
 from joserfc.jwk import ECKey, KeyParameters, KeySet, RSAKey
 from redis.exceptions import LockError
 
+from sso.audit import Audit
 from sso.crypto import SIGNING_ALGS, DecryptionError, Sealer
+from sso.epoch import DataLossWatch
 from sso.storage import OUTAGE_ERRORS, StorageUnavailable, Store, guard
 
 log = logging.getLogger("keycard.keys")
@@ -39,6 +51,20 @@ LOCK_SECONDS = 30  # generating an RSA key takes well under a second
 LOCK_WAIT_SECONDS = 15
 
 SigningKey = RSAKey | ECKey
+
+INIT_COMMAND = "sso keys init"
+
+
+class SigningKeysMissing(Exception):
+    """Production has no signing key for some algorithm and will not make one unasked."""
+
+    def __init__(self, algs: builtins.list[str]) -> None:
+        self.algs = algs
+        super().__init__(
+            f"No token-signing keys in Redis ({', '.join(algs)}): Keycard does not make new "
+            f"ones unasked in production. An operator must run `{INIT_COMMAND}` (first "
+            "installation, or after Redis lost its data), or restore them from a backup."
+        )
 
 
 def _generate(alg: str, kid: str) -> SigningKey:
@@ -94,7 +120,7 @@ class _Entry:
 
 @dataclass(frozen=True)
 class _Snapshot:
-    version: str | None
+    generation: str | None  # the random id written with the keys; None before any key
     entries: dict[str, _Entry] = field(default_factory=dict)
 
     def states(self, now: float) -> list[tuple[_Entry, str]]:
@@ -152,24 +178,36 @@ class KeyRing:
         *,
         recheck_seconds: float = 5.0,
         clock: Callable[[], float] = time.time,
+        generate_missing: bool = True,
+        watch: DataLossWatch | None = None,
+        audit: Audit | None = None,
     ) -> None:
         self.store = store
         self.sealer = sealer
         self.recheck_seconds = recheck_seconds
         self.clock = clock  # wall clock for key lifetimes; tests may move it forward
+        # False in production: missing keys wait for `sso keys init` (ensure(confirmed=True)).
+        self.generate_missing = generate_missing
+        self.watch = watch
+        self.audit = audit
         self.hash_key = store.keys.signing_keys()
+        self.generation_key = store.keys.signing_keys_generation()
         self.version_key = store.keys.signing_keys_version()
         self.lock_key = store.keys.signing_keys_lock()
         self._snapshot: _Snapshot | None = None
         self._view: _View | None = None
         self._next_check = 0.0
         self._lock = threading.Lock()
+        self._reported_missing = False  # logged and audited once per episode, not per request
+        if watch is not None:
+            watch.on_loss(self._forget)
 
     # -- reading ------------------------------------------------------------------------------
 
     def signing_key(self, alg: str = "RS256") -> SigningKey:
         """The active private key for ``alg`` (with its ``kid``), generating the first one
-        if this is a fresh installation."""
+        if this is a fresh installation in development; :class:`SigningKeysMissing` in
+        production until an operator made them."""
         if alg not in ALGORITHMS:
             raise ValueError(f"unsupported signing algorithm {alg!r}")
         entry = self._active(self._current(), alg)
@@ -187,7 +225,7 @@ class KeyRing:
 
     def jwks(self) -> dict[str, builtins.list[dict[str, Any]]]:
         """The public JWK Set: active, next and retired-but-not-expired keys (shared: do
-        not modify)."""
+        not modify). In production an empty key ring is :class:`SigningKeysMissing`."""
         snapshot = self._current()
         if not snapshot.entries:
             self.ensure()
@@ -197,6 +235,10 @@ class KeyRing:
     def public_keyset(self) -> KeySet:
         """The same keys as :meth:`jwks`, as a joserfc ``KeySet`` for verification."""
         return self._current_view().keyset
+
+    def missing(self) -> builtins.list[str]:
+        """Algorithms without a usable key, from the cached snapshot (for ``/readyz``)."""
+        return self._missing(self._current())
 
     def list(self) -> builtins.list[dict[str, Any]]:
         """Every live key with its effective state, read fresh from Redis (for the CLI)."""
@@ -229,7 +271,7 @@ class KeyRing:
     # -- the per-process cache ----------------------------------------------------------------
 
     def _current(self) -> _Snapshot:
-        """The cached keys, re-read only when the version counter moved (checked at most
+        """The cached keys, re-read only when the generation changed (checked at most
         every ``recheck_seconds``). During a Redis outage the last keys keep serving."""
         snapshot = self._snapshot
         if snapshot is not None and time.monotonic() < self._next_check:
@@ -254,11 +296,24 @@ class KeyRing:
             self._next_check = time.monotonic() + self.recheck_seconds
             return self._snapshot
 
+    def _forget(self) -> None:
+        """Data loss: drop the snapshot (no lock: called from inside :meth:`_reload`)."""
+        self._snapshot = None
+        self._view = None
+        self._next_check = 0.0
+
     @guard
     def _reload(self, snapshot: _Snapshot | None, reuse: _Snapshot | None = None) -> _Snapshot:
-        raw_version = self.store.redis.get(self.version_key)
-        version = None if raw_version is None else str(raw_version)
-        if snapshot is not None and version == snapshot.version:
+        # One round trip: the generation and the instance epoch (sso/epoch.py).
+        pipe = self.store.redis.pipeline(transaction=False)
+        pipe.get(self.generation_key)
+        if self.watch is not None:
+            pipe.get(self.watch.key)
+        answer = [None if raw is None else str(raw) for raw in pipe.execute()]
+        generation = answer[0]
+        if self.watch is not None and self.watch.observe(answer[1]):
+            snapshot = reuse = None  # nothing read before the loss is trusted
+        if snapshot is not None and generation == snapshot.generation:
             return snapshot
         known = (snapshot or reuse or _Snapshot(None)).entries
         entries: dict[str, _Entry] = {}
@@ -272,7 +327,8 @@ class KeyRing:
                 entries[kid] = _Entry(json.loads(raw), previous.public, previous.private)
             else:
                 entries[kid] = self._parse(json.loads(raw))
-        self._snapshot = _Snapshot(version, entries)
+        self._snapshot = _Snapshot(generation, entries)
+        self._reported_missing = False  # a new key ring: report it afresh if it lacks keys
         return self._snapshot
 
     def _parse(self, record: dict[str, Any]) -> _Entry:
@@ -289,12 +345,20 @@ class KeyRing:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def ensure(self) -> builtins.list[str]:
-        """Generate a key for every algorithm that has none (first start). Safe when several
-        processes start at once: they take a Redis lock and re-check under it, so exactly one
-        set of keys is created. Returns the new kids (empty when nothing was missing)."""
-        if not self._missing(self._current()):
+    def ensure(self, *, confirmed: bool = False) -> builtins.list[str]:
+        """Generate a key for every algorithm that has none. Safe when several processes
+        start at once: they take a Redis lock and re-check under it, so exactly one set of
+        keys is created. Returns the new kids (empty when nothing was missing).
+
+        Without ``confirmed`` (an operator's ``sso keys init``) production refuses:
+        :class:`SigningKeysMissing`, logged and audited once until keys exist again.
+        """
+        missing = self._missing(self._current())
+        if not missing:
             return []
+        if not (confirmed or self.generate_missing):
+            self._report_missing(missing)
+            raise SigningKeysMissing(missing)
         with self._redis_lock():
             missing = self._missing(self.refresh())
             if not missing:
@@ -302,9 +366,26 @@ class KeyRing:
             now = _millis(self.clock())
             records = [self._new_record(alg, now, state="active") for alg in missing]
             self._write(records, [])
-            log.info("generated signing keys %s", ", ".join(r["kid"] for r in records))
+            kids = ", ".join(r["kid"] for r in records)
+            if self.watch is not None and self.watch.losses and not confirmed:
+                log.warning("generated signing keys %s to replace those Redis lost: tokens "
+                            "signed before no longer verify (production would refuse and "
+                            "wait for `%s`)", kids, INIT_COMMAND)
+            else:
+                log.info("generated signing keys %s", kids)
         self.refresh()
         return [r["kid"] for r in records]
+
+    def _report_missing(self, missing: builtins.list[str]) -> None:
+        if self._reported_missing:
+            return
+        self._reported_missing = True
+        log.error("no %s signing key in Redis and production does not make one unasked: "
+                  "token and ID-token signing answer 503 and /readyz is not ready until an "
+                  "operator runs `%s`", ", ".join(missing), INIT_COMMAND)
+        if self.audit is not None:
+            self.audit.record("keys.missing", actor="system", algorithms=missing,
+                              data_loss=bool(self.watch is not None and self.watch.losses))
 
     def rotate(self, grace_seconds: int = 3600, publish_delay: int = 0) -> builtins.list[str]:
         """Start a new key per algorithm; returns the new kids.
@@ -366,7 +447,8 @@ class KeyRing:
 
     @guard
     def _write(self, records: builtins.list[dict[str, Any]], delete: builtins.list[str]) -> None:
-        # Keys first, then the version: a reader that sees the new version sees the keys.
+        # One transaction: a reader that sees the new generation sees the keys. The counter
+        # is only INCRed for processes of an earlier release, during a rolling upgrade.
         pipe = self.store.redis.pipeline(transaction=True)
         if records:
             pipe.hset(self.hash_key, mapping={
@@ -374,6 +456,7 @@ class KeyRing:
             })
         if delete:
             pipe.hdel(self.hash_key, *delete)
+        pipe.set(self.generation_key, secrets.token_urlsafe(16))
         pipe.incr(self.version_key)
         pipe.execute()
 

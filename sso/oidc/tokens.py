@@ -153,7 +153,10 @@ class VerifiedTokens:
     Resource servers introspect, call userinfo and pass forward auth with the same token
     again and again; a verified signature never changes, so it is checked once. Only good
     signatures are remembered, expiry is re-checked at every use, and liveness (revocation)
-    is always asked of Redis by the caller.
+    is always asked of Redis by the caller. ``keys`` is asked at every use, hit or not: the
+    key ring's periodic re-check is what notices a Redis data loss, which empties this
+    cache (``clear``, registered with :class:`sso.epoch.DataLossWatch`) so no signature
+    checked against keys Redis no longer has is trusted.
     """
 
     def __init__(self, size: int = 8192, max_age: float = 60.0) -> None:
@@ -162,14 +165,18 @@ class VerifiedTokens:
         self._items: ExpiringCache[str, dict[str, Any]] = ExpiringCache(size, max_age)
 
     def verify(self, token: str, keys: Callable[[], KeySet], typ: str) -> dict[str, Any]:
+        keyset = keys()  # first: it may notice a data loss and clear this cache
         claims = self._items.get(token)
         if claims is None:
-            claims = verify_jwt(token, keys(), typ=typ)
+            claims = verify_jwt(token, keyset, typ=typ)
             self._items.put(token, claims)
             return claims
         if claims["exp"] < time.time():
             raise InvalidToken("expired")
         return claims
+
+    def clear(self) -> None:
+        self._items.clear()
 
 
 class InvalidToken(Exception):

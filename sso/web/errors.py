@@ -13,6 +13,7 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import BadHost, HTTPException
 
 from sso.logs import Throttle
+from sso.oidc.keys import SigningKeysMissing
 from sso.storage import StorageFull, StorageUnavailable
 from sso.upstream.base import RateLimited, SamlSsoRequired, UpstreamError
 
@@ -66,6 +67,14 @@ def register_error_handlers(app: Flask) -> None:
             503, "Keycard is temporarily unavailable", message, code="temporarily_unavailable",
         )
         response.headers["Retry-After"] = "5"
+        return response
+
+    @app.errorhandler(SigningKeysMissing)
+    def keys_missing(exc: SigningKeysMissing) -> Response:
+        # Logged and audited once by the key ring; here only the answer, naming the fix.
+        response = error_response(503, "Keycard cannot sign yet", str(exc),
+                                  code="temporarily_unavailable")
+        response.headers["Retry-After"] = "30"
         return response
 
     @app.errorhandler(UpstreamError)
