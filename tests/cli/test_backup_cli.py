@@ -174,6 +174,10 @@ def test_restore_refuses_a_tampered_file_and_writes_nothing(
     header["counts"]["client"]["records"] = 7  # the clear header alone, altered
     damaged.write_text(f"{json.dumps(header)}\n{sealed}\n")
     assert "header does not match" in cli(target, "restore", str(damaged), ok=False).output
+    header = json.loads(head)
+    header["format_version"] = FORMAT_VERSION + 1  # made by a newer Keycard
+    damaged.write_text(f"{json.dumps(header)}\n{sealed}\n")
+    assert "use a newer Keycard" in cli(target, "restore", str(damaged), ok=False).output
     damaged.write_text("not a backup\n")
     assert "not a Keycard backup" in cli(target, "restore", str(damaged), ok=False).output
     assert private_redis.client().dbsize() == 0
@@ -207,3 +211,21 @@ def test_restore_into_a_redis_with_configuration_needs_force(keycard, configured
     # Processes compare this counter for equality: the restore moves it past any value
     # they may hold, so every one reloads the restored keys.
     assert int(rdb.get(version_key)) > int(version)
+
+
+def test_restore_through_sentinel_writes_to_the_master_in_one_go(
+        keycard, configured, start, sentinel_topology, prefix, tmp_path):
+    path, data = backup(keycard, tmp_path)
+    master = sentinel_topology.master.client()
+    try:
+        target = start(sentinel_topology.url).keycard
+        restored = json.loads(cli(target, "restore", str(path), "--json").stdout)["restored"]
+        assert restored == data["header"]["counts"]
+        token = service_token(target, configured["client_id"], configured["secret"])
+        assert token["access_token"]
+        assert master.smembers(target.services.store.keys.clients_index()) == {
+            configured["client_id"]}
+    finally:
+        keys = list(master.scan_iter(match=f"{prefix}*"))
+        if keys:
+            master.delete(*keys)
