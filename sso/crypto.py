@@ -54,8 +54,10 @@ class DecryptionError(Exception):
 class Sealer:
     """Authenticated encryption (Fernet: AES-128-CBC + HMAC-SHA256) for data at rest."""
 
-    def __init__(self, secret_key: str) -> None:
-        key = base64.urlsafe_b64encode(derive_key(secret_key, "at-rest-v1"))
+    def __init__(self, secret_key: str, purpose: str = "at-rest-v1") -> None:
+        # Another purpose, another key: a backup file (``backup-v1``) cannot be opened as a
+        # record at rest, nor the reverse.
+        key = base64.urlsafe_b64encode(derive_key(secret_key, purpose))
         self._fernet = Fernet(key)
 
     def seal(self, plaintext: str) -> str:

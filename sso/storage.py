@@ -88,13 +88,19 @@ class KeyPattern:
 
     @property
     def regex(self) -> re.Pattern[str]:
-        """Full-match regex of the name after the prefix."""
+        """Full-match regex of the name after the prefix; a group per ``{name}``, in order."""
         parts = re.split(r"(\{[^}]*\})", self.template)
         body = "".join(
-            (".+" if part.endswith("*}") else "[^:]+") if part.startswith("{") else re.escape(part)
+            ("(.+)" if part.endswith("*}") else "([^:]+)") if part.startswith("{")
+            else re.escape(part)
             for part in parts
         )
         return re.compile(body)
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """The names of the ``{name}`` segments, in order: the builder method's parameters."""
+        return tuple(name.rstrip("*") for name in re.findall(r"\{([^}]*)\}", self.template))
 
 
 _declared: list[KeyPattern] = []
@@ -312,6 +318,25 @@ class Keys:
         """
         head = self.grant("")
         return member[len(head):] if member.startswith(head) else member
+
+    def scan_match(self, pattern: KeyPattern) -> str:
+        """The SCAN ``MATCH`` argument for every key of one declared pattern."""
+        return f"{self.prefix}{pattern.glob}"
+
+    def args_of(self, key: str, pattern: KeyPattern) -> dict[str, str] | None:
+        """The arguments that build ``key`` again with ``pattern``'s method (None when it
+        is not such a key): what lets a backup name records independently of the prefix."""
+        if not key.startswith(self.prefix):
+            return None
+        found = pattern.regex.fullmatch(key[len(self.prefix):])
+        return None if found is None else dict(zip(pattern.params, found.groups(), strict=True))
+
+    def build(self, pattern: KeyPattern, args: dict[str, str]) -> str:
+        """The key of ``pattern`` for ``args`` (as :meth:`args_of` returns them)."""
+        if set(args) != set(pattern.params):
+            raise ValueError(f"{pattern.method} takes {pattern.params}, not {sorted(args)}")
+        method: Callable[..., str] = getattr(self, pattern.method)
+        return method(**args)
 
     def patterns_of(self, key: str) -> list[KeyPattern]:
         """The declared patterns a full key name matches (one, for every key Keycard writes)."""

@@ -61,7 +61,8 @@ def test_every_key_method_is_declared_once_and_builds_what_it_declares():
     keys = Keys("p:")
     builders = {name for name, member in vars(Keys).items()
                 if inspect.isfunction(member) and not name.startswith("_")
-                and name not in {"grant_id_of", "patterns_of"}}
+                and name not in {"grant_id_of", "patterns_of", "scan_match", "args_of",
+                                 "build"}}
     declared = [p.method for p in Keys.PATTERNS]
     assert sorted(declared) == sorted(builders)  # every builder declared, none twice
     assert len({p.template for p in Keys.PATTERNS}) == len(Keys.PATTERNS)
@@ -69,6 +70,8 @@ def test_every_key_method_is_declared_once_and_builds_what_it_declares():
         assert pattern.lifetime in ("ttl", "durable") and pattern.why, pattern
         key = getattr(keys, pattern.method)(*_sample_args(getattr(Keys, pattern.method)))
         assert keys.patterns_of(key) == [pattern], (key, keys.patterns_of(key))
+        args = keys.args_of(key, pattern)  # read back, as a backup names its records
+        assert args is not None and keys.build(pattern, args) == key, (key, args)
 
 
 def test_a_colon_in_an_open_ended_segment_still_names_one_pattern():

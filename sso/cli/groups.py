@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from sso.cli.audit import audit_group
+from sso.cli.backup import backup_command, restore_command
 from sso.cli.clients import clients_group
 from sso.cli.keys import keys_group
 from sso.cli.roles import roles_group
@@ -12,5 +13,6 @@ from sso.cli.sessions import sessions_group
 
 
 def init_app(app: Flask) -> None:
-    for group in (sessions_group, roles_group, audit_group, clients_group, keys_group):
+    for group in (sessions_group, roles_group, audit_group, clients_group, keys_group,
+                  backup_command, restore_command):
         app.cli.add_command(group)
