@@ -262,6 +262,25 @@ def make_keycard(
 
 
 @pytest.fixture
+def make_cluster_keycard(
+    cluster_topology: ClusterTopology, make_keycard: Callable[..., Keycard], prefix: str,
+) -> Iterator[Callable[..., Keycard]]:
+    """``make_keycard`` on the Redis Cluster; the test's keys are removed from it after."""
+
+    def factory(**overrides: str) -> Keycard:
+        return make_keycard(redis_url=cluster_topology.url, **overrides)
+
+    yield factory
+    client = cluster_topology.client()
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
 def fast_polling_keycard(make_keycard: Callable[..., Keycard]) -> Keycard:
     """Keycard asking devices to poll every second (SSO_DEVICE_POLL_INTERVAL), not the RFC's
     5 s default: ``sso login`` waits a whole interval before each poll."""

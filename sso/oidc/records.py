@@ -151,7 +151,7 @@ class Records:
             indexes.append(self.keys.session_grants(grant.sid))
         pipe = self.store.redis.pipeline(transaction=False)
         for index in indexes:  # EVAL, not EVALSHA: a cluster pipeline cannot load scripts
-            pipe.eval(_INDEX_GRANT, 1, index, ttl, grant.grant_id)
+            pipe.execute_command("EVAL", _INDEX_GRANT, 1, index, ttl, grant.grant_id)
         pipe.execute()
         fields = {"u": grant.user_id, "c": grant.client_id, "s": grant.scope, "sid": grant.sid,
                   "at": str(grant.auth_time), "exp": str(grant.expires_at)}
@@ -175,7 +175,7 @@ class Records:
         per Redis node; returns how many existed."""
         pipe = self.store.redis.pipeline(transaction=False)
         for grant_id in grant_ids:
-            pipe.eval(_END_GRANT, 2, self.keys.grant(grant_id),
+            pipe.execute_command("EVAL", _END_GRANT, 2, self.keys.grant(grant_id),
                       self.keys.grant_tombstone(grant_id), TOMBSTONE_TTL)
         return int(sum(pipe.execute())) if grant_ids else 0
 
