@@ -29,6 +29,11 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (
     redis.exceptions.BusyLoadingError,
     redis.exceptions.ReadOnlyError,
     redis.exceptions.MasterDownError,
+    # Redis Cluster: a master died and its slots are not yet served by a promoted replica
+    # (every node says CLUSTERDOWN meanwhile), or slots are moving between masters.
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
     # maxmemory reached under a no-eviction policy: nothing can be written until an
     # operator frees memory, which Keycard cannot do; like an outage, it passes by itself.
     redis.exceptions.OutOfMemoryError,
@@ -74,7 +79,8 @@ class KeyPattern:
     """One kind of key, as :attr:`Keys.PATTERNS` lists it.
 
     ``template`` is the name after the prefix; ``{name}`` stands for one segment without
-    a colon, ``{name*}`` for the rest of the name, colons included (an IPv6 address).
+    a colon (or brace), ``{name*}`` for the rest of the name, colons included (an IPv6
+    address).
     ``lifetime`` is ``"ttl"`` when the key always carries an expiry, ``"durable"`` when it
     lives until something deletes it; ``why`` names the TTL or the reason it has none.
 
@@ -121,7 +127,7 @@ class KeyPattern:
         if cluster and part.strip("{}*") == self.tag:
             # The braced id, then what follows it in the segment (a jti after its grant id).
             return r"\{[^{}]+\}.*" if open_ended else r"\{[^{}:]+\}[^:]*"
-        return ".+" if open_ended else "[^:]+"
+        return ".+" if open_ended else "[^:{}]+"
 
 
 _declared: list[KeyPattern] = []
