@@ -1,6 +1,7 @@
 """RFC 8628 device requests in Redis: the record, the user-code index, tombstones and
-wrong-guess counters, each changed by one Lua script so that of concurrent polls or
-decisions exactly one wins.
+wrong-guess counters. The record and its tombstone change in one Lua script, so that of
+concurrent polls or decisions exactly one wins; the user-code index (another hash slot on
+a cluster) is reserved before and removed after, see :meth:`DeviceRecords.create`.
 
 Keys (built by :class:`sso.storage.Keys`, each with its TTL):
 
