@@ -162,19 +162,29 @@ class Accounts:
 
     @guard
     def save(self, profile: Profile, token: UpstreamToken | None, *, signed_in: bool) -> None:
-        """Write the user record, the directory and the login index in one transaction."""
+        """Write the directory and login index, then the user record.
+
+        Two transactions, each within one hash slot (in a cluster the directory is
+        configuration and the record is the person's). Directory first: a profile that
+        exists is always listed (admins see it, rule changes reach it); a failure in between
+        leaves an id with no profile, which the directory skips.
+        """
         keys = self.store.keys
         fields = {"profile": json.dumps(profile.as_dict(), separators=(",", ":"))}
         if token is not None:
             fields["token"] = self.sealer.seal(json.dumps(token.__dict__))
-        pipe = self.store.redis.pipeline(transaction=True)
-        pipe.hset(keys.user(profile.user_id), mapping=fields)
-        pipe.expire(keys.user(profile.user_id), self.store.ttl.user_profile)
+        now = time.time()
+        directory = self.store.redis.pipeline(transaction=True)
         if signed_in:
-            pipe.hset(keys.user(profile.user_id), "last_login", str(int(time.time())))
-            pipe.zadd(keys.users_index(), {profile.user_id: time.time()})
-        pipe.hset(keys.login_index(), profile.login.lower(), profile.user_id)
-        pipe.execute()
+            directory.zadd(keys.users_index(), {profile.user_id: now})
+        directory.hset(keys.login_index(), profile.login.lower(), profile.user_id)
+        directory.execute()
+        record = self.store.redis.pipeline(transaction=True)
+        record.hset(keys.user(profile.user_id), mapping=fields)
+        record.expire(keys.user(profile.user_id), self.store.ttl.user_profile)
+        if signed_in:
+            record.hset(keys.user(profile.user_id), "last_login", str(int(now)))
+        record.execute()
 
     @guard
     def get(self, user_id: str) -> Profile | None:

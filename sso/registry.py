@@ -69,14 +69,6 @@ def registry(app: Flask | None = None) -> Registry:
     return found
 
 
-def redis_prefix(settings: Settings) -> str:
-    prefix = settings.redis_prefix
-    if "+cluster" in settings.redis_url.split("://", 1)[0] and "{" not in prefix:
-        # Scripts and transactions touch several keys: in a cluster they must share a slot.
-        prefix = "{" + prefix.rstrip(":") + "}:"
-    return prefix
-
-
 def github_connector(settings: Settings) -> GitHubConnector:
     return GitHubConnector(
         GitHubConfig(
@@ -92,7 +84,8 @@ def github_connector(settings: Settings) -> GitHubConnector:
 
 def build(app: Flask, settings: Settings, connector: Connector | None = None) -> Registry:
     """Every service, once; the OAuth server is bound to ``app`` (it reads its config)."""
-    store = Store(connect(settings.redis_url), redis_prefix(settings))
+    # In a cluster, Keys gives each entity's keys a hash tag of their own (sso/storage.py).
+    store = Store(connect(settings.redis_url), settings.redis_prefix)
     sealer = Sealer(settings.secret_key)
     connector = connector or github_connector(settings)
     audit = Audit(store, settings.audit_max_events)

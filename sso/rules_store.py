@@ -104,7 +104,7 @@ class RuleStore:
 
     def _mutate(self, change: Callable[[list[Rule]], list[Rule]]) -> tuple[list[Rule], list[Rule]]:
         """Apply ``change`` under WATCH; retried when another writer got in first."""
-        with self.store.redis.pipeline() as pipe:
+        with self.store.redis.pipeline(transaction=True) as pipe:  # WATCH needs it in a cluster
             while True:
                 try:
                     pipe.watch(self.key)

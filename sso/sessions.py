@@ -161,46 +161,60 @@ class SessionStore:
 
     @guard
     def save(self, session: ServerSession, *, ip: str, user_agent: str) -> str | None:
-        """Persist; returns the id to put in the cookie (new sessions), else None."""
+        """Persist; returns the id to put in the cookie (new sessions), else None.
+
+        A new session is written in two steps, each within one hash slot (in a cluster the
+        person's index and each session live on their own master): first the retired id's
+        record goes, the new hash joins the person's index and the old session's grant ids
+        are read; then the new session's grant index and its record are written together.
+        Index before record: a session that exists is always in its person's index, so
+        "sign out everywhere" finds it; a failure in between leaves an index entry naming
+        no session (pruned when listed).
+        """
         keys = self.store.keys
-        pipe = self.store.redis.pipeline(transaction=True)
+        first = self.store.redis.pipeline(transaction=False)
         if session.retired_sid:
-            pipe.delete(self.key(session.retired_sid))
+            first.delete(self.key(session.retired_sid))
             session.retired_sid = None
         if session.ended:
-            pipe.execute()
+            first.execute()
             return None
         data = json.dumps(dict(session), separators=(",", ":"))
         profile = json.dumps(session.profile, separators=(",", ":")) if (
             session.profile is not None) else ""
-        new_sid: str | None = None
-        now = int(time.time())
-        if session.sid is None:
-            new_sid = session.sid = new_secret()
-            session.created, session.absolute = now, now + self.absolute
-            fields = [str(session.absolute), str(now), session.user_id or "", _clean(ip, 45),
-                      _clean(user_agent, 120), data, profile]
-            key = self.key(new_sid)
-            pipe.set(key, SEP.join(fields), ex=min(self.idle, self.absolute))
-            if session.user_id:
-                index = keys.user_sessions(session.user_id)
-                pipe.sadd(index, hash_secret(new_sid))
-                pipe.expire(index, self.absolute)
-            if session.carry_grants_from:
-                # Re-sign-in of the same person: the tokens born in the old session now
-                # belong to this one, so signing out here still ends them.
-                old, new = (keys.session_grants(session.carry_grants_from),
-                            keys.session_grants(hash_secret(new_sid)))
-                pipe.sunionstore(new, [new, old])
-                pipe.expire(new, self.absolute)
-                session.carry_grants_from = None
-            pipe.execute()
-        else:
-            pipe.execute()
+        if session.sid is not None:
+            first.execute()
             changes: list[str | int] = [DATA, data]
             if session.profile_dirty:
                 changes += [PROFILE, profile]
             self._update(keys=[self.key(session.sid)], args=changes)
+            session.profile_dirty = False
+            return None
+        new_sid = session.sid = new_secret()
+        new_hash = hash_secret(new_sid)
+        now = int(time.time())
+        session.created, session.absolute = now, now + self.absolute
+        if session.user_id:
+            index = keys.user_sessions(session.user_id)
+            first.sadd(index, new_hash)
+            first.expire(index, self.absolute)
+        carried = session.carry_grants_from
+        if carried:
+            first.smembers(keys.session_grants(carried))
+        read = first.execute()
+        fields = [str(session.absolute), str(now), session.user_id or "", _clean(ip, 45),
+                  _clean(user_agent, 120), data, profile]
+        second = self.store.redis.pipeline(transaction=True)
+        if carried and read[-1]:
+            # Re-sign-in of the same person: the tokens born in the old session now
+            # belong to this one, so signing out here still ends them. (The old session is
+            # gone, so no grant can join its index any more: codes need a live session.)
+            grants = keys.session_grants(new_hash)
+            second.sadd(grants, *read[-1])
+            second.expire(grants, self.absolute)
+        session.carry_grants_from = None
+        second.set(self.key(new_sid), SEP.join(fields), ex=min(self.idle, self.absolute))
+        second.execute()
         session.profile_dirty = False
         return new_sid
 
@@ -233,24 +247,25 @@ class SessionStore:
 
     @guard
     def end_user_sessions(self, user_id: str) -> int:
-        """Delete every session of a person (sign out everywhere, deprovisioning)."""
+        """Delete every session of a person (sign out everywhere, deprovisioning).
+
+        The sessions first, then the index entries read (each session has a slot of its
+        own in a cluster): a failure in between leaves entries naming ended sessions, never
+        a live session no index lists. A session begun meanwhile stays listed."""
         index = self.store.keys.user_sessions(user_id)
-        members = self.store.redis.smembers(index)
-        pipe = self.store.redis.pipeline(transaction=True)
-        for sid_hash in members:
-            pipe.delete(self.store.keys.session(sid_hash))
-        pipe.delete(index)
-        results = pipe.execute()
+        members = sorted(self.store.redis.smembers(index))
+        ended = 0
+        if members:
+            ended = int(self.store.redis.delete(*(self.store.keys.session(h) for h in members)))
+            self.store.redis.srem(index, *members)
         for sid_hash in members:
             self.on_end(sid_hash)
-        return int(sum(results[:-1]))
+        return ended
 
     @guard
     def end_by_hash(self, user_id: str, sid_hash: str) -> bool:
-        pipe = self.store.redis.pipeline(transaction=True)
-        pipe.delete(self.store.keys.session(sid_hash))
-        pipe.srem(self.store.keys.user_sessions(user_id), sid_hash)
-        ended = bool(pipe.execute()[0])
+        ended = bool(self.store.redis.delete(self.store.keys.session(sid_hash)))
+        self.store.redis.srem(self.store.keys.user_sessions(user_id), sid_hash)
         self.on_end(sid_hash)  # even when already gone: its tokens must not outlive it
         return ended
 

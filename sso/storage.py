@@ -29,6 +29,11 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (
     redis.exceptions.BusyLoadingError,
     redis.exceptions.ReadOnlyError,
     redis.exceptions.MasterDownError,
+    # Redis Cluster: a master died and its slots are not yet served by a promoted replica
+    # (every node says CLUSTERDOWN meanwhile), or slots are moving between masters.
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
     # maxmemory reached under a no-eviction policy: nothing can be written until an
     # operator frees memory, which Keycard cannot do; like an outage, it passes by itself.
     redis.exceptions.OutOfMemoryError,
@@ -65,53 +70,84 @@ class TTL:
 
 Lifetime = Literal["ttl", "durable"]
 
+#: The hash tag every configuration key carries in a cluster (``Keys(..., cluster=True)``).
+CONFIG_TAG = "config"
+
 
 @dataclass(frozen=True)
 class KeyPattern:
     """One kind of key, as :attr:`Keys.PATTERNS` lists it.
 
     ``template`` is the name after the prefix; ``{name}`` stands for one segment without
-    a colon, ``{name*}`` for the rest of the name, colons included (an IPv6 address).
+    a colon (or brace), ``{name*}`` for the rest of the name, colons included (an IPv6
+    address).
     ``lifetime`` is ``"ttl"`` when the key always carries an expiry, ``"durable"`` when it
     lives until something deletes it; ``why`` names the TTL or the reason it has none.
+
+    ``tag`` is where the key's Redis Cluster hash tag comes from: the name of the template
+    segment braced in cluster mode (``sess:{sid_hash}`` → ``sess:{<hash>}``), or
+    :data:`CONFIG_TAG` for configuration (cluster mode puts ``{config}:`` after the prefix),
+    or ``None`` (no tag: the whole name is hashed; single-key records only). Outside a
+    cluster no key carries braces: names are the same as before hash tags existed.
     """
 
     method: str
     template: str
     lifetime: Lifetime
     why: str
+    tag: str | None = None
 
     @property
     def glob(self) -> str:
-        """The SCAN ``MATCH`` pattern after the prefix."""
-        return re.sub(r"\{[^}]*\}", "*", self.template)
+        """The SCAN ``MATCH`` pattern after the prefix (standalone and Sentinel)."""
+        return self.glob_in(cluster=False)
 
     @property
     def regex(self) -> re.Pattern[str]:
-        """Full-match regex of the name after the prefix; a group per ``{name}``, in order."""
-        parts = re.split(r"(\{[^}]*\})", self.template)
-        body = "".join(
-            ("(.+)" if part.endswith("*}") else "([^:]+)") if part.startswith("{")
-            else re.escape(part)
-            for part in parts
-        )
-        return re.compile(body)
+        """Full-match regex of the name after the prefix (standalone and Sentinel)."""
+        return self.regex_in(cluster=False)
 
     @property
     def params(self) -> tuple[str, ...]:
         """The names of the ``{name}`` segments, in order: the builder method's parameters."""
         return tuple(name.rstrip("*") for name in re.findall(r"\{([^}]*)\}", self.template))
 
+    def glob_in(self, *, cluster: bool) -> str:
+        """The SCAN ``MATCH`` pattern after the prefix (braces are not special in globs)."""
+        body = re.sub(r"\{[^}]*\}", "*", self.template)
+        return "{" + CONFIG_TAG + "}:" + body if cluster and self.tag == CONFIG_TAG else body
+
+    def regex_in(self, *, cluster: bool) -> re.Pattern[str]:
+        """Full-match regex of the name after the prefix, in or out of a cluster; a group
+        per ``{name}`` segment, in order (in a cluster, its hash-tag braces included)."""
+        parts = re.split(r"(\{[^}]*\})", self.template)
+        body = "".join(self._segment(part, cluster) for part in parts)
+        if cluster and self.tag == CONFIG_TAG:
+            body = re.escape("{" + CONFIG_TAG + "}:") + body
+        return re.compile(body)
+
+    def _segment(self, part: str, cluster: bool) -> str:
+        if not part.startswith("{"):
+            return re.escape(part)
+        open_ended = part.endswith("*}")
+        if cluster and part.strip("{}*") == self.tag:
+            # The braced id, then what follows it in the segment (a jti after its grant id).
+            return r"(\{[^{}]+\}.*)" if open_ended else r"(\{[^{}:]+\}[^:]*)"
+        return "(.+)" if open_ended else "([^:{}]+)"
+
 
 _declared: list[KeyPattern] = []
 _Builder = TypeVar("_Builder", bound=Callable[..., str])
 
 
-def _key(template: str, lifetime: Lifetime, why: str) -> Callable[[_Builder], _Builder]:
+def _key(template: str, lifetime: Lifetime, why: str,
+         tag: str | None) -> Callable[[_Builder], _Builder]:
     """Declare the pattern a :class:`Keys` method builds (collected in ``Keys.PATTERNS``)."""
+    segments = {s.strip("{}*") for s in re.findall(r"\{[^}]*\}", template)}
+    assert tag in (None, CONFIG_TAG) or tag in segments, (template, tag)
 
     def declare(method: _Builder) -> _Builder:
-        _declared.append(KeyPattern(method.__name__, template, lifetime, why))
+        _declared.append(KeyPattern(method.__name__, template, lifetime, why, tag))
         return method
 
     return declare
@@ -124,188 +160,224 @@ class Keys:
     ``store.keys.<kind>(...)``. Bearer secrets never appear in key names in clear:
     callers pass their hash. Index sets hold ids (grant ids, session hashes, client ids),
     never key names: keys are built from ids here.
+
+    **Hash tags (Redis Cluster only).** A script or a MULTI may only touch keys of one hash
+    slot, and one slot lives on one master. So in a cluster each key carries the hash tag
+    of the entity it belongs to (:meth:`_tag`): configuration (clients, signing keys, rules,
+    the directory, bootstrap pins, audit) shares ``{config}``; a person's records their user
+    id; a session's its hash; a grant's (and its access tokens' revocations, whose ``jti``
+    starts with the grant id) its id; a code, a refresh token, a device request theirs.
+    Everything else spreads over the masters. Operations that span entities (creating a
+    grant and indexing it, ending a session and its tokens) are single-slot steps in a
+    failure-safe order, documented where they happen. Outside a cluster (``cluster`` false,
+    or a prefix that already holds a hash tag, which pins everything to one slot as before)
+    names carry no braces and stay byte for byte what they were.
     """
 
     PATTERNS: ClassVar[tuple[KeyPattern, ...]]
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, *, cluster: bool = False) -> None:
         self.prefix = prefix
+        self.cluster = cluster and "{" not in prefix
+        self._config = prefix + ("{" + CONFIG_TAG + "}:" if self.cluster else "")
+
+    def _tag(self, entity: str) -> str:
+        """``entity`` as its key's hash tag in a cluster; as it is everywhere else."""
+        return "{" + entity + "}" if self.cluster else entity
 
     # -- browser sign-in and sessions (sso/login/flow.py, sso/sessions.py) -----------------
 
     @_key("state:{state_hash}", "ttl",
-          "settings.login_state_seconds (SignInFlow.ttl); consumed by GETDEL")
+          "settings.login_state_seconds (SignInFlow.ttl); consumed by GETDEL", "state_hash")
     def login_state(self, state_hash: str) -> str:
-        return f"{self.prefix}state:{state_hash}"
+        return f"{self.prefix}state:{self._tag(state_hash)}"
 
     @_key("sess:{sid_hash}", "ttl",
-          "settings.session_idle_seconds, sliding, capped by settings.session_absolute_seconds")
+          "settings.session_idle_seconds, sliding, capped by settings.session_absolute_seconds",
+          "sid_hash")
     def session(self, sid_hash: str) -> str:
-        return f"{self.prefix}sess:{sid_hash}"
+        return f"{self.prefix}sess:{self._tag(sid_hash)}"
 
     @_key("sessgrants:{sid_hash}", "ttl",
           "set of grant ids; TTL only grows, to the longest grant listed (records.create_grant)"
-          " or settings.session_absolute_seconds when carried to a new session")
+          " or settings.session_absolute_seconds when carried to a new session", "sid_hash")
     def session_grants(self, sid_hash: str) -> str:
-        return f"{self.prefix}sessgrants:{sid_hash}"
+        return f"{self.prefix}sessgrants:{self._tag(sid_hash)}"
 
     @_key("user:{user_id}:sessions", "ttl",
-          "set of session hashes; settings.session_absolute_seconds, renewed at each sign-in")
+          "set of session hashes; settings.session_absolute_seconds, renewed at each sign-in",
+          "user_id")
     def user_sessions(self, user_id: str) -> str:
-        return f"{self.prefix}user:{user_id}:sessions"
+        return f"{self.prefix}user:{self._tag(user_id)}:sessions"
 
     # -- people (sso/accounts.py) ------------------------------------------------------------
 
     @_key("user:{user_id}", "ttl",
-          "profile + sealed upstream token; TTL.user_profile, renewed at each save")
+          "profile + sealed upstream token; TTL.user_profile, renewed at each save", "user_id")
     def user(self, user_id: str) -> str:
-        return f"{self.prefix}user:{user_id}"
+        return f"{self.prefix}user:{self._tag(user_id)}"
 
     @_key("users", "durable",
-          "sorted set user id -> last sign-in: the directory admins list and rules match")
+          "sorted set user id -> last sign-in: the directory admins list and rules match",
+          CONFIG_TAG)
     def users_index(self) -> str:
-        return f"{self.prefix}users"
+        return f"{self._config}users"
 
-    @_key("logins", "durable", "hash login -> user id, kept current at every sign-in")
+    @_key("logins", "durable", "hash login -> user id, kept current at every sign-in",
+          CONFIG_TAG)
     def login_index(self) -> str:
-        return f"{self.prefix}logins"
+        return f"{self._config}logins"
 
     @_key("bootstrap-admins", "durable",
           "hash login -> GitHub id: each login in SSO_BOOTSTRAP_ADMINS bound (HSETNX, once) to"
-          " the id that first signed in with it; only that id gets admin through the entry")
+          " the id that first signed in with it; only that id gets admin through the entry",
+          CONFIG_TAG)
     def bootstrap_pins(self) -> str:
-        return f"{self.prefix}bootstrap-admins"
+        return f"{self._config}bootstrap-admins"
 
     @_key("recheck:{user_id}", "ttl",
           "RECHECK_BACKOFF (sso/accounts.py): one membership re-check at a time, and the"
-          " back-off after an upstream failure")
+          " back-off after an upstream failure", "user_id")
     def recheck_lock(self, user_id: str) -> str:
-        return f"{self.prefix}recheck:{user_id}"
+        return f"{self.prefix}recheck:{self._tag(user_id)}"
 
     # -- OpenID provider records (sso/oidc/records.py) ---------------------------------------
 
-    @_key("code:{code_hash}", "ttl", "CODE_TTL (sso/oidc/records.py); consumed by GETDEL")
+    @_key("code:{code_hash}", "ttl", "CODE_TTL (sso/oidc/records.py); consumed by GETDEL",
+          "code_hash")
     def code(self, code_hash: str) -> str:
-        return f"{self.prefix}code:{code_hash}"
+        return f"{self.prefix}code:{self._tag(code_hash)}"
 
     @_key("code-used:{code_hash}", "ttl",
-          "USED_CODE_TTL (sso/oidc/records.py): a redeemed code, to catch replays")
+          "USED_CODE_TTL (sso/oidc/records.py): a redeemed code, to catch replays", "code_hash")
     def used_code(self, code_hash: str) -> str:
-        return f"{self.prefix}code-used:{code_hash}"
+        return f"{self.prefix}code-used:{self._tag(code_hash)}"
 
-    @_key("grant:{grant_id}", "ttl", "until the grant's expires_at (end of its token family)")
+    @_key("grant:{grant_id}", "ttl", "until the grant's expires_at (end of its token family)",
+          "grant_id")
     def grant(self, grant_id: str) -> str:
-        return f"{self.prefix}grant:{grant_id}"
+        return f"{self.prefix}grant:{self._tag(grant_id)}"
 
     @_key("grant-dead:{grant_id}", "ttl",
-          "TOMBSTONE_TTL (sso/oidc/records.py): a revoked grant cannot come back")
+          "TOMBSTONE_TTL (sso/oidc/records.py): a revoked grant cannot come back", "grant_id")
     def grant_tombstone(self, grant_id: str) -> str:
-        return f"{self.prefix}grant-dead:{grant_id}"
+        return f"{self.prefix}grant-dead:{self._tag(grant_id)}"
 
-    @_key("rt:{token_hash}", "ttl", "the refresh token's lifetime, capped by its grant's end")
+    @_key("rt:{token_hash}", "ttl", "the refresh token's lifetime, capped by its grant's end",
+          "token_hash")
     def refresh_token(self, token_hash: str) -> str:
-        return f"{self.prefix}rt:{token_hash}"
+        return f"{self.prefix}rt:{self._tag(token_hash)}"
 
-    @_key("revoked:{jti}", "ttl", "until the revoked access token's exp")
+    @_key("revoked:{jti}", "ttl", "until the revoked access token's exp", "jti")
     def revoked_access_token(self, jti: str) -> str:
-        return f"{self.prefix}revoked:{jti}"
+        # A jti "<grant id>.<random>" is tagged by its grant id: one script reads both.
+        grant_id, dot, rest = jti.partition(".")
+        return f"{self.prefix}revoked:{self._tag(grant_id)}{dot}{rest}"
 
     @_key("clientgrants:{client_id}", "ttl",
           "set of grant ids; TTL only grows, to the longest grant listed (ended with the "
-          "client: `sso clients delete`, `rotate-secret --revoke-tokens`)")
+          "client: `sso clients delete`, `rotate-secret --revoke-tokens`)", "client_id")
     def client_grants(self, client_id: str) -> str:
-        return f"{self.prefix}clientgrants:{client_id}"
+        return f"{self.prefix}clientgrants:{self._tag(client_id)}"
 
     @_key("user:{user_id}:grants", "ttl",
-          "set of grant ids; TTL only grows, to the longest grant listed")
+          "set of grant ids; TTL only grows, to the longest grant listed", "user_id")
     def user_grants(self, user_id: str) -> str:
-        return f"{self.prefix}user:{user_id}:grants"
+        return f"{self.prefix}user:{self._tag(user_id)}:grants"
 
     @_key("user:{user_id}:consents", "ttl",
-          "hash client id -> scopes; CONSENT_TTL (sso/oidc/records.py), renewed at each consent")
+          "hash client id -> scopes; CONSENT_TTL (sso/oidc/records.py), renewed at each consent",
+          "user_id")
     def user_consents(self, user_id: str) -> str:
-        return f"{self.prefix}user:{user_id}:consents"
+        return f"{self.prefix}user:{self._tag(user_id)}:consents"
 
     # -- device authorization (sso/oidc/device_records.py) ----------------------------------
 
-    @_key("device:{device_hash}", "ttl", "the request's expires_in (DEVICE_CODE_TTL)")
+    @_key("device:{device_hash}", "ttl", "the request's expires_in (DEVICE_CODE_TTL)",
+          "device_hash")
     def device(self, device_hash: str) -> str:
-        return f"{self.prefix}device:{device_hash}"
+        return f"{self.prefix}device:{self._tag(device_hash)}"
 
     @_key("device-code:{user_code_hash}", "ttl",
-          "user code -> device hash; expires_in, deleted once decided")
+          "user code -> device hash; expires_in, deleted once decided", "user_code_hash")
     def device_user_code(self, user_code_hash: str) -> str:
-        return f"{self.prefix}device-code:{user_code_hash}"
+        return f"{self.prefix}device-code:{self._tag(user_code_hash)}"
 
     @_key("device-gone:{device_hash}", "ttl",
-          "expires_in + GONE_TTL (sso/oidc/device_records.py): late polls learn why")
+          "expires_in + GONE_TTL (sso/oidc/device_records.py): late polls learn why",
+          "device_hash")
     def device_tombstone(self, device_hash: str) -> str:
-        return f"{self.prefix}device-gone:{device_hash}"
+        return f"{self.prefix}device-gone:{self._tag(device_hash)}"
 
     @_key("device-tries:{kind}:{who*}", "ttl",
           "wrong user codes per person (kind: user); GUESS_WINDOW (sso/oidc/device_records.py)"
-          " from the first miss")
+          " from the first miss", "who")
     def device_tries(self, kind: str, who: str) -> str:
-        return f"{self.prefix}device-tries:{kind}:{who}"
+        return f"{self.prefix}device-tries:{kind}:{self._tag(who)}"
 
     # -- clients and signing keys (sso/oidc/client_registry.py, sso/oidc/keys.py) -----------
 
-    @_key("client:{client_id}", "durable", "a registration lives until an admin deletes it")
+    @_key("client:{client_id}", "durable", "a registration lives until an admin deletes it",
+          CONFIG_TAG)
     def client(self, client_id: str) -> str:
-        return f"{self.prefix}client:{client_id}"
+        return f"{self._config}client:{client_id}"
 
-    @_key("clients", "durable", "set of client ids, kept with the registrations")
+    @_key("clients", "durable", "set of client ids, kept with the registrations", CONFIG_TAG)
     def clients_index(self) -> str:
-        return f"{self.prefix}clients"
+        return f"{self._config}clients"
 
     @_key("keys", "durable",
-          "signing keys, a field per kid; expired ones are pruned at rotation, not by TTL")
+          "signing keys, a field per kid; expired ones are pruned at rotation, not by TTL",
+          CONFIG_TAG)
     def signing_keys(self) -> str:
-        return f"{self.prefix}keys"
+        return f"{self._config}keys"
 
     @_key("keys:version", "durable",
           "counter INCRed at every signing-key change, for processes of earlier releases "
-          "(a rolling upgrade); keys:generation is what processes watch now")
+          "(a rolling upgrade); keys:generation is what processes watch now", CONFIG_TAG)
     def signing_keys_version(self) -> str:
-        return f"{self.prefix}keys:version"
+        return f"{self._config}keys:version"
 
     @_key("keys:generation", "durable",
           "random id replaced at every signing-key change; processes compare it (a counter "
-          "restarts at 1 after a data loss and would match what they cached)")
+          "restarts at 1 after a data loss and would match what they cached)", CONFIG_TAG)
     def signing_keys_generation(self) -> str:
-        return f"{self.prefix}keys:generation"
+        return f"{self._config}keys:generation"
 
     @_key("epoch", "durable",
           "random id written once (SET NX): when it vanishes or changes, Redis lost its data "
-          "(sso/epoch.py)")
+          "(sso/epoch.py); in a cluster it lives with the configuration", CONFIG_TAG)
     def instance_epoch(self) -> str:
-        return f"{self.prefix}epoch"
+        return f"{self._config}epoch"
 
-    @_key("keys:lock", "ttl", "LOCK_SECONDS (sso/oidc/keys.py), held while writing keys")
+    @_key("keys:lock", "ttl", "LOCK_SECONDS (sso/oidc/keys.py), held while writing keys",
+          CONFIG_TAG)
     def signing_keys_lock(self) -> str:
-        return f"{self.prefix}keys:lock"
+        return f"{self._config}keys:lock"
 
     # -- audit, rules, development -----------------------------------------------------------
 
     @_key("audit", "durable",
-          "stream bounded by length (settings.audit_max_events, XADD MAXLEN), not by time")
+          "stream bounded by length (settings.audit_max_events, XADD MAXLEN), not by time",
+          CONFIG_TAG)
     def audit(self) -> str:
-        return f"{self.prefix}audit"
+        return f"{self._config}audit"
 
-    @_key("rules", "durable", "the role rules, edited by admins")
+    @_key("rules", "durable", "the role rules, edited by admins", CONFIG_TAG)
     def rules(self) -> str:
-        return f"{self.prefix}rules"
+        return f"{self._config}rules"
 
     @_key("rl:{window*}", "ttl",
           "the rate limit's window (sso/ratelimit.py, SSO_RATE_LIMITS): the limits package's"
-          " fixed window, INCR and EXPIRE in one script")
+          " fixed window, INCR and EXPIRE in one script", None)
     def rate_limit(self, window: str) -> str:
         return f"{self.prefix}rl:{window}"
 
     @_key("dev:demo-client", "durable",
-          "`sso dev` only: the demo app's client id, reused across runs like the client")
+          "`sso dev` only: the demo app's client id, reused across runs like the client",
+          CONFIG_TAG)
     def dev_demo_client(self) -> str:
-        return f"{self.prefix}dev:demo-client"
+        return f"{self._config}dev:demo-client"
 
     # -- reading key names back ----------------------------------------------------------------
 
@@ -314,22 +386,27 @@ class Keys:
 
         Index sets hold grant ids; before that they held the grant's key name, and such
         members live as long as their set (months): they are read as the id they name,
-        so revocation keeps reaching grants created before an upgrade.
+        so revocation keeps reaching grants created before an upgrade (outside a cluster:
+        cluster key names changed with hash tags, see docs/architecture.md).
         """
-        head = self.grant("")
+        head = f"{self.prefix}grant:"
         return member[len(head):] if member.startswith(head) else member
 
     def scan_match(self, pattern: KeyPattern) -> str:
         """The SCAN ``MATCH`` argument for every key of one declared pattern."""
-        return f"{self.prefix}{pattern.glob}"
+        return f"{self.prefix}{pattern.glob_in(cluster=self.cluster)}"
 
     def args_of(self, key: str, pattern: KeyPattern) -> dict[str, str] | None:
         """The arguments that build ``key`` again with ``pattern``'s method (None when it
-        is not such a key): what lets a backup name records independently of the prefix."""
+        is not such a key): what lets a backup name records independently of the prefix
+        and of the topology (hash-tag braces are not part of an id)."""
         if not key.startswith(self.prefix):
             return None
-        found = pattern.regex.fullmatch(key[len(self.prefix):])
-        return None if found is None else dict(zip(pattern.params, found.groups(), strict=True))
+        found = pattern.regex_in(cluster=self.cluster).fullmatch(key[len(self.prefix):])
+        if found is None:
+            return None
+        values = (value.replace("{", "").replace("}", "") for value in found.groups())
+        return dict(zip(pattern.params, values, strict=True))
 
     def build(self, pattern: KeyPattern, args: dict[str, str]) -> str:
         """The key of ``pattern`` for ``args`` (as :meth:`args_of` returns them)."""
@@ -343,7 +420,7 @@ class Keys:
         if not key.startswith(self.prefix):
             return []
         name = key[len(self.prefix):]
-        return [p for p in self.PATTERNS if p.regex.fullmatch(name)]
+        return [p for p in self.PATTERNS if p.regex_in(cluster=self.cluster).fullmatch(name)]
 
 
 Keys.PATTERNS = tuple(_declared)
@@ -425,7 +502,7 @@ class Store:
         # Typed as Any: with decode_responses=True redis-py returns str, but its stubs say
         # bytes | str everywhere, which would bury real type errors under casts.
         self.redis: Any = client
-        self.keys = Keys(prefix)
+        self.keys = Keys(prefix, cluster=isinstance(client, redis.cluster.RedisCluster))
         self.ttl = ttl or TTL()
 
     @guard

@@ -30,7 +30,12 @@ from sso.oidc.keys import ALGORITHMS, KeyRing
 from sso.registry import Registry, registry
 from sso.storage import StorageUnavailable, Store
 from tests.support import LiveServer, free_port, wait_until
-from tests.topologies import SentinelTopology, start_sentinel_topology
+from tests.topologies import (
+    ClusterTopology,
+    SentinelTopology,
+    start_cluster_topology,
+    start_sentinel_topology,
+)
 
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 
@@ -109,6 +114,20 @@ def sentinel_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sent
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed: run .ci/run or apt-get install redis-server")
     topology = start_sentinel_topology(tmp_path_factory.mktemp("sentinel"))
+    yield topology
+    topology.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterTopology]:
+    """Six cluster nodes (three masters with a replica each), started once per session (per
+    xdist worker); ``.url`` is the ``redis+cluster://`` URL for Keycard. A test that kills a
+    master uses ``ClusterTopology.killed``, which brings the node back (see
+    tests/topologies.py)."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.fail("redis-server/redis-cli not installed: run .ci/run or apt-get install "
+                    "redis-server")
+    topology = start_cluster_topology(tmp_path_factory.mktemp("cluster"))
     yield topology
     topology.stop()
 
@@ -240,6 +259,25 @@ def make_keycard(
     yield factory
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def make_cluster_keycard(
+    cluster_topology: ClusterTopology, make_keycard: Callable[..., Keycard], prefix: str,
+) -> Iterator[Callable[..., Keycard]]:
+    """``make_keycard`` on the Redis Cluster; the test's keys are removed from it after."""
+
+    def factory(**overrides: str) -> Keycard:
+        return make_keycard(redis_url=cluster_topology.url, **overrides)
+
+    yield factory
+    client = cluster_topology.client()
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 @pytest.fixture

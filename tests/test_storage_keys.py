@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,12 @@ from typing import Any
 import pytest
 import redis
 import requests
+from redis.crc import key_slot
 
 from sso.crypto import hash_secret
 from sso.oidc.client_registry import ClientRegistry
 from sso.oidc.records import Grant, Records
-from sso.storage import KeyPattern, Keys, Store
+from sso.storage import CONFIG_TAG, KeyPattern, Keys, Store
 from tests.device_support import (
     answer_device,
     enter_code,
@@ -57,8 +59,16 @@ def _sample_args(method: Any) -> list[str]:
     return [f"<{name}>" for name in names]
 
 
-def test_every_key_method_is_declared_once_and_builds_what_it_declares():
-    keys = Keys("p:")
+def _hash_tag(key: str) -> str | None:
+    """The part of ``key`` Redis Cluster hashes when it has a tag (its rule, verbatim)."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start + 1:end] if start >= 0 and end > start + 1 else None
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["standalone", "cluster"])
+def test_every_key_method_is_declared_once_and_builds_what_it_declares(cluster):
+    keys = Keys("p:", cluster=cluster)
     builders = {name for name, member in vars(Keys).items()
                 if inspect.isfunction(member) and not name.startswith("_")
                 and name not in {"grant_id_of", "patterns_of", "scan_match", "args_of",
@@ -68,10 +78,59 @@ def test_every_key_method_is_declared_once_and_builds_what_it_declares():
     assert len({p.template for p in Keys.PATTERNS}) == len(Keys.PATTERNS)
     for pattern in Keys.PATTERNS:
         assert pattern.lifetime in ("ttl", "durable") and pattern.why, pattern
-        key = getattr(keys, pattern.method)(*_sample_args(getattr(Keys, pattern.method)))
+        args = _sample_args(getattr(Keys, pattern.method))
+        key = getattr(keys, pattern.method)(*args)
         assert keys.patterns_of(key) == [pattern], (key, keys.patterns_of(key))
-        args = keys.args_of(key, pattern)  # read back, as a backup names its records
-        assert args is not None and keys.build(pattern, args) == key, (key, args)
+        read = keys.args_of(key, pattern)  # read back, as a backup names its records
+        assert read is not None and keys.build(pattern, read) == key, (key, read)
+        if pattern.tag is not None and "*}" not in pattern.template:  # modes differ
+            assert Keys("p:", cluster=not cluster).patterns_of(key) == [], key
+        plain = "p:" + re.sub(r"\{[^}]*\}", "%s", pattern.template) % tuple(args)
+        if not cluster:  # byte for byte the names Keycard wrote before hash tags
+            assert key == plain, key
+            continue
+        if pattern.tag is None:
+            assert _hash_tag(key) is None and key == plain, key
+        elif pattern.tag == CONFIG_TAG:
+            assert key == plain.replace("p:", "p:{config}:", 1), key
+        else:
+            assert _hash_tag(key) == f"<{pattern.tag}>", key
+
+
+def test_keys_used_together_share_a_hash_slot_in_a_cluster():
+    """What one script or MULTI touches (sso/oidc/records.py, device_records.py,
+    sessions.py, accounts.py, client_registry.py, keys.py) lives in one slot; and entities
+    spread: neither the whole keyspace nor one kind of record in a single slot."""
+    keys = Keys("kc:", cluster=True)
+    groups = [
+        [keys.code("c"), keys.used_code("c")],
+        [keys.grant("g1"), keys.grant_tombstone("g1"), keys.revoked_access_token("g1.x7"),
+         keys.revoked_access_token("g1.y8")],
+        [keys.device("d"), keys.device_tombstone("d")],
+        [keys.session("s"), keys.session_grants("s")],
+        [keys.user("42"), keys.user_sessions("42"), keys.user_grants("42"),
+         keys.user_consents("42"), keys.recheck_lock("42"), keys.device_tries("user", "42")],
+        [keys.client("c1"), keys.client("c2"), keys.clients_index(), keys.signing_keys(),
+         keys.signing_keys_version(), keys.signing_keys_lock(), keys.rules(), keys.audit(),
+         keys.users_index(), keys.login_index(), keys.bootstrap_pins(),
+         keys.dev_demo_client()],
+    ]
+    for group in groups:
+        assert len({key_slot(k.encode()) for k in group}) == 1, group
+    spread = {key_slot(keys.session(f"s{n}").encode()) for n in range(50)}
+    spread |= {key_slot(keys.grant(f"g{n}").encode()) for n in range(50)}
+    assert len(spread) > 90
+    # A jti without a grant (client credentials) is a slot of its own.
+    assert _hash_tag(keys.revoked_access_token("plainjti")) == "plainjti"
+
+
+def test_a_prefix_with_a_hash_tag_keeps_everything_in_its_slot():
+    """``SSO_REDIS_PREFIX={keycard}:`` on a cluster: the one-slot layout of earlier versions,
+    names unchanged (no tag of Keycard's own after the prefix's)."""
+    keys = Keys("{keycard}:", cluster=True)
+    assert keys.session("s") == "{keycard}:sess:s" and keys.rules() == "{keycard}:rules"
+    assert keys.patterns_of(keys.grant("g")) == [
+        p for p in Keys.PATTERNS if p.method == "grant"]
 
 
 def test_a_colon_in_an_open_ended_segment_still_names_one_pattern():
@@ -134,9 +193,19 @@ class KeyAudit:
             self.seen.setdefault(pattern.method, key)
 
 
-def test_every_key_keycard_writes_is_declared_with_its_lifetime(keycard, upstream, http, rdb,
-                                                                 prefix):
+@pytest.mark.parametrize("topology", [
+    "standalone", pytest.param("cluster", marks=pytest.mark.topology("cluster"))])
+def test_every_key_keycard_writes_is_declared_with_its_lifetime(topology, request, upstream,
+                                                                 http, prefix):
+    """On a cluster too: its names carry hash tags, and any script or transaction whose
+    keys did not share a slot would fail here (CROSSSLOT)."""
+    if topology == "cluster":
+        keycard = request.getfixturevalue("make_cluster_keycard")()
+        rdb = request.getfixturevalue("cluster_topology").client()
+    else:
+        keycard, rdb = request.getfixturevalue("keycard"), request.getfixturevalue("rdb")
     services = keycard.services
+    assert services.store.keys.cluster is (topology == "cluster")
     assert services.store.keys.prefix == prefix
     audit = KeyAudit(rdb, services.store.keys)
     registry: ClientRegistry = keycard.services.clients

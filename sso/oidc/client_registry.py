@@ -163,7 +163,7 @@ class ClientRegistry:
         and an update racing a delete does not bring the client back."""
         key = self.key(client_id)
         try:
-            with self.store.redis.pipeline() as pipe:
+            with self.store.redis.pipeline(transaction=True) as pipe:  # WATCH needs it in a cluster
                 while True:
                     try:
                         pipe.watch(key)

@@ -1,6 +1,7 @@
 """RFC 8628 device requests in Redis: the record, the user-code index, tombstones and
-wrong-guess counters, each changed by one Lua script so that of concurrent polls or
-decisions exactly one wins.
+wrong-guess counters. The record and its tombstone change in one Lua script, so that of
+concurrent polls or decisions exactly one wins; the user-code index (another hash slot on
+a cluster) is reserved before and removed after, see :meth:`DeviceRecords.create`.
 
 Keys (built by :class:`sso.storage.Keys`, each with its TTL):
 
@@ -34,12 +35,11 @@ USER_CODE_LENGTH = 8  # 20^8 ≈ 2^34.6 codes; with GUESS_LIMIT tries a guess is
 GUESS_LIMIT = 5  # wrong codes per window per signed-in person (§5.1)
 GUESS_WINDOW = 600
 
-# KEYS device, user-code index, gone; ARGV ttl, gone_ttl, device_hash, field, value, ...
+# KEYS device, gone; ARGV ttl, gone_ttl, field, value, ...
 _CREATE = """
-if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', tonumber(ARGV[1])) then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-redis.call('SET', KEYS[3], 'expired', 'EX', tonumber(ARGV[2]))
+redis.call('SET', KEYS[2], 'expired', 'EX', tonumber(ARGV[2]))
 return 1
 """
 
@@ -74,11 +74,10 @@ end
 return {'pending'}
 """
 
-# KEYS device, user-code index; ARGV status, user_id, auth_time → 1 decided now, 0 not pending
+# KEYS device; ARGV status, user_id, auth_time → 1 decided now, 0 not pending
 _DECIDE = """
 if redis.call('HGET', KEYS[1], 'st') ~= 'pending' then return 0 end
 redis.call('HSET', KEYS[1], 'st', ARGV[1], 'u', ARGV[2], 'at', ARGV[3])
-redis.call('DEL', KEYS[2])
 return 1
 """
 
@@ -146,17 +145,23 @@ class DeviceRecords:
     @guard
     def create(self, device_code: str, user_code: str, client_id: str, scope: str, *,
                expires_in: int = DEVICE_CODE_TTL, interval: int = POLL_INTERVAL) -> bool:
-        """False when the user code is already live (the caller draws another)."""
+        """False when the user code is already live (the caller draws another).
+
+        The user code and the request live in different hash slots (a cluster spreads
+        them): the code is reserved first (SET NX: uniqueness), then the request written.
+        A failure in between leaves a code naming no request, which reads as unknown until
+        it expires."""
         device_hash = hash_secret(device_code)
         # No user code in the record: the (hashed) index is the only way from a code to the
         # request, and nothing reads the code back from the record.
         fields = {"c": client_id, "s": scope, "iv": str(interval), "lp": "0",
                   "st": "pending", "exp": str(int(time.time()) + expires_in)}
         flat = [item for pair in fields.items() for item in pair]
-        keys = [self.keys.device(device_hash), self._index(user_code),
-                self.keys.device_tombstone(device_hash)]
-        return bool(self._create(keys=keys,
-                                 args=[expires_in, expires_in + GONE_TTL, device_hash, *flat]))
+        if not self.store.redis.set(self._index(user_code), device_hash, nx=True,
+                                    ex=expires_in):
+            return False
+        keys = [self.keys.device(device_hash), self.keys.device_tombstone(device_hash)]
+        return bool(self._create(keys=keys, args=[expires_in, expires_in + GONE_TTL, *flat]))
 
     @guard
     def key_for_user_code(self, user_code: str) -> str | None:
@@ -194,13 +199,21 @@ class DeviceRecords:
 
     @guard
     def decide(self, user_code: str, *, approved: bool, user_id: str, auth_time: int) -> bool:
-        """Record the person's answer once; False if the code was decided or gone meanwhile."""
-        device_hash = self.store.redis.get(self._index(user_code))
+        """Record the person's answer once; False if the code was decided or gone meanwhile.
+
+        The decision, then the user code's removal (another hash slot in a cluster): if the
+        removal fails, the code still names a request that is no longer pending, which
+        :meth:`pending` refuses."""
+        index = self._index(user_code)
+        device_hash = self.store.redis.get(index)
         if not device_hash:
             return False
         status = "approved" if approved else "denied"
-        return bool(self._decide(keys=[self.keys.device(device_hash), self._index(user_code)],
-                                 args=[status, user_id, str(auth_time)]))
+        decided = bool(self._decide(keys=[self.keys.device(device_hash)],
+                                    args=[status, user_id, str(auth_time)]))
+        if decided:
+            self.store.redis.delete(index)
+        return decided
 
     # -- brute force (RFC 8628 §5.1) --------------------------------------------------------
     # What we limit is *wrong* codes (not requests), per signed-in person across instances:

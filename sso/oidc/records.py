@@ -38,23 +38,28 @@ if u then return {2, u} end
 return {0}
 """
 
-# KEYS grant, tombstone, user_index, session_index, client_index;
-# ARGV ttl, grant_id, field, value, ...
-# The indexes hold grant ids (Keys.grant builds the key from one).
-_CREATE_GRANT = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
--- An index must outlive every grant it lists: its TTL only ever grows.
-for i = 3, 5 do
-  if KEYS[i] ~= '' then
-    redis.call('SADD', KEYS[i], ARGV[2])
-    if redis.call('TTL', KEYS[i]) < tonumber(ARGV[1]) then
-      redis.call('EXPIRE', KEYS[i], tonumber(ARGV[1]))
-    end
-  end
+# KEYS index; ARGV ttl, grant_id. An index must outlive every grant it lists: its TTL
+# only ever grows. The indexes hold grant ids (Keys.grant builds the key from one).
+_INDEX_GRANT = """
+redis.call('SADD', KEYS[1], ARGV[2])
+if redis.call('TTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 end
 return 1
+"""
+
+# KEYS grant, tombstone; ARGV ttl, field, value, ... → 0 when the grant was revoked already
+_CREATE_GRANT = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
+"""
+
+# KEYS grant, tombstone; ARGV tombstone ttl → 1 when the grant existed
+_END_GRANT = """
+redis.call('SET', KEYS[2], '1', 'EX', tonumber(ARGV[1]))
+return redis.call('DEL', KEYS[1])
 """
 
 # KEYS revoked-jti, grant (or the same key twice) → 1 when the access token is alive
@@ -104,6 +109,7 @@ class Records:
         redis = store.redis
         self._consume_code = redis.register_script(_CONSUME_CODE)
         self._create_grant = redis.register_script(_CREATE_GRANT)
+        self._end_grant = redis.register_script(_END_GRANT)
         self._claim_refresh = redis.register_script(_CLAIM_REFRESH)
         self._alive = redis.register_script(_ALIVE)
 
@@ -131,16 +137,27 @@ class Records:
 
     @guard
     def create_grant(self, grant: Grant) -> bool:
-        """False when the grant was revoked meanwhile (e.g. its code was replayed)."""
+        """False when the grant was revoked meanwhile (e.g. its code was replayed).
+
+        Two steps, each in one hash slot (a cluster spreads people, sessions, clients and
+        grants over its masters): first the grant id goes into the person's, the session's
+        and the client's indexes, then the grant is created unless tombstoned. In that
+        order every live grant is listed wherever a revocation looks for it; a failure in
+        between only leaves an index naming a grant that never came to be (harmless: ending
+        it tombstones an id no token carries)."""
         ttl = max(1, grant.expires_at - int(time.time()))
+        indexes = [self.keys.user_grants(grant.user_id), self.keys.client_grants(grant.client_id)]
+        if grant.sid:
+            indexes.append(self.keys.session_grants(grant.sid))
+        pipe = self.store.redis.pipeline(transaction=False)
+        for index in indexes:  # EVAL, not EVALSHA: a cluster pipeline cannot load scripts
+            pipe.execute_command("EVAL", _INDEX_GRANT, 1, index, ttl, grant.grant_id)
+        pipe.execute()
         fields = {"u": grant.user_id, "c": grant.client_id, "s": grant.scope, "sid": grant.sid,
                   "at": str(grant.auth_time), "exp": str(grant.expires_at)}
         flat = [item for pair in fields.items() for item in pair]
-        keys = [self.keys.grant(grant.grant_id), self.keys.grant_tombstone(grant.grant_id),
-                self.keys.user_grants(grant.user_id),
-                self.keys.session_grants(grant.sid) if grant.sid else "",
-                self.keys.client_grants(grant.client_id)]
-        return bool(self._create_grant(keys=keys, args=[ttl, grant.grant_id, *flat]))
+        keys = [self.keys.grant(grant.grant_id), self.keys.grant_tombstone(grant.grant_id)]
+        return bool(self._create_grant(keys=keys, args=[ttl, *flat]))
 
     @guard
     def get_grant(self, grant_id: str) -> Grant | None:
@@ -149,23 +166,33 @@ class Records:
 
     @guard
     def revoke_grant(self, grant_id: str) -> bool:
-        pipe = self.store.redis.pipeline(transaction=True)
-        pipe.delete(self.keys.grant(grant_id))
-        pipe.set(self.keys.grant_tombstone(grant_id), "1", ex=TOMBSTONE_TTL)
-        return bool(pipe.execute()[0])
+        return bool(self._end_grant(keys=[self.keys.grant(grant_id),
+                                          self.keys.grant_tombstone(grant_id)],
+                                    args=[TOMBSTONE_TTL]))
+
+    def _end_grants(self, grant_ids: list[str]) -> int:
+        """Delete and tombstone grants, each atomically in its own slot, in one round trip
+        per Redis node; returns how many existed."""
+        pipe = self.store.redis.pipeline(transaction=False)
+        for grant_id in grant_ids:
+            pipe.execute_command("EVAL", _END_GRANT, 2, self.keys.grant(grant_id),
+                      self.keys.grant_tombstone(grant_id), TOMBSTONE_TTL)
+        return int(sum(pipe.execute())) if grant_ids else 0
 
     def _grant_ids(self, index: str) -> list[str]:
         """The grant ids an index set lists, sorted."""
         return sorted({self.keys.grant_id_of(m) for m in self.store.redis.smembers(index)})
 
     def _revoke_index(self, index: str) -> int:
-        pipe = self.store.redis.pipeline(transaction=True)
-        for grant_id in self._grant_ids(index):
-            pipe.delete(self.keys.grant(grant_id))
-            pipe.set(self.keys.grant_tombstone(grant_id), "1", ex=TOMBSTONE_TTL)
-        pipe.delete(index)
-        results = pipe.execute()
-        return int(sum(results[0:-1:2]))
+        """End every grant an index lists. The grants first, then the index entries read: a
+        failure in between leaves the index naming ended grants (harmless), never a live
+        grant that no index lists. Only the entries read are removed, so a grant indexed
+        meanwhile stays listed for the next revocation."""
+        members = list(self.store.redis.smembers(index))
+        revoked = self._end_grants(sorted({self.keys.grant_id_of(m) for m in members}))
+        if members:
+            self.store.redis.srem(index, *members)
+        return revoked
 
     @guard
     def revoke_user_grants(self, user_id: str) -> int:
