@@ -22,6 +22,7 @@ from sso.assertions import Asserter
 from sso.audit import Audit
 from sso.config import Settings
 from sso.crypto import Sealer, derive_key
+from sso.hooks.github import GitHubHooks
 from sso.login.flow import SignInFlow
 from sso.oidc.client_registry import ClientRegistry
 from sso.oidc.device_records import DeviceRecords
@@ -60,6 +61,7 @@ class Registry:
     discovery: dict[str, Any]
     asserter: Asserter
     limiter: RateLimiter
+    hooks: GitHubHooks
 
 
 def registry(app: Flask | None = None) -> Registry:
@@ -135,4 +137,6 @@ def build(app: Flask, settings: Settings, connector: Connector | None = None) ->
         discovery=dict(metadata),
         asserter=Asserter(settings.issuer, keys),
         limiter=limiter,
+        hooks=GitHubHooks(store=store, settings=settings, accounts=accounts, sessions=sessions,
+                          connector=connector, audit=audit),
     )

@@ -283,6 +283,16 @@ class Keys:
     def rate_limit(self, window: str) -> str:
         return f"{self.prefix}rl:{window}"
 
+    @_key("hook:{delivery_id}", "ttl",
+          "DELIVERY_TTL (sso/hooks/github.py): a GitHub webhook delivery already acted on")
+    def hook_delivery(self, delivery_id: str) -> str:
+        return f"{self.prefix}hook:{delivery_id}"
+
+    @_key("hooks:recent", "durable",
+          "list bounded by length (RECENT_DELIVERIES, LTRIM): the last webhook deliveries")
+    def hooks_recent(self) -> str:
+        return f"{self.prefix}hooks:recent"
+
     @_key("dev:demo-client", "durable",
           "`sso dev` only: the demo app's client id, reused across runs like the client")
     def dev_demo_client(self) -> str:

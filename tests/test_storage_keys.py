@@ -196,6 +196,10 @@ def test_every_key_keycard_writes_is_declared_with_its_lifetime(keycard, upstrea
         pick_upstream_user(other, start_sign_in(other, keycard.url), "alice")
     assert services.accounts.bootstrap_ids() == {"1001"}
 
+    # A GitHub webhook delivery (verified by the view; the service remembers it).
+    assert services.hooks.receive("72d3162e-cc78-11e3-81ab-4c9367dc0958", "ping", {}).result \
+        == "pong"
+
     # Signing keys exist since the first token; hold the rotation lock while scanning.
     ring = keycard.services.keys
     with ring._redis_lock():
