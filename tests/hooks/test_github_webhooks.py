@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support import obtain_tokens, sign_in
+from tests.support import obtain_tokens, sign_in, wait_until
 
 SECRET = "webhook-secret-for-tests-0123456789"
 CB = "http://127.0.0.1:9/cb"
@@ -281,3 +281,16 @@ def test_the_secret_must_be_long(make_keycard):
     from sso.config import ConfigError, load_settings
     with pytest.raises(ConfigError, match="SSO_GITHUB_WEBHOOK_SECRET"):
         load_settings({"SSO_GITHUB_WEBHOOK_SECRET": "short"})
+
+
+def test_removal_at_the_upstream_reaches_keycard_through_its_webhook(keycard, upstream, http):
+    """End to end: the development GitHub delivers the signed webhook itself."""
+    upstream.state.webhooks.subscribe("acme", keycard.url + "/hooks/github", SECRET)
+    client, secret = trusted_client(keycard)
+    sign_in(http, keycard.url, "bob")
+    tokens = obtain_tokens(http, keycard.url, client.client_id, secret)
+    upstream.state.remove_user_from_org("acme", "bob")
+    wait_until(lambda: roles_at_forward_auth(http, keycard) is None, timeout=10)
+    assert refresh(keycard, client, secret, tokens["refresh_token"]).status_code == 400
+    assert [(d["event"], d["action"], d["status"]) for d in upstream.state.webhooks.sent] == [
+        ("organization", "member_removed", 200)]
