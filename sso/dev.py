@@ -103,7 +103,8 @@ def register_demo_client(app: Any, demo_url: str) -> tuple[str, str]:
     marker = store.keys.dev_demo_client()
     fields: dict[str, Any] = {"name": "Demo app", "redirect_uris": [f"{demo_url}/callback"],
               "post_logout_redirect_uris": [f"{demo_url}/"], "home_url": f"{demo_url}/",
-              "trusted": True}
+              "trusted": True, "backchannel_logout_uri": f"{demo_url}/backchannel-logout",
+              "backchannel_logout_session_required": True}
     client_id = store.redis.get(marker)
     if client_id and clients.get(client_id) is not None:
         clients.update(client_id, **fields)

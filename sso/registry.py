@@ -24,6 +24,7 @@ from sso.config import Settings
 from sso.crypto import Sealer, derive_key
 from sso.hooks.github import GitHubHooks
 from sso.login.flow import SignInFlow
+from sso.oidc.backchannel import BackchannelLogout
 from sso.oidc.client_registry import ClientRegistry
 from sso.oidc.device_records import DeviceRecords
 from sso.oidc.discovery import discovery_document
@@ -62,6 +63,7 @@ class Registry:
     asserter: Asserter
     limiter: RateLimiter
     hooks: GitHubHooks
+    backchannel: BackchannelLogout
 
 
 def registry(app: Flask | None = None) -> Registry:
@@ -99,18 +101,26 @@ def build(app: Flask, settings: Settings, connector: Connector | None = None) ->
     rules = RuleStore(store)
     records = Records(store)
     # Tokens end with the browser session they were born in, and with a person's access.
+    keys = KeyRing(store, sealer)
+    clients = ClientRegistry(store, on_revoke=records.revoke_all_client_grants)
+    backchannel = BackchannelLogout(store, issuer=settings.issuer, records=records,
+                                    clients=clients, keys=keys, audit=audit)
+
+    def session_ended(sid_hash: str, initiator: str | None) -> int:
+        # The apps are told first: they are found through the grants revoked next.
+        backchannel.session_ended(sid_hash, except_client=initiator)
+        return records.revoke_session_grants(sid_hash)
+
     sessions = SessionStore(store, idle=settings.session_idle_seconds,
-                            absolute=settings.session_absolute_seconds,
-                            on_end=records.revoke_session_grants)
+                            absolute=settings.session_absolute_seconds, on_end=session_ended)
     accounts = Accounts(store=store, settings=settings, connector=connector, sealer=sealer,
                         sessions=sessions, audit=audit, rules=rules.all,
                         on_access_end=records.revoke_user_grants)
-    clients = ClientRegistry(store, on_revoke=records.revoke_all_client_grants)
-    keys = KeyRing(store, sealer)
     devices = DeviceRecords(store, derive_key(settings.secret_key, "device-user-code"))
     provider = Provider(issuer=settings.issuer, records=records, accounts=accounts, keys=keys,
                         clients=clients, audit_log=audit, sessions=sessions, devices=devices)
     limiter = RateLimiter(store, settings.redis_url, settings.rate_limits)
+    backchannel.resume()
     metadata = OpenIDProviderMetadata(discovery_document(settings.issuer))
     metadata.validate()  # a malformed discovery document is a start-up error, not a surprise
     return Registry(
@@ -137,6 +147,7 @@ def build(app: Flask, settings: Settings, connector: Connector | None = None) ->
         discovery=dict(metadata),
         asserter=Asserter(settings.issuer, keys),
         limiter=limiter,
+        backchannel=backchannel,
         hooks=GitHubHooks(store=store, settings=settings, accounts=accounts, sessions=sessions,
                           connector=connector, audit=audit),
     )

@@ -283,6 +283,18 @@ class Keys:
     def rate_limit(self, window: str) -> str:
         return f"{self.prefix}rl:{window}"
 
+    @_key("logout-due", "durable",
+          "sorted set job id -> next attempt time: back-channel logout deliveries to make"
+          " (sso/oidc/backchannel.py); a member leaves when its job is delivered or dropped")
+    def logout_queue(self) -> str:
+        return f"{self.prefix}logout-due"
+
+    @_key("logout-job:{job_id}", "ttl",
+          "JOB_TTL (sso/oidc/backchannel.py): one back-channel logout to deliver, outliving"
+          " its retry period")
+    def logout_job(self, job_id: str) -> str:
+        return f"{self.prefix}logout-job:{job_id}"
+
     @_key("hook:{delivery_id}", "ttl",
           "DELIVERY_TTL (sso/hooks/github.py): a GitHub webhook delivery already acted on")
     def hook_delivery(self, delivery_id: str) -> str:

@@ -504,9 +504,14 @@ def dev_members() -> Any:
     if request.method == "POST":
         org, login = request.form.get("org", ""), request.form.get("login", "")
         try:
-            if request.form.get("action") == "add":
+            action = request.form.get("action")
+            if action == "add":
                 state.add_org_member(org, login)
                 message = f"Added {login} to {org}."
+            elif action == "remove-team":
+                team_org, _, slug = request.form.get("team", "").partition("/")
+                state.remove_team_member(team_org, slug, login)
+                message = f"Removed {login} from team {team_org}/{slug}."
             else:
                 state.remove_user_from_org(org, login)
                 message = f"Removed {login} from {org}."

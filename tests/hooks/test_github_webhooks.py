@@ -294,3 +294,19 @@ def test_removal_at_the_upstream_reaches_keycard_through_its_webhook(keycard, up
     assert refresh(keycard, client, secret, tokens["refresh_token"]).status_code == 400
     assert [(d["event"], d["action"], d["status"]) for d in upstream.state.webhooks.sent] == [
         ("organization", "member_removed", 200)]
+
+
+def test_the_dev_upstreams_members_page_removes_team_memberships_with_a_webhook(
+        keycard, upstream, http):
+    upstream.state.webhooks.subscribe("acme", keycard.url + "/hooks/github", SECRET)
+    keycard.services.rules.map("team", "acme/sre", ("oncall",))
+    sign_in(http, keycard.url, "bob")
+    assert "oncall" in roles_at_forward_auth(http, keycard)
+    page = requests.get(upstream.url + "/_dev/members", timeout=5)
+    assert "Remove from team acme/sre" in page.text
+    removed = requests.post(upstream.url + "/_dev/members", timeout=5,
+                            data={"team": "acme/sre", "login": "bob", "action": "remove-team"})
+    assert "Removed bob from team acme/sre." in removed.text
+    wait_until(lambda: "oncall" not in roles_at_forward_auth(http, keycard), timeout=10)
+    assert [(d["event"], d["action"]) for d in upstream.state.webhooks.sent] == [
+        ("membership", "removed")]
