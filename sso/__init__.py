@@ -20,6 +20,7 @@ from sso.admin import console as admin
 from sso.cli import groups as cli_groups
 from sso.config import Settings, load_settings
 from sso.device import views as device
+from sso.hooks import views as hooks
 from sso.login import users
 from sso.login import views as auth
 from sso.oidc import views as oidc_views
@@ -80,7 +81,8 @@ def create_app(
 
     web.init_app(app)
     users.init_app(app)
-    for module in (auth, portal, health, admin, admin_api, forward_auth, device, oidc_views):
+    for module in (auth, portal, health, admin, admin_api, forward_auth, device, oidc_views,
+                   hooks):
         app.register_blueprint(module.bp)
     app.wsgi_app = metrics.RequestMetrics(app.wsgi_app)  # type: ignore[method-assign]
     app.wsgi_app = logs.RequestIds(app.wsgi_app)  # type: ignore[method-assign]

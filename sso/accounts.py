@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from sso.audit import Audit
 from sso.cache import ExpiringCache
@@ -71,6 +71,14 @@ class Profile:
     def from_dict(cls, data: dict[str, Any]) -> Profile:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+class Reread(NamedTuple):
+    """What a membership re-check found: the profile (``None``: access ended) and whether
+    the upstream answered (``False``: it failed, or another re-check or a back-off held it)."""
+
+    profile: Profile | None
+    answered: bool
 
 
 class Accounts:
@@ -217,18 +225,28 @@ class Accounts:
         """Seconds since the profile was last read successfully from the upstream."""
         return time.time() - profile.checked_at
 
-    @guard
     def recheck(self, user_id: str, *, actor: str = "system") -> Profile | None:
-        """Re-read membership upstream. ``None`` means access has ended (sessions are gone).
+        """Re-read membership upstream (see :meth:`reread`); ``None``: access has ended."""
+        return self.reread(user_id, actor=actor).profile
+
+    @guard
+    def reread(self, user_id: str, *, actor: str = "system", now: bool = False,
+               fail_closed: bool = False, **details: Any) -> Reread:
+        """Re-read membership upstream. A ``None`` profile means access has ended (sessions
+        are gone); ``answered`` says whether the upstream was asked and answered.
 
         When the upstream fails the current profile is kept and the next attempt is
         postponed: a short outage at GitHub must not sign the company out. But only for
         ``settings.membership_max_stale`` after the last successful re-check: past that,
         a failure ends the person's access (fail closed), because a leaver can make the
         re-check fail on purpose (exhausting their own API rate limit, for example).
+
+        A signal that membership changed (a GitHub webhook) asks ``now``: the re-check runs
+        even while another one or a back-off holds the lock; with ``fail_closed`` an
+        upstream failure ends access at once. ``details`` go into the audit events.
         """
         lock = self.store.keys.recheck_lock(user_id)
-        if not self.store.redis.set(lock, "1", nx=True, ex=RECHECK_BACKOFF):
+        if not self.store.redis.set(lock, "1", nx=True, ex=RECHECK_BACKOFF) and not now:
             # Another request is re-checking (it decides), or the upstream failed a moment
             # ago and we are backing off: a back-off never outlasts the profile's bound, and
             # whatever holds the lock, a profile past the bound is never trusted.
@@ -236,13 +254,13 @@ class Accounts:
             if held is not None and self.unverified_for(held) > self.settings.membership_max_stale:
                 self.end_access(user_id, reason="membership_unverifiable", actor=actor,
                                 login=held.login)
-                return None
-            return held
+                return Reread(None, False)
+            return Reread(held, False)
         current = self.get(user_id)
         token = self._token(user_id)
         if current is None or token is None:
-            self.end_access(user_id, reason="profile_missing", actor=actor)
-            return None
+            self.end_access(user_id, reason="profile_missing", actor=actor, **details)
+            return Reread(None, False)
         try:
             identity = self.connector.refresh(token)
             self.admit(identity)
@@ -250,23 +268,24 @@ class Accounts:
             # Lost membership, a revoked token, SAML enforcement or an org that now blocks
             # Keycard: we can no longer vouch for the person, so access ends until they sign
             # in again (outages and rate limits, below, keep the session).
-            self.end_access(user_id, reason=exc.audit_reason, actor=actor, login=current.login)
+            self.end_access(user_id, reason=exc.audit_reason, actor=actor, login=current.login,
+                            **details)
             self.store.redis.delete(lock)  # a later grant (device, code) must ask again
-            return None
+            return Reread(None, True)
         except UpstreamError as exc:
             left = self.settings.membership_max_stale - self.unverified_for(current)
-            if left <= 0:
+            if left <= 0 or fail_closed:
                 log.warning("membership of %s unverifiable for %ds, access ends: %s",
                             current.login, self.unverified_for(current), exc.detail)
                 self.end_access(user_id, reason="membership_unverifiable", actor=actor,
                                 login=current.login, upstream=exc.audit_reason,
-                                checked_at=current.checked_at)
+                                checked_at=current.checked_at, **details)
                 self.store.redis.delete(lock)
-                return None
+                return Reread(None, False)
             log.warning("membership re-check of %s postponed: %s", current.login, exc.detail)
             # Ask again after the back-off, or as soon as the bound passes if that is sooner.
             self.store.redis.set(lock, "1", ex=max(1, min(RECHECK_BACKOFF, math.ceil(left))))
-            return current
+            return Reread(current, False)
         fresh = self.profile_for(identity)
         self.save(fresh, None, signed_in=False)
         self.sessions.update_profiles(user_id, fresh.as_dict())
@@ -278,8 +297,9 @@ class Accounts:
                 subject=fresh.login,
                 before={"groups": current.groups, "roles": current.roles},
                 after={"groups": fresh.groups, "roles": fresh.roles},
+                **details,
             )
-        return fresh
+        return Reread(fresh, True)
 
     # -- directory and rule changes ---------------------------------------------------
 

@@ -46,6 +46,8 @@ SKIPPED = {
              "lines on stderr",
     "instance_epoch": "marks this Redis's data (sso/epoch.py), not configuration: a restore "
                       "must not make processes believe the data before a loss is back",
+    "hooks_recent": "a log of webhook deliveries, not configuration",
+    "logout_queue": "in-flight back-channel logouts: their jobs expire and are not backed up",
 }
 # The TTL kind kept with the people indexes.
 PROFILE = "user"

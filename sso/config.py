@@ -75,6 +75,8 @@ class Settings:
     # seconds per kind and process, with the count of lines suppressed.
     log_repeat_seconds: int = 10
     metrics_token: str | None = None  # when set, /metrics wants it as a bearer token
+    # Shared secret of the GitHub organisation webhook (POST /hooks/github); None: no endpoint.
+    github_webhook_secret: str | None = None
     device_poll_interval: int = 5  # RFC 8628 §3.2 default; seconds between device polls
     trusted_proxy_hops: int = 0  # proxies whose X-Forwarded-For/-Proto/-Host are believed
     # name -> limit (see DEFAULT_RATE_LIMITS); empty when SSO_RATE_LIMITS=off
@@ -364,6 +366,12 @@ def load_settings(
         problems.append("SSO_METRICS_TOKEN must be at least 32 characters (e.g. from "
                         "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`).")
 
+    webhook_secret = env.get("SSO_GITHUB_WEBHOOK_SECRET", "").strip() or None
+    if webhook_secret is not None and len(webhook_secret) < 20:
+        problems.append("SSO_GITHUB_WEBHOOK_SECRET must be at least 20 characters (e.g. from "
+                        "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`), "
+                        "and the same value set as the organisation webhook's secret.")
+
     redis_url = env.get("SSO_REDIS_URL", "redis://127.0.0.1:6379/0").strip()
     # Numeric GitHub ids or logins ("@login" accepted); logins bind to their first id
     # (sso/accounts.py).
@@ -414,6 +422,7 @@ def load_settings(
             "SSO_LOG_REPEAT_SECONDS", env.get("SSO_LOG_REPEAT_SECONDS"), 10, problems
         ),
         metrics_token=metrics_token,
+        github_webhook_secret=webhook_secret,
         device_poll_interval=_int(
             "SSO_DEVICE_POLL_INTERVAL", env.get("SSO_DEVICE_POLL_INTERVAL"), 5, problems
         ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -90,6 +91,8 @@ def dev_environment(upstream_url: str, redis_url: str) -> dict[str, str]:
     env["SSO_GITHUB_CLIENT_SECRET"] = DEV_UPSTREAM_CLIENT_SECRET
     env.setdefault("SSO_GITHUB_ORGS", "acme")
     env.setdefault("SSO_BOOTSTRAP_ADMINS", "alice")
+    # The development upstream sends organisation webhooks, signed with this secret.
+    env.setdefault("SSO_GITHUB_WEBHOOK_SECRET", secrets.token_urlsafe(32))
     return env
 
 
@@ -100,7 +103,8 @@ def register_demo_client(app: Any, demo_url: str) -> tuple[str, str]:
     marker = store.keys.dev_demo_client()
     fields: dict[str, Any] = {"name": "Demo app", "redirect_uris": [f"{demo_url}/callback"],
               "post_logout_redirect_uris": [f"{demo_url}/"], "home_url": f"{demo_url}/",
-              "trusted": True}
+              "trusted": True, "backchannel_logout_uri": f"{demo_url}/backchannel-logout",
+              "backchannel_logout_session_required": True}
     client_id = store.redis.get(marker)
     if client_id and clients.get(client_id) is not None:
         clients.update(client_id, **fields)
@@ -139,7 +143,11 @@ def run_dev(*, port: int | None = None, upstream_port: int = 5001, demo_port: in
     issuer = env["SSO_ISSUER"]
     keycard_port = port or urlsplit(issuer).port or 5000
 
-    upstream = make_server("127.0.0.1", upstream_port, create_upstream_app(load_demo_state()),
+    upstream_state = load_demo_state()
+    for org in env["SSO_GITHUB_ORGS"].split(","):
+        upstream_state.webhooks.subscribe(org.strip(), f"{issuer}/hooks/github",
+                                          env["SSO_GITHUB_WEBHOOK_SECRET"])
+    upstream = make_server("127.0.0.1", upstream_port, create_upstream_app(upstream_state),
                            threaded=True, request_handler=RedactingRequestHandler)
     keycard_app = create_app(env)
     keycard = make_server("127.0.0.1", keycard_port, keycard_app, threaded=True,
@@ -159,6 +167,8 @@ def run_dev(*, port: int | None = None, upstream_port: int = 5001, demo_port: in
         f"  Keycard (open this):      {issuer}/\n"
         f"  Demo internal app:        {demo_url}/  (signs in through Keycard)\n"
         f"  Development GitHub:       {upstream_url}/  (users: alice, bob, carol, dave, mallory)\n"
+        f"  Offboard someone:         {upstream_url}/_dev/members  (GitHub's org webhook "
+        "ends their access in seconds)\n"
         f"  Redis:                    {redis_url}\n"
         f"  Allowed orgs: {env['SSO_GITHUB_ORGS']}   bootstrap admins: "
         f"{env['SSO_BOOTSTRAP_ADMINS']}\n"

@@ -52,6 +52,12 @@ SIGNIN_REFUSED_ANONYMOUS = Counter(
 )
 TOKENS = Counter("keycard_tokens_issued", "Token responses issued, by grant type.",
                  ["grant_type"])
+BACKCHANNEL_LOGOUT = Counter(
+    "keycard_backchannel_logout",
+    "Back-channel logout tokens, by outcome: queued, delivered, failed (an attempt that "
+    "will be retried), dropped (given up after the retry period).",
+    ["outcome"],
+)
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "<unmatched>"  # 404s and anything no route claims: one label, not one per path

@@ -23,7 +23,9 @@ from sso.audit import Audit
 from sso.config import Settings
 from sso.crypto import Sealer, derive_key
 from sso.epoch import DataLossWatch
+from sso.hooks.github import GitHubHooks
 from sso.login.flow import SignInFlow
+from sso.oidc.backchannel import BackchannelLogout
 from sso.oidc.client_registry import ClientRegistry
 from sso.oidc.device_records import DeviceRecords
 from sso.oidc.discovery import discovery_document
@@ -62,6 +64,8 @@ class Registry:
     discovery: dict[str, Any]
     asserter: Asserter
     limiter: RateLimiter
+    hooks: GitHubHooks
+    backchannel: BackchannelLogout
 
 
 def registry(app: Flask | None = None) -> Registry:
@@ -91,19 +95,27 @@ def build(app: Flask, settings: Settings, connector: Connector | None = None) ->
     audit = Audit(store, settings.audit_max_events)
     rules = RuleStore(store)
     records = Records(store)
-    # Tokens end with the browser session they were born in, and with a person's access.
-    sessions = SessionStore(store, idle=settings.session_idle_seconds,
-                            absolute=settings.session_absolute_seconds,
-                            on_end=records.revoke_session_grants)
-    accounts = Accounts(store=store, settings=settings, connector=connector, sealer=sealer,
-                        sessions=sessions, audit=audit, rules=rules.all,
-                        on_access_end=records.revoke_user_grants)
     clients = ClientRegistry(store, on_revoke=records.revoke_all_client_grants)
     # Redis lost its data: every cache trusting what it held is dropped (sso/epoch.py),
     # noticed by the key ring's periodic re-check; production never re-makes keys unasked.
     epoch = DataLossWatch(store, audit)
     keys = KeyRing(store, sealer, generate_missing=not settings.is_production, watch=epoch,
                    audit=audit)
+    # Tokens end with the browser session they were born in, and with a person's access;
+    # the apps that session signed in to are told (back-channel logout).
+    backchannel = BackchannelLogout(store, issuer=settings.issuer, records=records,
+                                    clients=clients, keys=keys, audit=audit)
+
+    def session_ended(sid_hash: str, initiator: str | None) -> int:
+        # The apps are told first: they are found through the grants revoked next.
+        backchannel.session_ended(sid_hash, except_client=initiator)
+        return records.revoke_session_grants(sid_hash)
+
+    sessions = SessionStore(store, idle=settings.session_idle_seconds,
+                            absolute=settings.session_absolute_seconds, on_end=session_ended)
+    accounts = Accounts(store=store, settings=settings, connector=connector, sealer=sealer,
+                        sessions=sessions, audit=audit, rules=rules.all,
+                        on_access_end=records.revoke_user_grants)
     devices = DeviceRecords(store, derive_key(settings.secret_key, "device-user-code"))
     provider = Provider(issuer=settings.issuer, records=records, accounts=accounts, keys=keys,
                         clients=clients, audit_log=audit, sessions=sessions, devices=devices)
@@ -112,6 +124,7 @@ def build(app: Flask, settings: Settings, connector: Connector | None = None) ->
     for clear in (provider.verified.clear, asserter.cache.clear, clients.clear_cache,
                   rules.clear_cache, accounts.after_data_loss):
         epoch.on_loss(clear)
+    backchannel.resume()
     metadata = OpenIDProviderMetadata(discovery_document(settings.issuer))
     metadata.validate()  # a malformed discovery document is a start-up error, not a surprise
     return Registry(
@@ -139,4 +152,7 @@ def build(app: Flask, settings: Settings, connector: Connector | None = None) ->
         discovery=dict(metadata),
         asserter=asserter,
         limiter=limiter,
+        backchannel=backchannel,
+        hooks=GitHubHooks(store=store, settings=settings, accounts=accounts, sessions=sessions,
+                          connector=connector, audit=audit),
     )

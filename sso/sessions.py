@@ -141,12 +141,14 @@ class SessionStore:
     """Session records and the per-user index: the service behind sign-out and admin views."""
 
     def __init__(self, store: Store, *, idle: int, absolute: int,
-                 on_end: Callable[[str], object] = lambda sid_hash: None) -> None:
+                 on_end: Callable[[str, str | None], object] = lambda sid_hash, _: None,
+                 ) -> None:
         self.store = store
         self.idle = idle
         self.absolute = absolute
         # Told the hash of every session that ends here (the provider revokes the tokens
-        # born in it): the store announces, so it never needs to know who listens.
+        # born in it and tells the apps), with the client whose RP-initiated logout ended
+        # it, if any: the store announces, so it never needs to know who listens.
         self.on_end = on_end
         self._read = store.redis.register_script(_READ)
         self._update = store.redis.register_script(_UPDATE)
@@ -226,17 +228,18 @@ class SessionStore:
                 # Re-sign-in of the same person: the old session's tokens follow them.
                 session.carry_grants_from = hash_secret(session.sid)
             else:  # another person's session in this browser ends, and its tokens with it
-                self.on_end(hash_secret(session.sid))
+                self.on_end(hash_secret(session.sid), None)
         session.clear()
         session.regenerate()
         session.set_profile(user_id, profile)
         session["auth_time"] = int(time.time())
 
-    def end(self, session: ServerSession) -> str | None:
-        """End this browser's session (deleted at save); returns who was signed in."""
+    def end(self, session: ServerSession, *, initiator: str | None = None) -> str | None:
+        """End this browser's session (deleted at save); returns who was signed in.
+        ``initiator``: the client whose RP-initiated logout asked for it."""
         login = (session.profile or {}).get("login") if session.user_id else None
         if session.sid:
-            self.on_end(hash_secret(session.sid))
+            self.on_end(hash_secret(session.sid), initiator)
         session.end()
         return str(login) if login else None
 
@@ -259,14 +262,14 @@ class SessionStore:
             ended = int(self.store.redis.delete(*(self.store.keys.session(h) for h in members)))
             self.store.redis.srem(index, *members)
         for sid_hash in members:
-            self.on_end(sid_hash)
+            self.on_end(sid_hash, None)
         return ended
 
     @guard
     def end_by_hash(self, user_id: str, sid_hash: str) -> bool:
         ended = bool(self.store.redis.delete(self.store.keys.session(sid_hash)))
         self.store.redis.srem(self.store.keys.user_sessions(user_id), sid_hash)
-        self.on_end(sid_hash)  # even when already gone: its tokens must not outlive it
+        self.on_end(sid_hash, None)  # even when already gone: its tokens must not outlive it
         return ended
 
     @guard
@@ -390,12 +393,14 @@ def raise_if_unavailable() -> None:
         raise session.unavailable
 
 
-def end_browser_session(sessions: SessionStore, audit: Audit, *, reason: str, ip: str) -> None:
-    """Sign this browser out (logout, RP-initiated logout): its tokens end with it."""
+def end_browser_session(sessions: SessionStore, audit: Audit, *, reason: str, ip: str,
+                        initiator: str | None = None) -> None:
+    """Sign this browser out (logout, RP-initiated logout by ``initiator``): its tokens end
+    with it, and the other apps it signed in to are told."""
     from flask import session
 
     if not isinstance(session, ServerSession):
         return
-    login = sessions.end(session)
+    login = sessions.end(session, initiator=initiator)
     if login:
         audit.record("signout", actor=login, subject=login, reason=reason, ip=ip)

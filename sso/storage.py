@@ -373,6 +373,31 @@ class Keys:
     def rate_limit(self, window: str) -> str:
         return f"{self.prefix}rl:{window}"
 
+    @_key("logout-due", "durable",
+          "sorted set job id -> next attempt time: back-channel logout deliveries to make"
+          " (sso/oidc/backchannel.py); a member leaves when its job is delivered or dropped",
+          None)
+    def logout_queue(self) -> str:
+        return f"{self.prefix}logout-due"
+
+    @_key("logout-job:{job_id}", "ttl",
+          "JOB_TTL (sso/oidc/backchannel.py): one back-channel logout to deliver, outliving"
+          " its retry period", "job_id")
+    def logout_job(self, job_id: str) -> str:
+        return f"{self.prefix}logout-job:{self._tag(job_id)}"
+
+    @_key("hook:{delivery_id}", "ttl",
+          "DELIVERY_TTL (sso/hooks/github.py): a GitHub webhook delivery already acted on",
+          "delivery_id")
+    def hook_delivery(self, delivery_id: str) -> str:
+        return f"{self.prefix}hook:{self._tag(delivery_id)}"
+
+    @_key("hooks:recent", "durable",
+          "list bounded by length (RECENT_DELIVERIES, LTRIM): the last webhook deliveries",
+          None)
+    def hooks_recent(self) -> str:
+        return f"{self.prefix}hooks:recent"
+
     @_key("dev:demo-client", "durable",
           "`sso dev` only: the demo app's client id, reused across runs like the client",
           CONFIG_TAG)

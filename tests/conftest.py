@@ -259,6 +259,8 @@ def make_keycard(
     yield factory
     for server in servers:
         server.stop()
+        # Its back-channel logout worker (if one started) must not outlive the test's Redis.
+        registry(server.server.app).backchannel.stop()
 
 
 @pytest.fixture

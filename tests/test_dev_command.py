@@ -41,6 +41,7 @@ def dev_server(redis_server, prefix, tmp_path) -> Iterator[tuple[str, subprocess
 
     wait_until(up, timeout=30, interval=0.1)
     proc.demo_url = f"http://127.0.0.1:{demo_port}"  # type: ignore[attr-defined]
+    proc.upstream_url = f"http://127.0.0.1:{upstream_port}"  # type: ignore[attr-defined]
     yield url, proc
     proc.terminate()
     proc.wait(10)
@@ -60,6 +61,24 @@ def test_sso_dev_serves_the_whole_journey(dev_server):
     proc.terminate()
     output, _ = proc.communicate(timeout=10)
     assert f"{url}/" in output and "Development GitHub" in output
+
+
+def test_sso_dev_offboards_through_the_org_webhook_in_seconds(dev_server):
+    url, proc = dev_server
+    http = requests.Session()
+    assert "Bob Builder" in sign_in(http, url, "bob").text
+    removed = requests.post(proc.upstream_url + "/_dev/members",
+                            data={"org": "acme", "login": "bob", "action": "remove"}, timeout=10)
+    assert removed.status_code == 200 and "Removed bob from acme." in removed.text
+    # The development GitHub sends the signed organisation webhook; Keycard re-reads bob,
+    # finds him gone, and ends his session (no re-check period to wait for).
+    wait_until(lambda: "Sign in with GitHub" in http.get(url + "/", timeout=5).text, timeout=10)
+    sent = requests.get(proc.upstream_url + "/_dev/hooks", timeout=5).json()["sent"]
+    assert [(d["event"], d["action"], d["status"]) for d in sent] == [
+        ("organization", "member_removed", 200)]
+    proc.terminate()
+    output, _ = proc.communicate(timeout=10)
+    assert "/_dev/members" in output and '"event":"person.offboarded"' in output
 
 
 def test_finding_13_sso_devs_request_log_never_shows_codes_or_state(dev_server):

@@ -268,6 +268,20 @@ def test_every_key_keycard_writes_is_declared_with_its_lifetime(topology, reques
         pick_upstream_user(other, start_sign_in(other, keycard.url), "alice")
     assert services.accounts.bootstrap_ids() == {"1001"}
 
+    # A session ends that an app with a back-channel logout URI got an ID token in; the
+    # worker is stopped so the job stays queued while the keys are scanned.
+    services.backchannel.stop()
+    bcl_app, _ = services.clients.create(name="BCL", redirect_uris=["https://bcl.test/cb"],
+                                         backchannel_logout_uri="https://bcl.test/logout")
+    now = int(time.time())
+    services.records.create_grant(Grant("bclgrant", bob.user_id, bcl_app.client_id, "openid",
+                                        hash_secret("a-session"), now, now + 600))
+    assert services.backchannel.session_ended(hash_secret("a-session")) == 1
+
+    # A GitHub webhook delivery (verified by the view; the service remembers it).
+    assert services.hooks.receive("72d3162e-cc78-11e3-81ab-4c9367dc0958", "ping", {}).result \
+        == "pong"
+
     # Signing keys exist since the first token; hold the rotation lock while scanning.
     ring = keycard.services.keys
     with ring._redis_lock():

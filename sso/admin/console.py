@@ -161,3 +161,11 @@ def audit() -> Any:
     page = render_template("admin/audit.html", events=events, error=error, filters=request.args,
                            limit=AUDIT_LIMIT)
     return page, 400 if error else 200
+
+
+@bp.get("/webhooks")
+def webhooks() -> str:
+    services = registry()
+    return render_template("admin/webhooks.html", deliveries=services.hooks.recent(50),
+                           enabled=services.settings.github_webhook_secret is not None,
+                           hook_url=f"{services.settings.issuer}/hooks/github")

@@ -41,7 +41,8 @@ def _show(client: Client) -> None:
                  "required_roles", "roles", "audiences"):
         click.echo(f"  {name + ':':27} {', '.join(data[name]) or '-'}")
     for name in ("trusted", "require_pkce", "home_url", "id_token_alg", "access_token_ttl",
-                 "refresh_idle_ttl", "refresh_absolute_ttl", "created_at"):
+                 "refresh_idle_ttl", "refresh_absolute_ttl", "backchannel_logout_uri",
+                 "backchannel_logout_session_required", "created_at"):
         value = data[name]
         click.echo(f"  {name + ':':27} {'-' if value is None else value}")
 
@@ -68,6 +69,12 @@ def _shared_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--access-token-ttl", type=int, help="Seconds (60-3600)."),
         click.option("--refresh-idle-ttl", type=int, help="Seconds."),
         click.option("--refresh-absolute-ttl", type=int, help="Seconds."),
+        click.option("--backchannel-logout-uri",
+                     help="Where Keycard POSTs a logout token when a session of this app's "
+                          "user ends (OIDC Back-Channel Logout); \"\" removes it."),
+        click.option("--backchannel-logout-session-required/"
+                     "--no-backchannel-logout-session-required", default=None,
+                     help="The app needs the session id (sid) in logout tokens."),
     ]
     for option in reversed(options):
         func = option(func)

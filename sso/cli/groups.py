@@ -10,9 +10,10 @@ from sso.cli.clients import clients_group
 from sso.cli.keys import keys_group
 from sso.cli.roles import roles_group
 from sso.cli.sessions import sessions_group
+from sso.cli.webhooks import webhooks_group
 
 
 def init_app(app: Flask) -> None:
     for group in (sessions_group, roles_group, audit_group, clients_group, keys_group,
-                  backup_command, restore_command):
+                  backup_command, restore_command, webhooks_group):
         app.cli.add_command(group)

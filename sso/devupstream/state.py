@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from .webhooks import OrgWebhooks, org_json, user_json
+
 CODE_TTL_SECONDS = 600
 RATE_LIMIT = 5000
 RATE_WINDOW_SECONDS = 3600
@@ -151,6 +153,7 @@ class UpstreamState:
         self.headers_seen: list[tuple[str, dict[str, str]]] = []  # (path, headers) of API calls
         self._rate: dict[tuple[str, int], int] = {}
         self._next_id = 100_000
+        self.webhooks = OrgWebhooks()
 
     # -- helpers -----------------------------------------------------------------
     def _new_id(self) -> int:
@@ -213,23 +216,43 @@ class UpstreamState:
             raise ValueError(f"bad role/state {role!r}/{state!r}")
         with self._lock:
             key = self._org(org).login.lower()
-            uid = self._user(login).id
-            self.org_members[key][uid] = role
+            user = self._user(login)
+            added = user.id not in self.org_members[key] and state == "active"
+            self.org_members[key][user.id] = role
             if state == "pending":
-                self.org_pending[key].add(uid)
+                self.org_pending[key].add(user.id)
             else:
-                self.org_pending[key].discard(uid)
+                self.org_pending[key].discard(user.id)
+            if added:
+                self._emit_membership(key, "member_added", user)
 
     def remove_user_from_org(self, org: str, login: str) -> None:
         """Drop the membership and, as GitHub does, every team membership in that org."""
         with self._lock:
             key = self._org(org).login.lower()
-            uid = self._user(login).id
-            self.org_members[key].pop(uid, None)
-            self.org_pending[key].discard(uid)
+            user = self._user(login)
+            was_member = self.org_members[key].pop(user.id, None) is not None
+            self.org_pending[key].discard(user.id)
             for (team_org, _slug), members in self.team_members.items():
                 if team_org == key:
-                    members.discard(uid)
+                    members.discard(user.id)
+            if was_member:
+                self._emit_membership(key, "member_removed", user)
+
+    def _emit_membership(self, org_key: str, action: str, user: User) -> None:
+        org = self.orgs[org_key]
+        self.webhooks.emit(org_key, "organization", {
+            "action": action,
+            "membership": {"state": "active", "role": "member",
+                           "user": user_json(user.id, user.login)},
+            "organization": org_json(org.id, org.login)})
+
+    def _emit_team_membership(self, org_key: str, slug: str, action: str, user: User) -> None:
+        org, team = self.orgs[org_key], self.teams[(org_key, slug)]
+        self.webhooks.emit(org_key, "membership", {
+            "action": action, "scope": "team", "member": user_json(user.id, user.login),
+            "team": {"id": team.id, "slug": team.slug, "name": team.name},
+            "organization": org_json(org.id, org.login)})
 
     def add_team(
         self,
@@ -256,15 +279,20 @@ class UpstreamState:
             key = self._org(org).login.lower()
             if (key, slug) not in self.teams:
                 raise KeyError(f"unknown team {org}/{slug}")
-            uid = self._user(login).id
-            self.org_members[key].setdefault(uid, "member")
-            self.team_members[(key, slug)].add(uid)
+            user = self._user(login)
+            self.org_members[key].setdefault(user.id, "member")
+            if user.id not in self.team_members[(key, slug)]:
+                self.team_members[(key, slug)].add(user.id)
+                self._emit_team_membership(key, slug, "added", user)
 
     def remove_team_member(self, org: str, slug: str, login: str) -> None:
         """Remove a direct team membership (no-op if absent)."""
         with self._lock:
-            uid = self._user(login).id
-            self.team_members.get((org.lower(), slug), set()).discard(uid)
+            user = self._user(login)
+            members = self.team_members.get((org.lower(), slug), set())
+            if user.id in members:
+                members.discard(user.id)
+                self._emit_team_membership(org.lower(), slug, "removed", user)
 
     def user_by_login(self, login: str) -> User | None:
         """The live User object (tests may edit it), matched case-insensitively."""

@@ -494,3 +494,37 @@ def dev_index() -> Response:
     teams = [asdict(t) for t in state.all_teams()]
     orgs = [asdict(o) for o in state.all_orgs()]
     return _json({"users": _directory(), "orgs": orgs, "teams": teams})
+
+
+@bp.route("/_dev/members", methods=["GET", "POST"])
+def dev_members() -> Any:
+    """Remove (or add back) an org member, as an owner would on GitHub: webhooks follow."""
+    state = _state()
+    message = ""
+    if request.method == "POST":
+        org, login = request.form.get("org", ""), request.form.get("login", "")
+        try:
+            action = request.form.get("action")
+            if action == "add":
+                state.add_org_member(org, login)
+                message = f"Added {login} to {org}."
+            elif action == "remove-team":
+                team_org, _, slug = request.form.get("team", "").partition("/")
+                state.remove_team_member(team_org, slug, login)
+                message = f"Removed {login} from team {team_org}/{slug}."
+            else:
+                state.remove_user_from_org(org, login)
+                message = f"Removed {login} from {org}."
+        except KeyError as exc:
+            return _html_error(404, "Not found", str(exc))
+    subscribed = bool(state.webhooks.subscriptions)
+    return render_template("devupstream/members.html", people=_directory(), message=message,
+                           subscribed=subscribed)
+
+
+@bp.get("/_dev/hooks")
+def dev_hooks() -> Response:
+    """Webhook subscriptions and the deliveries made (status and answer of each)."""
+    state = _state()
+    subscriptions = [asdict(s) | {"secret": "[set]"} for s in state.webhooks.subscriptions]
+    return _json({"subscriptions": subscriptions, "sent": list(state.webhooks.sent)})

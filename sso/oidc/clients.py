@@ -68,6 +68,10 @@ class Client(ClientMixin):  # type: ignore[misc]
     # Access tokens issued before this second are refused (`sso clients rotate-secret
     # --revoke-tokens`); 0: none.
     tokens_valid_after: int = 0
+    # OpenID Connect Back-Channel Logout 1.0: where Keycard POSTs a logout token when a
+    # session the app got an ID token in ends; whether the app needs ``sid`` in it.
+    backchannel_logout_uri: str | None = None
+    backchannel_logout_session_required: bool = False
 
     def __post_init__(self) -> None:
         # RFC 9700 §2.1.1: public clients must use PKCE, whatever was asked for.
@@ -222,6 +226,10 @@ def validate(client: Client) -> Client:
         check_uri(uri, "audience")
     if client.home_url is not None:
         check_uri(client.home_url, "home URL")
+    if client.backchannel_logout_uri == "":
+        client.backchannel_logout_uri = None  # `--backchannel-logout-uri ""` removes it
+    if client.backchannel_logout_uri is not None:
+        check_uri(client.backchannel_logout_uri, "back-channel logout URI")
     if not client.grant_types:
         raise ClientError("a client needs at least one grant type")
     for grant in client.grant_types:
@@ -243,7 +251,7 @@ def validate(client: Client) -> Client:
         # An Authlib pitfall: the per-client alg must be allow-listed (never none or HMAC).
         raise ClientError(f"id_token_alg {client.id_token_alg!r} is not supported; choose "
                           + " or ".join(SIGNING_ALGS))
-    for flag in ("trusted", "require_pkce"):
+    for flag in ("trusted", "require_pkce", "backchannel_logout_session_required"):
         if not isinstance(getattr(client, flag), bool):
             raise ClientError(f"{flag} must be true or false")
     _check_ttl(client.access_token_ttl, "access_token_ttl", 60, MAX_ACCESS_TOKEN_TTL)

@@ -43,5 +43,7 @@ def discovery_document(issuer: str) -> dict[str, Any]:
         "request_uri_parameter_supported": False,
         "claims_parameter_supported": False,
         "frontchannel_logout_supported": False,
+        "backchannel_logout_supported": True,
+        "backchannel_logout_session_supported": True,
         "ui_locales_supported": ["en"],
     }

@@ -171,5 +171,10 @@ class EndSession(EndSessionEndpoint):  # type: ignore[misc]
 
     def end_session(self, end_session_request: Any) -> None:
         provider = self.provider
+        # The app that asked knows; the others are told (back-channel logout). Only an app
+        # proven by a valid id_token_hint is left out: a bare client_id could silence one.
+        client = getattr(end_session_request, "client", None)
+        proven = end_session_request.id_token_claims is not None
+        initiator = client.get_client_id() if client is not None and proven else None
         end_browser_session(provider.sessions, provider.audit_log, reason="rp_logout",
-                            ip=request.remote_addr or "")
+                            ip=request.remote_addr or "", initiator=initiator)

@@ -219,6 +219,16 @@ class Records:
         return self._revoke_index(self.keys.client_grants(client_id))
 
     @guard
+    def session_grants(self, sid_hash: str) -> list[Grant]:
+        """The live grants born in a browser session (the apps it signed in to)."""
+        grant_ids = self._grant_ids(self.keys.session_grants(sid_hash))
+        pipe = self.store.redis.pipeline(transaction=False)
+        for grant_id in grant_ids:
+            pipe.hgetall(self.keys.grant(grant_id))
+        return [Grant.from_hash(grant_id, data)
+                for grant_id, data in zip(grant_ids, pipe.execute(), strict=True) if data]
+
+    @guard
     def revoke_session_grants(self, sid_hash: str) -> int:
         """Signing out of Keycard ends the refresh tokens born in that session."""
         return self._revoke_index(self.keys.session_grants(sid_hash))

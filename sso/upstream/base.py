@@ -126,6 +126,11 @@ class Connector(Protocol):
         """Re-read the identity (membership changes) with the stored token."""
         ...
 
+    def forget_teams(self) -> None:
+        """Team names or nesting changed upstream (a webhook said so): drop any cached
+        team hierarchy, so the next read of a person's teams asks again."""
+        ...
+
 
 def valid_login(login: str) -> bool:
     """GitHub's login syntax: 1–39 letters, digits or hyphens (organisation names too)."""

@@ -259,6 +259,9 @@ class GitHubConnector:
                 parent_key = parents[parent_key]
         return teams
 
+    def forget_teams(self) -> None:
+        self._parents.clear()
+
     def _parent_of(self, api: _Api, team: str) -> str | None:
         cached = self._parents.get(team)
         if cached is not None:

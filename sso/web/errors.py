@@ -23,7 +23,7 @@ log = logging.getLogger("keycard.web")
 def wants_json() -> bool:
     if request.path.startswith(("/api/", "/oauth/", "/token", "/userinfo", "/introspect",
                                 "/revoke", "/device_authorization", "/auth/verify",
-                                "/.well-known/", "/jwks.json")):
+                                "/.well-known/", "/jwks.json", "/hooks/")):
         return True
     best = request.accept_mimetypes.best_match(["text/html", "application/json"])
     return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes[
