@@ -481,6 +481,26 @@ def _sentinel_client(url: str, options: dict[str, Any]) -> redis.Redis:
     return cast(redis.Redis, master)
 
 
+def _cluster_client(url: str, options: dict[str, Any]) -> redis.Redis:
+    """``redis+cluster://[:password@]host:port[,host:port...]`` (``rediss+cluster://``): any
+    node that answers gives the slot map; naming several lets a process start while one of
+    them is down."""
+    parts = urlsplit(url)
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    nodes = []
+    for item in hosts.split(","):
+        host, _, port = item.rpartition(":")
+        node = redis.cluster.ClusterNode(host or item, int(port or 6379))  # type: ignore[no-untyped-call]
+        nodes.append(node)
+    first = f"{parts.scheme.replace('+cluster', '')}://"
+    first += f"{credentials}@" if credentials else ""
+    first += f"{nodes[0].host}:{nodes[0].port}{parts.path}"
+    first += f"?{parts.query}" if parts.query else ""
+    options.pop("health_check_interval")
+    client = redis.cluster.RedisCluster.from_url(first, startup_nodes=nodes, **options)
+    return cast(redis.Redis, client)
+
+
 def connect(url: str, *, timeout: float = 2.0) -> redis.Redis:
     """One client (and so one connection pool) for the process, built from ``SSO_REDIS_URL``."""
     options: dict[str, Any] = {
@@ -496,9 +516,7 @@ def connect(url: str, *, timeout: float = 2.0) -> redis.Redis:
     if scheme == "redis+sentinel":
         return _sentinel_client(url, options)
     if scheme in {"redis+cluster", "rediss+cluster"}:
-        plain = url.replace("+cluster", "", 1)
-        options.pop("health_check_interval")
-        return cast(redis.Redis, redis.cluster.RedisCluster.from_url(plain, **options))
+        return _cluster_client(url, options)
     if scheme not in {"redis", "rediss", "unix"}:
         raise ValueError(
             f"SSO_REDIS_URL scheme {scheme!r} is not supported: use redis://, rediss://, "

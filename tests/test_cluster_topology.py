@@ -302,3 +302,16 @@ def test_cluster_master_kill_answers_only_503s_and_recovers_within_10s(
     assert new_master.port != victim.port
     assert wrong == [], collections.Counter(o[:150] for _, o in wrong)
     assert seconds < 10
+
+
+def test_a_cluster_url_may_name_several_nodes_and_the_first_may_be_down(
+        make_keycard, make_cluster_keycard, cluster_topology):
+    """``redis+cluster://dead:port,live:port``: a process starts and serves while the node
+    the URL names first does not answer (it learns the slot map from the next).
+    (``make_cluster_keycard`` only for its clean-up of the test's keys.)"""
+    from tests.support import free_port
+    dead = free_port()
+    live = ",".join(f"127.0.0.1:{n.port}" for n in cluster_topology.nodes_alive()[:2])
+    keycard = make_keycard(redis_url=f"redis+cluster://127.0.0.1:{dead},{live}")
+    assert "Bob Builder" in sign_in(requests.Session(), keycard.url, "bob").text
+    assert requests.get(keycard.url + "/readyz", timeout=10).status_code == 200
