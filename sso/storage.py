@@ -200,9 +200,18 @@ class Keys:
     def refresh_token(self, token_hash: str) -> str:
         return f"{self.prefix}rt:{token_hash}"
 
-    @_key("revoked:{jti}", "ttl", "until the revoked access token's exp")
+    @_key("revoked:{jti}", "ttl",
+          "until the revoked access token's exp; only a copy for older processes: the"
+          " revocation itself is the ended grant or Keys.revoked_client_tokens")
     def revoked_access_token(self, jti: str) -> str:
         return f"{self.prefix}revoked:{jti}"
+
+    @_key("clientrevoked:{client_id}", "durable",
+          "sorted set jti -> exp of revoked client-credentials access tokens (no grant to"
+          " end); expired entries pruned at each revocation (records.revoke_access_token)."
+          " No TTL on purpose: volatile-* eviction must never bring a revoked token back")
+    def revoked_client_tokens(self, client_id: str) -> str:
+        return f"{self.prefix}clientrevoked:{client_id}"
 
     @_key("clientgrants:{client_id}", "ttl",
           "set of grant ids; TTL only grows, to the longest grant listed (ended with the "
