@@ -76,6 +76,7 @@ def create_app(
 
     reg = registry.build(app, settings, connector)
     app.extensions[registry.EXTENSION] = reg
+    reg.readiness.log_at_start()  # an evicting or forgetful Redis, said once and loudly
     app.session_interface = RedisSessionInterface(reg.sessions, cookie_name=_cookie_name(settings))
 
     web.init_app(app)

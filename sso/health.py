@@ -1,5 +1,6 @@
 """Operator endpoints: ``/healthz`` (the process answers), ``/readyz`` (it can serve:
-Redis answers) and ``/metrics`` (Prometheus, see :mod:`sso.metrics`).
+Redis answers and, in production, is configured not to lose Keycard's state; see
+:mod:`sso.redis_checks`) and ``/metrics`` (Prometheus, see :mod:`sso.metrics`).
 
 ``/readyz`` tells anyone only whether Keycard is ready; why not (the Redis error, which
 names hosts and ports) is for operators presenting ``SSO_METRICS_TOKEN``."""
@@ -41,6 +42,10 @@ def readyz() -> tuple[Response, int]:
             return jsonify(status="unavailable", redis="unavailable",
                            detail=str(exc)[:200]), 503
         return jsonify(status="unavailable", redis="unavailable"), 503
+    problems = registry().readiness.not_ready_because()  # cached, not asked per poll
+    if problems:
+        return jsonify(status="unavailable", redis="unfit", problems=problems,
+                       help="run `sso doctor`"), 503
     return jsonify(status="ready", redis="ok"), 200
 
 

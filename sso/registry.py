@@ -30,6 +30,7 @@ from sso.oidc.keys import KeyRing
 from sso.oidc.records import Records
 from sso.oidc.server import KeycardServer, Provider, build_server
 from sso.ratelimit import RateLimiter
+from sso.redis_checks import Readiness
 from sso.rules_store import RuleStore
 from sso.sessions import SessionStore
 from sso.storage import Store, connect
@@ -60,6 +61,7 @@ class Registry:
     discovery: dict[str, Any]
     asserter: Asserter
     limiter: RateLimiter
+    readiness: Readiness
 
 
 def registry(app: Flask | None = None) -> Registry:
@@ -135,4 +137,5 @@ def build(app: Flask, settings: Settings, connector: Connector | None = None) ->
         discovery=dict(metadata),
         asserter=Asserter(settings.issuer, keys),
         limiter=limiter,
+        readiness=Readiness(store, production=settings.is_production),
     )

@@ -6,6 +6,7 @@ from flask import Flask
 
 from sso.cli.audit import audit_group
 from sso.cli.clients import clients_group
+from sso.cli.doctor import doctor_command
 from sso.cli.keys import keys_group
 from sso.cli.roles import roles_group
 from sso.cli.sessions import sessions_group
@@ -14,3 +15,4 @@ from sso.cli.sessions import sessions_group
 def init_app(app: Flask) -> None:
     for group in (sessions_group, roles_group, audit_group, clients_group, keys_group):
         app.cli.add_command(group)
+    app.cli.add_command(doctor_command)
