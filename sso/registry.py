@@ -22,6 +22,7 @@ from sso.assertions import Asserter
 from sso.audit import Audit
 from sso.config import Settings
 from sso.crypto import Sealer, derive_key
+from sso.forgetting import Forgetting
 from sso.login.flow import SignInFlow
 from sso.oidc.client_registry import ClientRegistry
 from sso.oidc.device_records import DeviceRecords
@@ -62,6 +63,7 @@ class Registry:
     asserter: Asserter
     limiter: RateLimiter
     readiness: Readiness
+    forgetting: Forgetting
 
 
 def registry(app: Flask | None = None) -> Registry:
@@ -138,4 +140,7 @@ def build(app: Flask, settings: Settings, connector: Connector | None = None) ->
         asserter=Asserter(settings.issuer, keys),
         limiter=limiter,
         readiness=Readiness(store, production=settings.is_production),
+        forgetting=Forgetting(store=store, sessions=sessions, audit=audit,
+                              after_days=settings.forget_after_days,
+                              on_access_end=records.revoke_user_grants),
     )

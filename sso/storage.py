@@ -170,6 +170,12 @@ class Keys:
     def bootstrap_pins(self) -> str:
         return f"{self.prefix}bootstrap-admins"
 
+    @_key("forget:lock", "ttl",
+          "FORGET_EVERY (sso/forgetting.py): one prune of the people indexes per hour per"
+          " deployment, taken after a sign-in")
+    def forget_lock(self) -> str:
+        return f"{self.prefix}forget:lock"
+
     @_key("recheck:{user_id}", "ttl",
           "RECHECK_BACKOFF (sso/accounts.py): one membership re-check at a time, and the"
           " back-off after an upstream failure")

@@ -10,9 +10,11 @@ from sso.cli.doctor import doctor_command
 from sso.cli.keys import keys_group
 from sso.cli.roles import roles_group
 from sso.cli.sessions import sessions_group
+from sso.cli.users import users_group
 
 
 def init_app(app: Flask) -> None:
-    for group in (sessions_group, roles_group, audit_group, clients_group, keys_group):
+    for group in (sessions_group, roles_group, audit_group, clients_group, keys_group,
+                  users_group):
         app.cli.add_command(group)
     app.cli.add_command(doctor_command)
