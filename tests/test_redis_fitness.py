@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -222,3 +223,70 @@ def test_doctor_names_a_sentinel_master(make_keycard, sentinel_topology):
     assert rows["topology"]["value"] == "sentinel, 1 master(s)"
     assert rows["reachable"]["verdict"] == "OK"
     assert rows["maxmemory-policy"]["value"] == "noeviction"
+
+
+@pytest.fixture
+def three_masters(tmp_path: Path) -> Iterator[list[int]]:
+    """A Redis Cluster of three masters (no replicas), for the checks that visit each."""
+    ports = [_cluster_port() for _ in range(3)]
+    procs = [subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path), "--cluster-enabled", "yes",
+         "--cluster-config-file", f"nodes-{port}.conf"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        for port in ports]
+    try:
+        for port in ports:
+            wait_until(lambda p=port: _answers(p), timeout=15)
+        subprocess.run(["redis-cli", "--cluster", "create",
+                        *[f"127.0.0.1:{p}" for p in ports], "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        wait_until(lambda: all(redis.Redis(port=p, decode_responses=True).cluster("info")
+                               ["cluster_state"] == "ok" for p in ports), timeout=30)
+        yield ports
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10_000 < 65_536:
+            with socket.socket() as bus:
+                try:
+                    bus.bind(("127.0.0.1", port + 10_000))
+                except OSError:
+                    continue
+            return port
+
+
+def _answers(port: int) -> bool:
+    try:
+        return bool(redis.Redis(port=port).ping())
+    except redis.exceptions.ConnectionError:
+        return False
+
+
+def test_defect_2_doctor_checks_every_cluster_master(three_masters):
+    from sso.redis_checks import Readiness, failing, server_checks
+    from sso.storage import Store, connect
+
+    client = connect(f"redis+cluster://127.0.0.1:{three_masters[0]}/0")
+    for port in three_masters:
+        enable_aof(redis.Redis(port=port, decode_responses=True))
+    rows = {row.name: row for row in server_checks(client)}
+    assert rows["topology"].value == "cluster, 3 master(s)"
+    assert not failing(rows.values()), rows
+    odd = three_masters[1]
+    redis.Redis(port=odd).config_set("maxmemory-policy", "allkeys-lru")
+    rows = {row.name: row for row in server_checks(client)}
+    for port in three_masters:
+        row = rows[f"maxmemory-policy [127.0.0.1:{port}]"]
+        assert row.verdict == ("FAIL" if port == odd else "OK"), row
+    assert Readiness(Store(client, "{kc}:"), production=True).not_ready_because() == [
+        "maxmemory-policy: allkeys-lru"]
+    client.close()
