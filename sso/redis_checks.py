@@ -14,6 +14,7 @@ a warning, never a crash. ``INFO`` is read first, as it is more often allowed.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -21,7 +22,7 @@ from typing import Any, Literal
 import redis
 
 from sso.cache import ExpiringCache
-from sso.storage import OUTAGE_ERRORS, Store
+from sso.storage import OUTAGE_ERRORS, Store, connect
 
 log = logging.getLogger("keycard.redis")
 
@@ -64,8 +65,10 @@ def masters(client: Any) -> list[tuple[str, Any]]:
         return [(node.name, client.get_redis_connection(node))
                 for node in sorted(client.get_primaries(), key=lambda n: n.name)]
     if kind == "sentinel":
-        host, port = client.connection_pool.get_master_address()
-        return [(f"{host}:{port}", client)]
+        # The client follows the master the sentinels name; asking them again here would
+        # cost a discovery (a timeout per hung sentinel) on top of the one it makes.
+        address = client.connection_pool.master_address
+        return [(f"{address[0]}:{address[1]}" if address else "master", client)]
     kwargs = client.connection_pool.connection_kwargs
     where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
     return [(str(where), client)]
@@ -204,32 +207,61 @@ class Readiness:
         self.production = production
         seconds = READY_CACHE_SECONDS if cache_seconds is None else cache_seconds
         self._cache: ExpiringCache[str, list[str]] = ExpiringCache(1, seconds)
+        self._asking = threading.Lock()
+        self._last: list[str] = []  # until Redis was first asked: nothing known against it
 
-    def problems(self) -> list[str]:
+    def problems(self, client: Any = None) -> list[str]:
         """Why Redis's configuration is unfit (gate checks that FAIL), empty when fit or
-        when it cannot be told (Redis down: the ping says so; CONFIG refused: unknown)."""
+        when it cannot be told (Redis down: the ping says so; CONFIG refused: unknown).
+
+        One thread asks Redis at a time; the others answer with the last verdict meanwhile
+        (a burst of polls when the cache expires, or the check at start still under way
+        behind a slow sentinel, must not queue up behind it).
+        """
         found = self._cache.get("problems")
-        if found is None:
+        if found is not None:
+            return found
+        if not self._asking.acquire(blocking=False):
+            return self._last
+        try:
             try:
-                rows = server_checks(self.store.redis)
+                rows = server_checks(self.store.redis if client is None else client)
             except redis.exceptions.RedisError:  # OUTAGE_ERRORS are RedisErrors too
-                return []  # not cached: ask again at the next poll
+                return self._last  # not cached: ask again at the next poll
             if any(c.name.startswith("reachable") and c.verdict == "FAIL" for c in rows):
-                return []  # a master is down (the ping tells): judge it once it is back
+                return self._last  # a master is down (the ping tells): judge it once back
             # Named without the node (a cluster master's address is for operators), once.
             found = list(dict.fromkeys(
                 f"{c.name.split(' [', 1)[0]}: {c.value}" for c in rows
                 if c.gate and c.verdict == "FAIL" and not c.name.startswith("reachable")))
             self._cache.put("problems", found)
-        return found
+            self._last = found
+            return found
+        finally:
+            self._asking.release()
 
     def not_ready_because(self) -> list[str]:
         """The problems that make ``/readyz`` answer 503: only in production."""
         return self.problems() if self.production else []
 
-    def log_at_start(self) -> None:
-        """Once per process start: loud, so nobody runs on such a Redis unawares."""
-        for problem in self.problems():
+    def log_at_start(self, redis_url: str) -> None:
+        """Once per process start: loud, so nobody runs on such a Redis unawares.
+
+        Meant for a background thread, with a client of its own: sharing the app's would
+        share its sentinel discovery with the first requests (a hung sentinel's timeout
+        paid twice)."""
+        try:
+            client = connect(redis_url)
+        except (ValueError, redis.exceptions.RedisError):
+            return
+        try:
+            problems = self.problems(client)
+        except Exception:  # noqa: BLE001 - a background check must not die noisily
+            log.debug("Redis checks at start failed", exc_info=True)
+            return
+        finally:
+            client.close()
+        for problem in problems:
             if self.production:
                 log.error("Redis is unfit for Keycard, /readyz answers 503: %s", problem)
             else:
