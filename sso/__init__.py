@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -77,6 +78,10 @@ def create_app(
 
     reg = registry.build(app, settings, connector)
     app.extensions[registry.EXTENSION] = reg
+    # An evicting or forgetful Redis, said once and loudly; in the background, so that a
+    # slow or unreachable Redis (a hung sentinel) never holds up the start.
+    threading.Thread(target=reg.readiness.log_at_start, args=(settings.redis_url,),
+                     name="keycard-redis-check", daemon=True).start()
     app.session_interface = RedisSessionInterface(reg.sessions, cookie_name=_cookie_name(settings))
 
     web.init_app(app)

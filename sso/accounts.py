@@ -316,6 +316,10 @@ class Accounts:
                 out.append((Profile.from_dict(json.loads(raw)), int(last)))
         return out
 
+    @guard
+    def directory_size(self) -> int:
+        return int(self.store.redis.zcard(self.store.keys.users_index()))
+
     def with_roles(self, profile: Profile, rules: list[Rule] | None = None) -> Profile:
         """The profile with roles recomputed from the current rules (no upstream call)."""
         roles = evaluate(profile.user_id, profile.login, profile.orgs, profile.teams,

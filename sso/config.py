@@ -71,6 +71,8 @@ class Settings:
     login_state_seconds: int = 600
     upstream_timeout: float = 10.0
     audit_max_events: int = 100_000
+    # People whose last sign-in is older are forgotten (sso/forgetting.py); 0: never.
+    forget_after_days: int = 400
     # A log line repeated by every request (a Redis outage): at most one per this many
     # seconds per kind and process, with the count of lines suppressed.
     log_repeat_seconds: int = 10
@@ -125,10 +127,10 @@ def _int(name: str, value: str | None, default: int, problems: list[str]) -> int
     return number
 
 
-def _count(name: str, value: str | None, problems: list[str]) -> int:
-    """A whole number ≥ 0 (unset: 0)."""
+def _count(name: str, value: str | None, problems: list[str], *, default: int = 0) -> int:
+    """A whole number ≥ 0 (unset: ``default``)."""
     if value is None or value.strip() == "":
-        return 0
+        return default
     try:
         number = int(value)
     except ValueError:
@@ -386,7 +388,17 @@ def load_settings(
     forward_auth_domains = tuple(
         d.lower().lstrip(".") for d in _split(env.get("SSO_FORWARD_AUTH_DOMAINS", ""))
     )
+    forget_after_days = _count("SSO_FORGET_AFTER_DAYS", env.get("SSO_FORGET_AFTER_DAYS"), problems,
+                               default=400)
+    if forget_after_days > 36_500:
+        problems.append(f"SSO_FORGET_AFTER_DAYS={forget_after_days} is more than a century: "
+                        "use 0 to never forget anyone.")
     warnings: list[str] = []
+    if 0 < forget_after_days <= 366:
+        warnings.append(
+            f"SSO_FORGET_AFTER_DAYS={forget_after_days} is shorter than the longest refresh "
+            "token (366 days): people who only refresh tokens, never signing in at the "
+            "browser, will be forgotten and their tokens end.")
     if production:
         _production_hardening(
             secret_key=secret_key, github_urls=[github_url, github_api_url],
@@ -418,6 +430,7 @@ def load_settings(
         audit_max_events=_int(
             "SSO_AUDIT_MAX_EVENTS", env.get("SSO_AUDIT_MAX_EVENTS"), 100_000, problems
         ),
+        forget_after_days=forget_after_days,
         log_repeat_seconds=_int(
             "SSO_LOG_REPEAT_SECONDS", env.get("SSO_LOG_REPEAT_SECONDS"), 10, problems
         ),

@@ -1,6 +1,7 @@
 """Operator endpoints: ``/healthz`` (the process answers), ``/readyz`` (it can serve:
-Redis answers and, in production, the signing keys exist: production never makes them
-unasked, see :mod:`sso.oidc.keys`) and ``/metrics`` (Prometheus, see :mod:`sso.metrics`).
+Redis answers and, in production, the signing keys exist (production never makes them
+unasked, see :mod:`sso.oidc.keys`) and Redis is configured not to lose Keycard's state
+(see :mod:`sso.redis_checks`)) and ``/metrics`` (Prometheus, see :mod:`sso.metrics`).
 
 ``/readyz`` tells anyone only whether Keycard is ready; why not (the Redis error, which
 names hosts and ports) is for operators presenting ``SSO_METRICS_TOKEN``."""
@@ -48,6 +49,10 @@ def readyz() -> tuple[Response, int]:
     if missing:
         return jsonify(status="unavailable", redis="ok", keys="missing",
                        detail=f"no signing keys: run `{INIT_COMMAND}`"), 503
+    problems = services.readiness.not_ready_because()  # cached, not asked per poll
+    if problems:
+        return jsonify(status="unavailable", redis="unfit", problems=problems,
+                       help="run `sso doctor`"), 503
     return jsonify(status="ready", redis="ok"), 200
 
 

@@ -23,6 +23,7 @@ from sso.audit import Audit
 from sso.config import Settings
 from sso.crypto import Sealer, derive_key
 from sso.epoch import DataLossWatch
+from sso.forgetting import Forgetting
 from sso.hooks.github import GitHubHooks
 from sso.login.flow import SignInFlow
 from sso.oidc.backchannel import BackchannelLogout
@@ -33,6 +34,7 @@ from sso.oidc.keys import KeyRing
 from sso.oidc.records import Records
 from sso.oidc.server import KeycardServer, Provider, build_server
 from sso.ratelimit import RateLimiter
+from sso.redis_checks import Readiness
 from sso.rules_store import RuleStore
 from sso.sessions import SessionStore
 from sso.storage import Store, connect
@@ -66,6 +68,8 @@ class Registry:
     limiter: RateLimiter
     hooks: GitHubHooks
     backchannel: BackchannelLogout
+    readiness: Readiness
+    forgetting: Forgetting
 
 
 def registry(app: Flask | None = None) -> Registry:
@@ -155,4 +159,8 @@ def build(app: Flask, settings: Settings, connector: Connector | None = None) ->
         backchannel=backchannel,
         hooks=GitHubHooks(store=store, settings=settings, accounts=accounts, sessions=sessions,
                           connector=connector, audit=audit),
+        readiness=Readiness(store, production=settings.is_production),
+        forgetting=Forgetting(store=store, sessions=sessions, audit=audit,
+                              after_days=settings.forget_after_days,
+                              on_access_end=records.revoke_user_grants),
     )

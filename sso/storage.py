@@ -235,6 +235,12 @@ class Keys:
     def bootstrap_pins(self) -> str:
         return f"{self._config}bootstrap-admins"
 
+    @_key("forget:lock", "ttl",
+          "FORGET_EVERY (sso/forgetting.py): one prune of the people indexes per hour per"
+          " deployment, taken after a sign-in", None)
+    def forget_lock(self) -> str:
+        return f"{self.prefix}forget:lock"
+
     @_key("recheck:{user_id}", "ttl",
           "RECHECK_BACKOFF (sso/accounts.py): one membership re-check at a time, and the"
           " back-off after an upstream failure", "user_id")
@@ -268,11 +274,21 @@ class Keys:
     def refresh_token(self, token_hash: str) -> str:
         return f"{self.prefix}rt:{self._tag(token_hash)}"
 
-    @_key("revoked:{jti}", "ttl", "until the revoked access token's exp", "jti")
+    @_key("revoked:{jti}", "ttl",
+          "until the revoked access token's exp; only a copy for older processes: the"
+          " revocation itself is the ended grant or Keys.revoked_client_tokens", "jti")
     def revoked_access_token(self, jti: str) -> str:
         # A jti "<grant id>.<random>" is tagged by its grant id: one script reads both.
         grant_id, dot, rest = jti.partition(".")
         return f"{self.prefix}revoked:{self._tag(grant_id)}{dot}{rest}"
+
+    @_key("clientrevoked:{client_id}", "durable",
+          "sorted set jti -> exp of revoked client-credentials access tokens (no grant to"
+          " end); expired entries pruned at each revocation (records.revoke_access_token)."
+          " No TTL on purpose: volatile-* eviction must never bring a revoked token back",
+          "client_id")
+    def revoked_client_tokens(self, client_id: str) -> str:
+        return f"{self.prefix}clientrevoked:{self._tag(client_id)}"
 
     @_key("clientgrants:{client_id}", "ttl",
           "set of grant ids; TTL only grows, to the longest grant listed (ended with the "

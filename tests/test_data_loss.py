@@ -160,11 +160,19 @@ def test_defect_7_every_cache_is_dropped_when_the_epoch_changes(make_keycard, pr
     assert not len(services.clients._cache) and not len(services.rules._cached)
 
 
+def persist(server: Any) -> None:
+    """What production's /readyz also asks of Redis (sso/redis_checks.py): persistence."""
+    server.client().config_set("appendonly", "yes")
+
+
 def test_defect_1_production_refuses_to_sign_after_a_redis_restart_until_sso_keys_init(
         make_keycard, private_redis, caplog):
     """Before: production silently made new keys after the restart, /readyz said 200 and
     nothing was logged. Now: 503s naming the command, /readyz not ready, one ERROR and
-    audit events, until `sso keys init`; a real redis-server restart, not a FLUSHALL."""
+    audit events, until `sso keys init`; a real redis-server restart, not a FLUSHALL.
+    (AOF is switched on at run time: production's /readyz also wants persistence, and the
+    restart, with the command line's ``--appendonly no``, still comes back empty.)"""
+    persist(private_redis)
     a = instance(make_keycard, private_redis.url, **PRODUCTION)
     b = instance(make_keycard, private_redis.url, SSO_ISSUER=a.env["SSO_ISSUER"], **PRODUCTION)
     credentials = service(a)
@@ -174,6 +182,7 @@ def test_defect_1_production_refuses_to_sign_after_a_redis_restart_until_sso_key
 
     private_redis.stop()
     private_redis.start()  # no RDB, no AOF: it comes back empty
+    persist(private_redis)
     credentials = service(a)  # an operator re-registers (or restores) the client
 
     def refused(keycard: Any) -> bool:
@@ -215,6 +224,7 @@ def test_defect_1_production_refuses_to_sign_after_a_redis_restart_until_sso_key
 def test_defect_1_production_first_start_waits_for_sso_keys_init(private_redis, tmp_path):
     """A first installation in production makes no keys by itself (README: run
     `sso keys init` once); development still does."""
+    persist(private_redis)
     env = keycard_env(private_redis.url, "kt-first:", "https://github.com", free_port(),
                       tmp_path, **PRODUCTION)
     app = create_app(env)

@@ -89,6 +89,20 @@ def test_finding_7_browser_sign_in_endpoints_are_limited_per_ip(keycard, http, p
     assert "Too many requests" in page.text and "<html" in page.text
 
 
+def test_defect_2_login_state_creation_rate_limited_per_ip(keycard, http, rdb, prefix):
+    """Issue #12, defect 2: a flood of anonymous /login filled Redis with sign-in state (and,
+    under allkeys-lru, evicted clients and keys). Past the limit an address gets 429 and
+    no state record; another address still signs in."""
+    states = f"{prefix}{Keys('').login_state('*')}"
+    answers = [http.get(keycard.url + "/login", allow_redirects=False).status_code
+               for _ in range(20)]
+    assert answers == [302] * 3 + [429] * 17
+    assert len(list(rdb.scan_iter(match=states, count=1000))) == 3
+    other = keycard.app.test_client().get("/login", environ_base={"REMOTE_ADDR": "10.9.8.7"})
+    assert other.status_code == 302
+    assert len(list(rdb.scan_iter(match=states, count=1000))) == 4
+
+
 def test_finding_7_each_sign_in_endpoint_has_its_own_count(keycard, http):
     for _ in range(3):
         http.get(keycard.url + "/login", allow_redirects=False)

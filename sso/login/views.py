@@ -110,7 +110,11 @@ def callback() -> Response:
     session.pop("_id", None)
     svc.audit.record("signin.success", actor=profile.login, subject=profile.login,
                      user_id=profile.user_id, roles=profile.roles, **_client())
-    return redirect(safe_next(pending.next_url))
+    response = redirect(safe_next(pending.next_url))
+    # Once an hour per deployment, after the answer is sent: forget people who stopped
+    # signing in (SSO_FORGET_AFTER_DAYS). A sign-in is when someone is around to pay for it.
+    response.call_on_close(svc.forgetting.maybe_run)
+    return response
 
 
 def _clear_binding(response: Response) -> Response:

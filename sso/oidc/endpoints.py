@@ -68,9 +68,11 @@ def lookup_token(provider: Provider, token: str, *, live_only: bool) -> TokenRef
             return None
         if live_only and not provider.issued_to_live_client(claims):
             return None
-        if live_only and not provider.records.access_token_alive(str(claims.get("jti", ""))):
+        client_id = str(claims.get("client_id", ""))
+        if live_only and not provider.records.access_token_alive(str(claims.get("jti", "")),
+                                                                 client_id):
             return None
-        return TokenRef("access_token", str(claims.get("client_id", "")), claims=claims)
+        return TokenRef("access_token", client_id, claims=claims)
     record = provider.records.peek_refresh_token(token)
     if record is None or (live_only and (record.get("r") or
                                          provider.clients.shared(str(record["c"])) is None or
@@ -142,7 +144,9 @@ class Revocation(_HintTolerant, RevocationEndpoint):  # type: ignore[misc]
         if token.kind == "refresh_token":
             records.revoke_grant(token.refresh["g"])  # RFC 7009 §2.1: ends its access tokens
         else:
-            records.revoke_access_token(str(token.claims.get("jti")), int(token.claims["exp"]))
+            # Ends its grant too, so that no evicted record can bring it back (records.py).
+            records.revoke_access_token(str(token.claims.get("jti")), int(token.claims["exp"]),
+                                        token.client_id)
         self.provider.audit("oauth.token_revoked", kind=token.kind, client=token.client_id)
 
 

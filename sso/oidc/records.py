@@ -62,7 +62,8 @@ redis.call('SET', KEYS[2], '1', 'EX', tonumber(ARGV[1]))
 return redis.call('DEL', KEYS[1])
 """
 
-# KEYS revoked-jti, grant (or the same key twice) → 1 when the access token is alive
+# KEYS revoked-jti, grant → 1 when the access token is alive (revoked-jti: written before
+# revoking an access token ended its grant; still honoured until those records expire)
 _ALIVE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 return redis.call('EXISTS', KEYS[2])
@@ -259,22 +260,49 @@ class Records:
     # -- access tokens ----------------------------------------------------------------
 
     @guard
-    def access_token_alive(self, jti: str) -> bool:
-        """One round trip: not revoked by jti, and its grant (if any) still exists.
+    def access_token_alive(self, jti: str, client_id: str = "") -> bool:
+        """One round trip: not revoked, and its grant (if any) still exists.
 
-        A script rather than a pipeline: the pipeline object's set-up cost more CPU than
-        the round trip on the introspection hot path (bench profile).
+        A token of a grant lives only while its grant record does, so losing that record
+        (evicted, deleted) refuses the token: fail closed. A token without a grant (client
+        credentials) is looked up in its client's durable revocation set, which eviction
+        under a ``volatile-*`` policy never touches, and in the older per-jti record.
+        A script rather than a pipeline for the first: the pipeline object's set-up cost
+        more CPU than the round trip on the introspection hot path (bench profile).
         """
         grant_id = jti.split(".", 1)[0] if "." in jti else ""
         revoked = self.keys.revoked_access_token(jti)
-        if not grant_id:
-            return not self.store.redis.exists(revoked)
-        return bool(self._alive(keys=[revoked, self.keys.grant(grant_id)]))
+        if grant_id:
+            return bool(self._alive(keys=[revoked, self.keys.grant(grant_id)]))
+        pipe = self.store.redis.pipeline(transaction=False)
+        pipe.exists(revoked)
+        pipe.zscore(self.keys.revoked_client_tokens(client_id), jti)
+        found, listed = pipe.execute()
+        return not found and listed is None
 
     @guard
-    def revoke_access_token(self, jti: str, expires_at: int) -> None:
-        ttl = max(1, expires_at - int(time.time()))
-        self.store.redis.set(self.keys.revoked_access_token(jti), "1", ex=ttl)
+    def revoke_access_token(self, jti: str, expires_at: int, client_id: str) -> None:
+        """End an access token in a way no eviction can undo.
+
+        A token of a grant ends its grant (RFC 7009 §2.1 lets revocation reach the tokens
+        of the same grant: its refresh tokens and sibling access tokens go too); a deleted
+        record cannot come back, where a ``revoked:{jti}`` record, which must carry a TTL,
+        could be evicted and the token be alive again (issue #12, defect 2). A token without
+        a grant goes into its client's durable set, pruned of expired entries here.
+        """
+        grant_id = jti.split(".", 1)[0] if "." in jti else ""
+        if grant_id:
+            self.revoke_grant(grant_id)
+            return
+        now = int(time.time())
+        listed = self.keys.revoked_client_tokens(client_id)
+        pipe = self.store.redis.pipeline(transaction=True)
+        pipe.zadd(listed, {jti: expires_at})
+        pipe.zremrangebyscore(listed, "-inf", now)
+        pipe.execute()
+        # Also the per-jti record older processes read, during a rolling upgrade.
+        self.store.redis.set(self.keys.revoked_access_token(jti), "1",
+                             ex=max(1, expires_at - now))
 
     # -- consents ---------------------------------------------------------------------
 

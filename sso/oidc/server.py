@@ -102,7 +102,8 @@ class Provider:
             return None
         if claims.get("iss") != self.issuer or not self.issued_to_live_client(claims):
             return None
-        if not self.records.access_token_alive(str(claims.get("jti", ""))):
+        if not self.records.access_token_alive(str(claims.get("jti", "")),
+                                               str(claims.get("client_id", ""))):
             return None
         return claims
 
