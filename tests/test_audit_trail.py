@@ -110,7 +110,7 @@ def test_finding_5_every_audit_event_is_one_json_line_on_the_servers_stderr(
             assert proc.poll() is None, stderr_path.read_text()[-2000:]
             try:
                 return requests.get(url + "/readyz", timeout=2).status_code == 200
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # starting, or busy starting
                 return False
 
         wait_until(ready, timeout=60)

@@ -36,7 +36,7 @@ def dev_server(redis_server, prefix, tmp_path) -> Iterator[tuple[str, subprocess
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
         try:
             return requests.get(url + "/healthz", timeout=1).status_code == 200
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # starting, or busy starting
             return False
 
     wait_until(up, timeout=30, interval=0.1)

@@ -89,7 +89,7 @@ def test_worker_processes_are_summed_with_a_multiprocess_directory(
         def up() -> bool:
             try:
                 return requests.get(url + "/healthz", timeout=2).status_code == 200
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # starting, or busy starting
                 return False
 
         wait_until(up, timeout=30)

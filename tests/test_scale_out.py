@@ -66,7 +66,7 @@ def start(argv: list[str], port: int, env: dict[str, str], tmp_path: Path) -> Se
         assert proc.poll() is None, stderr_path.read_text()[-2000:]
         try:
             return requests.get(server.url + "/readyz", timeout=2).status_code == 200
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # starting, or busy starting
             return False
 
     wait_until(ready, timeout=60)
