@@ -49,11 +49,13 @@ class Process:
             self.proc.send_signal(signal.SIGCONT)
 
 
-def _redis(name: str, workdir: Path, *extra: str) -> Process:
-    port = free_port()
+def _redis(name: str, workdir: Path, *extra: str, port: int = 0) -> Process:
+    port = port or free_port()
     proc = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir), *extra],
+         "--appendonly", "no", "--dir", str(workdir),
+         # A replica (re)joining syncs at once, not after the 5 s diskless-sync delay.
+         "--repl-diskless-sync-delay", "0", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     return Process(name, port, proc)
@@ -73,6 +75,14 @@ def _sentinel(name: str, workdir: Path, master_port: int) -> Process:
     proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return Process(name, port, proc)
+
+
+def _fields(reply: object) -> dict[str, str]:
+    """A SENTINEL REPLICAS entry (a flat list, or a dict from newer redis-py) as a dict."""
+    if isinstance(reply, dict):
+        return {str(k): str(v) for k, v in reply.items()}
+    items = list(reply) if isinstance(reply, list) else []
+    return {str(k): str(v) for k, v in zip(items[::2], items[1::2], strict=False)}
 
 
 @dataclass
@@ -101,9 +111,57 @@ class SentinelTopology:
 
         wait_until(lambda: (answers(self.replica, "INFO", "replication") or {})
                    .get("master_link_status") == "up", timeout=timeout)
+        def knows_everyone(sentinel: Process) -> bool:
+            """Names the master, sees the replica up, and knows the other sentinels (a
+            failover needs the replica; a kill needs the quorum)."""
+            if self.master_known_to(sentinel) != self.master.port:
+                return False
+            replicas = answers(sentinel, "SENTINEL", "REPLICAS", SERVICE) or []
+            peers = answers(sentinel, "SENTINEL", "SENTINELS", SERVICE) or []
+            return len(peers) == len(self.sentinels) - 1 and any(
+                _fields(r).get("port") == str(self.replica.port)
+                and _fields(r).get("flags") == "slave"
+                and _fields(r).get("master-link-status") == "ok" for r in replicas)
+
         for sentinel in self.sentinels:
-            wait_until(lambda s=sentinel: answers(s, "SENTINEL", "get-master-addr-by-name",
-                                                  SERVICE), timeout=timeout)
+            wait_until(lambda s=sentinel: knows_everyone(s), timeout=timeout)
+
+    def master_known_to(self, sentinel: Process) -> int | None:
+        """The master's port as ``sentinel`` names it, or None if it does not answer."""
+        try:
+            _, port = sentinel.client().execute_command(
+                "SENTINEL", "get-master-addr-by-name", SERVICE)
+        except (redis.exceptions.RedisError, TypeError, ValueError):
+            return None
+        return int(port)
+
+    def _wait_switched(self, timeout: float) -> None:
+        """Until every sentinel names the replica as master; then swap the roles here."""
+        wait_until(lambda: all(self.master_known_to(s) == self.replica.port
+                               for s in self.sentinels), timeout=timeout, interval=0.02)
+        self.master, self.replica = self.replica, self.master
+
+    def failover(self, timeout: float = 15.0) -> None:
+        """``SENTINEL FAILOVER``: the replica becomes master, the master its replica."""
+        self.sentinels[0].client().execute_command("SENTINEL", "FAILOVER", SERVICE)
+        self._wait_switched(timeout)
+
+    def rejoin(self) -> None:
+        """After :meth:`failover`: make the former master the new one's replica now, as
+        Sentinel would (after its ~10 s role-change grace), and wait until whole."""
+        self.replica.client().execute_command("REPLICAOF", "127.0.0.1", str(self.master.port))
+        self.wait_ready()
+
+    def kill_master(self, timeout: float = 20.0) -> None:
+        """kill -9 the master, wait until the sentinels promoted the replica, then restart
+        the dead one as the new master's replica (roles swapped, topology whole again)."""
+        dead = self.master
+        dead.proc.kill()
+        dead.proc.wait(10)
+        self._wait_switched(timeout)
+        workdir = Path(dead.proc.args[dead.proc.args.index("--dir") + 1])  # type: ignore[index, union-attr]
+        self.replica = _redis(dead.name, workdir, "--replicaof", "127.0.0.1",
+                              str(self.master.port), port=dead.port)
 
     def stop(self) -> None:
         for process in self.processes:
