@@ -80,8 +80,9 @@ class Load:
         after = [o for o in self.outcomes if o.at >= fault_at]
         failed = [o for o in after if o.result != "ok"]
         by_result = Counter(o.result for o in failed)
+        by_step = Counter(f"{o.step}: {o.result}" for o in failed)
         recovered = max((o.at for o in failed), default=fault_at) - fault_at
-        report = Report(title, len(after), dict(by_result), recovered)
+        report = Report(title, len(after), dict(by_result), recovered, dict(by_step))
         print(report.line())
         return report
 
@@ -92,11 +93,13 @@ class Report:
     requests: int
     errors: dict[str, int]  # result -> count
     recovered_after: float  # seconds from the fault to the last failed request
+    by_step: dict[str, int]  # "step: result" -> count
 
     def line(self) -> str:
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors.items())) or "none"
         return (f"\n[{self.title}] {self.requests} requests after the fault; errors: {errors};"
-                f" last error {self.recovered_after:.2f} s after the fault")
+                f" last error {self.recovered_after:.2f} s after the fault"
+                + "".join(f"\n    {k}: {v}" for k, v in sorted(self.by_step.items())))
 
     @property
     def wrong(self) -> int:
