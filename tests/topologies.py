@@ -49,8 +49,10 @@ class Process:
             self.proc.send_signal(signal.SIGCONT)
 
 
-def _redis(name: str, workdir: Path, *extra: str, port: int = 0) -> Process:
-    port = port or free_port()
+def _redis(name: str, workdir: Path, *extra: str, avoid: int = 0) -> Process:
+    port = free_port()
+    while port == avoid:
+        port = free_port()
     proc = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", str(workdir),
@@ -104,6 +106,7 @@ class SentinelTopology:
         """Until the replica's link to the master is up (it has synced)."""
 
         def linked() -> bool:
+            assert self.replica.proc.poll() is None, f"{self.replica.name} exited"
             try:
                 info = self.replica.client().info("replication")
             except redis.exceptions.RedisError:
@@ -156,8 +159,16 @@ class SentinelTopology:
                                for s in self.sentinels), timeout=timeout, interval=0.02)
         self.master, self.replica = self.replica, self.master
 
+    def sync_roles(self) -> None:
+        """Name master and replica as the sentinels do now (a test that failed half-way,
+        or Sentinel acting on its own, may have swapped them)."""
+        if self.master_known_to(self.sentinels[0]) == self.replica.port:
+            self.master, self.replica = self.replica, self.master
+        self.wait_ready()
+
     def failover(self, timeout: float = 15.0) -> None:
         """``SENTINEL FAILOVER``: the replica becomes master, the master its replica."""
+        self.sync_roles()
         self.sentinels[0].client().execute_command("SENTINEL", "FAILOVER", SERVICE)
         self._wait_switched(timeout)
 
@@ -168,15 +179,20 @@ class SentinelTopology:
         self.wait_ready()
 
     def kill_master(self, timeout: float = 20.0) -> None:
-        """kill -9 the master, wait until the sentinels promoted the replica, then restart
-        the dead one as the new master's replica (roles swapped, topology whole again)."""
+        """kill -9 the master, wait until the sentinels promoted the replica, then start
+        the dead one again as the new master's replica (roles swapped; call
+        :meth:`wait_ready` for the topology to be whole again)."""
+        self.sync_roles()
         dead = self.master
         dead.proc.kill()
         dead.proc.wait(10)
         self._wait_switched(timeout)
         workdir = Path(dead.proc.args[dead.proc.args.index("--dir") + 1])  # type: ignore[index, union-attr]
+        # On a new port: under load, a client socket may have taken the dead one's port
+        # as its local port. The sentinels learn the new replica from the master; they keep
+        # the dead address listed as down, which no failover picks.
         self.replica = _redis(dead.name, workdir, "--replicaof", "127.0.0.1",
-                              str(self.master.port), port=dead.port)
+                              str(self.master.port), avoid=dead.port)
 
     def stop(self) -> None:
         for process in self.processes:

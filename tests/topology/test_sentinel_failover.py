@@ -20,7 +20,7 @@ import requests
 from sso.sentinel_watch import CHECK_SECONDS
 from tests.conftest import Keycard
 from tests.oidc.conftest import CB, RP, tokens_for
-from tests.support import sign_in
+from tests.support import sign_in, wait_until
 from tests.topology.load import Load, Step
 from tests.topology.test_journeys import APP_HOST
 
@@ -110,10 +110,11 @@ def test_a_planned_sentinel_failover_under_load_answers_every_request_and_loses_
         if minted.status_code != 200:
             return str(minted.status_code)
         token = minted.json()["access_token"]
+        sent = time.monotonic()
         answer = http.post(keycard.url + "/revoke", data={"token": token},
                            auth=tokens.bot.auth(), timeout=10)
         if answer.status_code == 200:
-            revoked.append((time.monotonic(), token))
+            revoked.append((sent, token))
         return status(answer)
 
     with Load({**steps(keycard.url, tokens), "revoke": revoke}) as load:
@@ -121,18 +122,31 @@ def test_a_planned_sentinel_failover_under_load_answers_every_request_and_loses_
         fault_at = time.monotonic()
         sentinel_topology.failover()
         settled = time.monotonic()
-        load.wait_for(150, since=settled + 1)
+        # Revocations sent once Keycard had time to see the new master (the watch's
+        # period, and a margin for a busy machine) must reach the new master.
+        seen_by = settled + CHECK_SECONDS + 1.0
+        wait_until(lambda: sum(1 for at, _ in revoked if at > seen_by) >= 10, timeout=20)
     report = load.report("SENTINEL FAILOVER under load", fault_at)
     print(f"  (sentinels agreed on the new master {settled - fault_at:.2f} s after the command)")
-    # Revocations made once Keycard had time to see the new master (the watch's period
-    # and a request's length) are on the new master, not on the demoted one, whose data
-    # Sentinel throws away when it makes it a replica.
-    late = [token for at, token in revoked if at > settled + 2 * CHECK_SECONDS + 0.2]
     store, master = keycard.services.store, sentinel_topology.master.client()
-    lost = [t for t in late if not master.exists(store.keys.revoked_access_token(jti_of(t)))]
+
+    def lost(tokens: list[str]) -> list[str]:
+        """Revoked tokens whose record the new master lacks: the demoted master took it
+        along, and Sentinel throws its data away when it makes it a replica."""
+        return [t for t in tokens if not master.exists(store.keys.revoked_access_token(jti_of(t)))]
+
+    late = [token for at, token in revoked if at > seen_by]
+    # During the switch itself (from the promotion to the sentinels' announcement) writes
+    # to the old master are lost whatever a client does: Redis replicates asynchronously.
+    # Measured and printed, not judged.
+    during = [(at, token) for at, token in revoked if fault_at <= at <= seen_by]
+    gone = [at - fault_at for at, token in during if lost([token])]
+    print(f"  (revocations lost: {len(gone)} of {len(during)} sent during the switch"
+          + (f", sent {min(gone):.2f}..{max(gone):.2f} s after the command" if gone else "")
+          + f"; {len(lost(late))} of {len(late)} sent after it)")
     sentinel_topology.rejoin()
     assert report.errors == {}, report.line()
-    assert late and not lost, f"{len(lost)} of {len(late)} revocations went to the old master"
+    assert not lost(late), f"{len(lost(late))} of {len(late)} revocations went to the old master"
 
 
 def test_killing_the_sentinel_master_answers_503_then_recovers_by_itself(

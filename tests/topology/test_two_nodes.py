@@ -138,6 +138,10 @@ def verify(http: requests.Session, base: str, token: str | None = None) -> reque
     return http.get(base + "/auth/verify", headers=headers, allow_redirects=False, timeout=10)
 
 
+LOST_STATE = "400 sign-in state lost"
+UNAVAILABLE = {"502", "503", LOST_STATE}
+
+
 def steps(base: str, before: Before) -> dict[str, Step]:
     rp = before.rp
     unavailable = {502, 503}  # nginx lost the instance mid-request; Redis is failing over
@@ -156,8 +160,11 @@ def steps(base: str, before: Before) -> dict[str, Step]:
             portal = pick_upstream_user(browser, page, "bob")
         if portal.status_code == 200 and "Bob Builder" not in portal.text:
             return "WRONG the portal is not bob's"
-        if portal.status_code == 400:
-            print("sign-in 400:", portal.url, portal.text[:2000])
+        if portal.status_code == 400 and "/auth/github/callback" in portal.url:
+            # The sign-in state, written just before the master died, was not replicated
+            # yet (Redis replicates asynchronously): the callback refuses, the person
+            # starts again. Refused, not wrongly allowed.
+            return LOST_STATE
         return judged(portal.status_code, 200)
 
     def token(http: requests.Session) -> str:
@@ -212,12 +219,13 @@ def test_two_nodes_behind_nginx_survive_instance_and_master_kill(nodes, sentinel
         load.wait_for(100, since=time.monotonic())
     report = load.report("two nodes behind nginx: kill -9 one instance and the master",
                          fault_at)
-    first_sign_in = min(o.at for o in load.outcomes
-                        if o.at > fault_at and o.step == "sign-in" and o.result == "ok")
+    sign_ins = [o for o in load.outcomes if o.step == "sign-in" and o.at > fault_at]
+    last_failed = max((o.at for o in sign_ins if o.result != "ok"), default=fault_at)
+    resumed = min(o.at for o in sign_ins if o.result == "ok" and o.at > last_failed)
     print(f"  (sentinels agreed on the new master {promoted - fault_at:.2f} s after the kills;"
-          f" first sign-in completed {first_sign_in - fault_at:.2f} s after them)")
+          f" sign-ins completed again from {resumed - fault_at:.2f} s after them)")
     sentinel_topology.wait_ready()
-    wrong = {k: v for k, v in report.errors.items() if k not in {"502", "503"}}
+    wrong = {k: v for k, v in report.errors.items() if k not in UNAVAILABLE}
     assert not wrong, report.line()
     assert report.recovered_after < 10, report.line()
 
