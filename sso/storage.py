@@ -19,6 +19,8 @@ import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
+from sso.sentinel_watch import WatchedSentinelPool
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -493,7 +495,9 @@ def _sentinel_client(url: str, options: dict[str, Any]) -> redis.Redis:
     sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
         hosts, sentinel_kwargs=sentinel_kwargs, **options
     )
-    master = sentinel.master_for(path[0], db=db, password=password)  # type: ignore[no-untyped-call]
+    # The watched pool follows a failover between connections (sso/sentinel_watch.py).
+    master = sentinel.master_for(  # type: ignore[no-untyped-call]
+        path[0], db=db, password=password, connection_pool_class=WatchedSentinelPool)
     return cast(redis.Redis, master)
 
 

@@ -31,12 +31,13 @@ from werkzeug.wrappers import Request
 
 # Modules whose classes extend a dependency's; methods they add (not override) are named.
 FENCED = ["sso.oidc.grants", "sso.oidc.device", "sso.oidc.endpoints", "sso.oidc.server",
-          "sso.web.fastpath", "sso.login.users", "sso.sessions"]
+          "sso.web.fastpath", "sso.login.users", "sso.sessions", "sso.sentinel_watch"]
 OWN_METHODS = {
     "sso.oidc.grants.OpenIDCode._key",
     "sso.login.users.User.login", "sso.login.users.User.is_admin",
     "sso.sessions.ServerSession.regenerate", "sso.sessions.ServerSession.set_profile",
     "sso.sessions.ServerSession.end",
+    "sso.sentinel_watch.WatchedSentinelPool._start_watcher",
 }
 
 
@@ -103,6 +104,16 @@ def test_methods_replaced_whole_are_unchanged_upstream(name):
     function, expected = REPLACED_WHOLE[name]
     assert _fingerprint(function) == expected, (
         f"Authlib {version('authlib')} changed {name}: re-read it and update Keycard's copy")
+
+
+def test_the_sentinel_watch_still_moves_the_pool_to_a_new_master():
+    # sso/sentinel_watch.py: asking the pool for the master address drops idle connections
+    # to a former master, and a connection in use to it is not taken back at release.
+    from redis.sentinel import SentinelConnectionPool, SentinelConnectionPoolProxy
+
+    assert "connection_pool.disconnect(" in inspect.getsource(
+        SentinelConnectionPoolProxy.get_master_address)
+    assert "self.master_address ==" in inspect.getsource(SentinelConnectionPool.owns_connection)
 
 
 def test_private_names_keycard_relies_on_are_still_there():

@@ -53,11 +53,15 @@ class Process:
             self.proc.send_signal(signal.SIGCONT)
 
 
-def _redis(name: str, workdir: Path, *extra: str) -> Process:
+def _redis(name: str, workdir: Path, *extra: str, avoid: int = 0) -> Process:
     port = free_port()
+    while port == avoid:
+        port = free_port()
     proc = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir), *extra],
+         "--appendonly", "no", "--dir", str(workdir),
+         # A replica (re)joining syncs at once, not after the 5 s diskless-sync delay.
+         "--repl-diskless-sync-delay", "0", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     return Process(name, port, proc)
@@ -79,6 +83,14 @@ def _sentinel(name: str, workdir: Path, master_port: int) -> Process:
     return Process(name, port, proc)
 
 
+def _fields(reply: object) -> dict[str, str]:
+    """A SENTINEL REPLICAS entry (a flat list, or a dict from newer redis-py) as a dict."""
+    if isinstance(reply, dict):
+        return {str(k): str(v) for k, v in reply.items()}
+    items = list(reply) if isinstance(reply, list) else []
+    return {str(k): str(v) for k, v in zip(items[::2], items[1::2], strict=False)}
+
+
 @dataclass
 class SentinelTopology:
     master: Process
@@ -94,8 +106,23 @@ class SentinelTopology:
     def processes(self) -> list[Process]:
         return [self.master, self.replica, *self.sentinels]
 
+    def wait_replica(self, timeout: float) -> None:
+        """Until the replica's link to the master is up (it has synced)."""
+
+        def linked() -> bool:
+            assert self.replica.proc.poll() is None, f"{self.replica.name} exited"
+            try:
+                info = self.replica.client().info("replication")
+            except redis.exceptions.RedisError:
+                return False
+            return bool(info.get("master_link_status") == "up"
+                        and info.get("master_port") == self.master.port)
+
+        wait_until(linked, timeout=timeout)
+
     def wait_ready(self, timeout: float = 20.0) -> None:
-        """Until the replica is in sync and every sentinel names the master."""
+        """Until the replica is in sync and every sentinel names the master, lists the
+        replica and knows its two peers."""
 
         def answers(process: Process, *command: str) -> object:
             try:
@@ -103,11 +130,73 @@ class SentinelTopology:
             except redis.exceptions.RedisError:
                 return None
 
-        wait_until(lambda: (answers(self.replica, "INFO", "replication") or {})
-                   .get("master_link_status") == "up", timeout=timeout)
+        self.wait_replica(timeout)
+
+        def knows_everyone(sentinel: Process) -> bool:
+            """Names the master, sees the replica up, and knows the other sentinels (a
+            failover needs the replica; a kill needs the quorum)."""
+            if self.master_known_to(sentinel) != self.master.port:
+                return False
+            replicas = answers(sentinel, "SENTINEL", "REPLICAS", SERVICE) or []
+            peers = answers(sentinel, "SENTINEL", "SENTINELS", SERVICE) or []
+            # Flags "slave" alone: no s_down, no disconnected. The replica's own link is
+            # checked above; a sentinel's copy of it is refreshed only every 10 s.
+            return len(peers) == len(self.sentinels) - 1 and any(
+                _fields(r).get("port") == str(self.replica.port)
+                and _fields(r).get("flags") == "slave" for r in replicas)
+
         for sentinel in self.sentinels:
-            wait_until(lambda s=sentinel: answers(s, "SENTINEL", "get-master-addr-by-name",
-                                                  SERVICE), timeout=timeout)
+            wait_until(lambda s=sentinel: knows_everyone(s), timeout=timeout)
+
+    def master_known_to(self, sentinel: Process) -> int | None:
+        """The master's port as ``sentinel`` names it, or None if it does not answer."""
+        try:
+            _, port = sentinel.client().execute_command(
+                "SENTINEL", "get-master-addr-by-name", SERVICE)
+        except (redis.exceptions.RedisError, TypeError, ValueError):
+            return None
+        return int(port)
+
+    def _wait_switched(self, timeout: float) -> None:
+        """Until every sentinel names the replica as master; then swap the roles here."""
+        wait_until(lambda: all(self.master_known_to(s) == self.replica.port
+                               for s in self.sentinels), timeout=timeout, interval=0.02)
+        self.master, self.replica = self.replica, self.master
+
+    def sync_roles(self) -> None:
+        """Name master and replica as the sentinels do now (a test that failed half-way,
+        or Sentinel acting on its own, may have swapped them)."""
+        if self.master_known_to(self.sentinels[0]) == self.replica.port:
+            self.master, self.replica = self.replica, self.master
+        self.wait_ready()
+
+    def failover(self, timeout: float = 15.0) -> None:
+        """``SENTINEL FAILOVER``: the replica becomes master, the master its replica."""
+        self.sync_roles()
+        self.sentinels[0].client().execute_command("SENTINEL", "FAILOVER", SERVICE)
+        self._wait_switched(timeout)
+
+    def rejoin(self) -> None:
+        """After :meth:`failover`: make the former master the new one's replica now, as
+        Sentinel would (after its ~10 s role-change grace), and wait until whole."""
+        self.replica.client().execute_command("REPLICAOF", "127.0.0.1", str(self.master.port))
+        self.wait_ready()
+
+    def kill_master(self, timeout: float = 20.0) -> None:
+        """kill -9 the master, wait until the sentinels promoted the replica, then start
+        the dead one again as the new master's replica (roles swapped; call
+        :meth:`wait_ready` for the topology to be whole again)."""
+        self.sync_roles()
+        dead = self.master
+        dead.proc.kill()
+        dead.proc.wait(10)
+        self._wait_switched(timeout)
+        workdir = Path(dead.proc.args[dead.proc.args.index("--dir") + 1])  # type: ignore[index, union-attr]
+        # On a new port: under load, a client socket may have taken the dead one's port
+        # as its local port. The sentinels learn the new replica from the master; they keep
+        # the dead address listed as down, which no failover picks.
+        self.replica = _redis(dead.name, workdir, "--replicaof", "127.0.0.1",
+                              str(self.master.port), avoid=dead.port)
 
     def stop(self) -> None:
         for process in self.processes:
@@ -130,6 +219,9 @@ def start_sentinel_topology(workdir: Path) -> SentinelTopology:
     try:
         topology.replica = _redis("replica", workdir / "replica",
                                   "--replicaof", "127.0.0.1", str(master.port))
+        # Replica in sync first: the sentinels then learn it from the master's first INFO,
+        # not from the next one, ten seconds later.
+        topology.wait_replica(20.0)
         for n in range(1, 4):
             topology.sentinels.append(_sentinel(f"sentinel-{n}", workdir, master.port))
         topology.wait_ready()
