@@ -53,6 +53,9 @@ class Settings:
     secret_key: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "keycard:"
+    # Replicas that must hold a revocation or an ended session before it counts as done
+    # (WAIT): 1 with redis+sentinel:// unless set, else 0 (see Store.confirmed).
+    redis_wait_replicas: int = 0
     github_url: str = "https://github.com"
     github_api_url: str = "https://api.github.com"
     github_client_id: str = ""
@@ -375,6 +378,18 @@ def load_settings(
                         "and the same value set as the organisation webhook's secret.")
 
     redis_url = env.get("SSO_REDIS_URL", "redis://127.0.0.1:6379/0").strip()
+    redis_scheme = redis_url.split("://", 1)[0]
+    wait_raw = env.get("SSO_REDIS_WAIT_REPLICAS", "").strip()
+    wait_replicas = 1 if redis_scheme == "redis+sentinel" else 0
+    if wait_raw:
+        if not wait_raw.isdigit() or int(wait_raw) > 10:
+            problems.append(f"SSO_REDIS_WAIT_REPLICAS={wait_raw!r} must be a whole number "
+                            "from 0 to 10.")
+        else:
+            wait_replicas = int(wait_raw)
+    if wait_replicas and redis_scheme.endswith("+cluster"):
+        problems.append("SSO_REDIS_WAIT_REPLICAS is not supported with redis+cluster:// "
+                        "(WAIT would reach another node than the write); set it to 0.")
     # Numeric GitHub ids or logins ("@login" accepted); logins bind to their first id
     # (sso/accounts.py).
     raw_admins = _split(env.get("SSO_BOOTSTRAP_ADMINS", ""))
@@ -413,6 +428,7 @@ def load_settings(
         secret_key=secret_key,
         redis_url=redis_url,
         redis_prefix=prefix,
+        redis_wait_replicas=wait_replicas,
         github_url=github_url,
         github_api_url=github_api_url,
         github_client_id=client_id,

@@ -93,7 +93,8 @@ def github_connector(settings: Settings) -> GitHubConnector:
 def build(app: Flask, settings: Settings, connector: Connector | None = None) -> Registry:
     """Every service, once; the OAuth server is bound to ``app`` (it reads its config)."""
     # In a cluster, Keys gives each entity's keys a hash tag of their own (sso/storage.py).
-    store = Store(connect(settings.redis_url), settings.redis_prefix)
+    store = Store(connect(settings.redis_url), settings.redis_prefix,
+                  wait_replicas=settings.redis_wait_replicas)
     sealer = Sealer(settings.secret_key)
     connector = connector or github_connector(settings)
     audit = Audit(store, settings.audit_max_events)

@@ -174,13 +174,16 @@ class SessionStore:
         no session (pruned when listed).
         """
         keys = self.store.keys
+        if session.ended:  # signed out: gone for good, even across a failover
+            retired = session.retired_sid
+            if retired:
+                self.store.confirmed(lambda pipe: pipe.delete(self.key(retired)))
+            session.retired_sid = None
+            return None
         first = self.store.redis.pipeline(transaction=False)
         if session.retired_sid:
             first.delete(self.key(session.retired_sid))
             session.retired_sid = None
-        if session.ended:
-            first.execute()
-            return None
         data = json.dumps(dict(session), separators=(",", ":"))
         profile = json.dumps(session.profile, separators=(",", ":")) if (
             session.profile is not None) else ""
@@ -259,7 +262,8 @@ class SessionStore:
         members = sorted(self.store.redis.smembers(index))
         ended = 0
         if members:
-            ended = int(self.store.redis.delete(*(self.store.keys.session(h) for h in members)))
+            ended = sum(self.store.confirmed(lambda pipe: [
+                pipe.delete(self.store.keys.session(h)) for h in members]))
             self.store.redis.srem(index, *members)
         for sid_hash in members:
             self.on_end(sid_hash, None)
@@ -267,10 +271,11 @@ class SessionStore:
 
     @guard
     def end_by_hash(self, user_id: str, sid_hash: str) -> bool:
-        ended = bool(self.store.redis.delete(self.store.keys.session(sid_hash)))
+        [ended] = self.store.confirmed(
+            lambda pipe: pipe.delete(self.store.keys.session(sid_hash)))
         self.store.redis.srem(self.store.keys.user_sessions(user_id), sid_hash)
         self.on_end(sid_hash, None)  # even when already gone: its tokens must not outlive it
-        return ended
+        return bool(ended)
 
     @guard
     def update_profiles(self, user_id: str, profile: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, ParamSpec, TypeVar, cast
@@ -19,7 +20,7 @@ import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
-from sso.sentinel_watch import WatchedSentinelPool
+from sso.sentinel_watch import WatchedSentinelPool, may_skip_confirmation
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -40,6 +41,12 @@ OUTAGE_ERRORS: tuple[type[Exception], ...] = (
     # operator frees memory, which Keycard cannot do; like an outage, it passes by itself.
     redis.exceptions.OutOfMemoryError,
 )
+
+
+# confirmed(): how long one WAIT may block, and how long a write is retried unconfirmed
+# (a Sentinel failover takes 1-3 s from the promotion to the announcement, measured).
+CONFIRM_WAIT_MS = 250
+CONFIRM_SECONDS = 4.0
 
 
 class StorageUnavailable(Exception):
@@ -561,12 +568,51 @@ def guard(func: Callable[P, T]) -> Callable[P, T]:
 class Store:
     """The storage service: a Redis client, the key names, JSON records, atomic consumption."""
 
-    def __init__(self, client: redis.Redis, prefix: str, ttl: TTL | None = None) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, ttl: TTL | None = None, *,
+                 wait_replicas: int = 0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         # Typed as Any: with decode_responses=True redis-py returns str, but its stubs say
         # bytes | str everywhere, which would bury real type errors under casts.
         self.redis: Any = client
         self.keys = Keys(prefix, cluster=isinstance(client, redis.cluster.RedisCluster))
         self.ttl = ttl or TTL()
+        # Replicas that must hold a revocation or an ended session before Keycard says it
+        # is done (SSO_REDIS_WAIT_REPLICAS): see confirmed().
+        self.wait_replicas = wait_replicas
+        self.clock = clock
+        # Whether a write WAIT did not confirm may stand (no failover under way, so no
+        # replica is connected at all): known for Sentinel, never assumed elsewhere.
+        pool = getattr(client, "connection_pool", None)
+        self.may_skip_confirmation: Callable[[], bool] = (
+            (lambda: may_skip_confirmation(pool)) if isinstance(pool, WatchedSentinelPool)
+            else (lambda: False))
+
+    def confirmed(self, write: Callable[[Any], object]) -> list[Any]:
+        """Run the writes ``write`` adds to a pipeline, and with ``wait_replicas`` return
+        only once that many replicas hold them (``WAIT`` on the same connection).
+
+        For what must not be undone by a failover: Redis replicates asynchronously, and in
+        the second between a replica's promotion and the sentinels' announcement a master
+        being demoted still takes writes that its demotion then throws away (a revoked token
+        or an ended session would come back). Unconfirmed, the writes are made again (they
+        are idempotent), by then through the new master, until ``CONFIRM_SECONDS``; past
+        that the caller gets :class:`StorageUnavailable` (a 503: not done, try again).
+        Returns the results of ``write``'s commands.
+        """
+        deadline = self.clock() + CONFIRM_SECONDS
+        while True:
+            pipe = self.redis.pipeline(transaction=False)
+            write(pipe)
+            if not self.wait_replicas:
+                return list(pipe.execute())
+            pipe.execute_command("WAIT", self.wait_replicas, CONFIRM_WAIT_MS)
+            results = list(pipe.execute())
+            if int(results[-1]) >= self.wait_replicas or self.may_skip_confirmation():
+                return results[:-1]
+            if self.clock() > deadline:
+                raise StorageUnavailable(
+                    f"the write was not confirmed by {self.wait_replicas} replica(s) within "
+                    f"{CONFIRM_SECONDS:.0f} s (SSO_REDIS_WAIT_REPLICAS)")
 
     @guard
     def ping(self) -> bool:

@@ -110,7 +110,6 @@ class Records:
         redis = store.redis
         self._consume_code = redis.register_script(_CONSUME_CODE)
         self._create_grant = redis.register_script(_CREATE_GRANT)
-        self._end_grant = redis.register_script(_END_GRANT)
         self._claim_refresh = redis.register_script(_CLAIM_REFRESH)
         self._alive = redis.register_script(_ALIVE)
 
@@ -167,18 +166,21 @@ class Records:
 
     @guard
     def revoke_grant(self, grant_id: str) -> bool:
-        return bool(self._end_grant(keys=[self.keys.grant(grant_id),
-                                          self.keys.grant_tombstone(grant_id)],
-                                    args=[TOMBSTONE_TTL]))
+        return bool(self._end_grants([grant_id]))
 
     def _end_grants(self, grant_ids: list[str]) -> int:
         """Delete and tombstone grants, each atomically in its own slot, in one round trip
-        per Redis node; returns how many existed."""
-        pipe = self.store.redis.pipeline(transaction=False)
-        for grant_id in grant_ids:
-            pipe.execute_command("EVAL", _END_GRANT, 2, self.keys.grant(grant_id),
-                      self.keys.grant_tombstone(grant_id), TOMBSTONE_TTL)
-        return int(sum(pipe.execute())) if grant_ids else 0
+        per Redis node, confirmed by the replicas a failover would promote
+        (``Store.confirmed``); returns how many existed."""
+        if not grant_ids:
+            return 0
+
+        def write(pipe: Any) -> None:
+            for grant_id in grant_ids:
+                pipe.execute_command("EVAL", _END_GRANT, 2, self.keys.grant(grant_id),
+                                     self.keys.grant_tombstone(grant_id), TOMBSTONE_TTL)
+
+        return int(sum(self.store.confirmed(write)))
 
     def _grant_ids(self, index: str) -> list[str]:
         """The grant ids an index set lists, sorted."""
@@ -296,13 +298,14 @@ class Records:
             return
         now = int(time.time())
         listed = self.keys.revoked_client_tokens(client_id)
-        pipe = self.store.redis.pipeline(transaction=True)
-        pipe.zadd(listed, {jti: expires_at})
-        pipe.zremrangebyscore(listed, "-inf", now)
-        pipe.execute()
-        # Also the per-jti record older processes read, during a rolling upgrade.
-        self.store.redis.set(self.keys.revoked_access_token(jti), "1",
-                             ex=max(1, expires_at - now))
+
+        def write(pipe: Any) -> None:
+            pipe.zadd(listed, {jti: expires_at})
+            pipe.zremrangebyscore(listed, "-inf", now)
+            # Also the per-jti record older processes read, during a rolling upgrade.
+            pipe.set(self.keys.revoked_access_token(jti), "1", ex=max(1, expires_at - now))
+
+        self.store.confirmed(write)
 
     # -- consents ---------------------------------------------------------------------
 
