@@ -123,7 +123,7 @@ def test_defect_4_killing_a_granian_worker_does_not_take_the_instance_down(
             n = 0
             while not stop.is_set() and n < 5000:
                 try:
-                    ok = http.get(server.url + paths[n % 2], timeout=2).status_code == 200
+                    ok = http.get(server.url + paths[n % 2], timeout=5).status_code == 200
                 except requests.RequestException:
                     ok = False
                     http.close()
