@@ -78,6 +78,8 @@ SCHEMAS: dict[str, Any] = {
         ["id", "user_id", "login", "created", "absolute_expiry", "ip", "user_agent"],
         id={**STRING, "pattern": "^[A-Za-z0-9_-]{16}$"}, user_id=STRING, login=STRING,
         created=INT, absolute_expiry=INT, ip=STRING, user_agent=STRING,
+        last_active={**INT, "description": "epoch seconds (in the session's last idle "
+                     "period before absolute_expiry: the earliest possible time)"},
     ),
     "AuditEvent": _obj(
         ["id", "time", "event", "actor", "subject", "details"],
