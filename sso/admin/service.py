@@ -40,8 +40,9 @@ class Page(Generic[T]):
     total: int
 
 
-def paginate(rows: Sequence[T], number: str | int | None, size: int = PAGE_SIZE) -> Page[T]:
+def paginate(rows: Sequence[T], number: str | int | None, size: int | None = None) -> Page[T]:
     """The ``number``th page of ``rows`` (a bad or too large number: the nearest page)."""
+    size = size or PAGE_SIZE
     pages = max(1, math.ceil(len(rows) / size))
     try:
         wanted = int(number or 1)
