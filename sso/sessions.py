@@ -35,6 +35,9 @@ from sso.crypto import hash_secret, new_secret
 from sso.storage import StorageUnavailable, Store, guard
 
 SEP = "\x1f"
+# Long enough for today's phone and Edge user agents (130-160 characters): cut at 120, an
+# iPhone's Safari or Edge read as another browser in the session lists.
+UA_LIMIT = 200
 ABS, CREATED, USER, IP, UA, DATA, PROFILE = range(7)
 
 # KEYS[1] session; ARGV now, idle. Returns the value, or false when gone/expired.
@@ -207,7 +210,7 @@ class SessionStore:
             first.smembers(keys.session_grants(carried))
         read = first.execute()
         fields = [str(session.absolute), str(now), session.user_id or "", _clean(ip, 45),
-                  _clean(user_agent, 120), data, profile]
+                  _clean(user_agent, UA_LIMIT), data, profile]
         second = self.store.redis.pipeline(transaction=True)
         if carried and read[-1]:
             # Re-sign-in of the same person: the tokens born in the old session now

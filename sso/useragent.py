@@ -12,7 +12,8 @@ from functools import lru_cache
 # ua-parser's family names, shortened to what people call them.
 _OS_NAMES = {"Mac OS X": "macOS", "Other": ""}
 _BROWSER_NAMES = {"Other": "", "Mobile Safari": "Safari", "Chrome Mobile": "Chrome",
-                  "Firefox Mobile": "Firefox", "Chrome Mobile iOS": "Chrome"}
+                  "Firefox Mobile": "Firefox", "Chrome Mobile iOS": "Chrome",
+                  "Mobile Safari UI/WKWebView": "An app's web view"}
 
 
 @lru_cache(maxsize=1024)

@@ -261,3 +261,15 @@ def test_item_6_paginate_clamps_bad_page_numbers():
     assert service.paginate(rows, "99", 2).number == 3
     assert service.paginate(rows, "x", 2).number == 1
     assert service.paginate([], None, 2) == service.Page([], 1, 1, 0)
+
+
+def test_item_6_long_user_agents_are_kept_whole_enough_to_name_the_browser(keycard):
+    edge = ("Mozilla/5.0 (Linux; Android 14; SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/126.0.6478.122 Mobile Safari/537.36 EdgA/126.0.2592.80")
+    assert len(edge) > 120 and len(IPHONE) > 120
+    for agent in (edge, IPHONE):
+        http = requests.Session()
+        http.headers["User-Agent"] = agent
+        sign_in(http, keycard.url, "bob")
+    devices = {describe(s.user_agent) for s in keycard.services.sessions.list_for_user("1002")}
+    assert devices == {"Edge Mobile 126 on Android 14", "Safari 17 on iOS 17"}
