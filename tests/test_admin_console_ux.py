@@ -273,3 +273,22 @@ def test_item_6_long_user_agents_are_kept_whole_enough_to_name_the_browser(keyca
         sign_in(http, keycard.url, "bob")
     devices = {describe(s.user_agent) for s in keycard.services.sessions.list_for_user("1002")}
     assert devices == {"Edge Mobile 126 on Android 14", "Safari 17 on iOS 17"}
+
+
+def test_item_5_admin_api_pages_the_audit_trail_and_filters_by_app(keycard):
+    grafana, _ = keycard.services.clients.create(name="Grafana", redirect_uris=[
+        "https://grafana.acme.test/cb"])
+    audit = keycard.services.audit
+    for i in range(5):
+        audit.record("oauth.token_revoked", client=grafana.client_id if i % 2 else "other",
+                     kind="refresh_token", actor=f"p{i}")
+    alice = signed_in(keycard, "alice")
+    api = keycard.url + "/api/admin/audit"
+    first = alice.get(api, params={"event": "oauth", "limit": 2}).json()["events"]
+    assert [e["actor"] for e in first] == ["p4", "p3"]
+    older = alice.get(api, params={"event": "oauth", "limit": 2, "before": first[-1]["id"]})
+    assert [e["actor"] for e in older.json()["events"]] == ["p2", "p1"]
+    app = alice.get(api, params={"app": grafana.client_id}).json()["events"]
+    assert [e["actor"] for e in app] == ["p3", "p1"]
+    bad = alice.get(api, params={"before": "x"})
+    assert bad.status_code == 400 and "audit event id" in bad.json()["error_description"]
