@@ -73,7 +73,7 @@ def test_item_4_ending_sessions_asks_first_and_marks_this_browser(keycard):
     one = alice.get(keycard.url + f"/admin/sessions/{bobs}/end", params={"next": "/admin/sessions"})
     assert "End this session of @bob?" in one.text and "confirm-warning" not in one.text
     everyone = alice.get(keycard.url + "/admin/people/bob/sessions/end")
-    assert "End all 1 session of @bob?" in everyone.text
+    assert "End the 1 session of @bob?" in everyone.text
     assert len(keycard.services.sessions.list_for_user("1002")) == 1  # nothing ended yet
 
     own = alice.get(keycard.url + f"/admin/sessions/{mine}/end").text

@@ -188,8 +188,9 @@ def confirm_end_all(login: str) -> str:
     live = registry().sessions.list_for_user(profile.user_id)
     mine, count = any(s.sid_hash == _this_session() for s in live), len(live)
     return confirm_page(
-        title="End sessions", question=f"End all {count} session{'' if count == 1 else 's'} "
-        f"of @{profile.login}?", action=url_for("admin.end_all", login=profile.login),
+        title="End sessions", question=f"End {'the' if count == 1 else 'all'} {count} "
+        f"session{'' if count == 1 else 's'} of @{profile.login}?",
+        action=url_for("admin.end_all", login=profile.login),
         button="End all sessions", cancel=back, fields={"next": back},
         consequences=[f"Every browser @{profile.login} is signed in with is signed out at its "
                       "next request, and the tokens issued in those sessions stop working."],
