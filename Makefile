@@ -4,6 +4,13 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .PHONY: dev test lint bench
 
+# axe-core for the browser tests' accessibility checks (tests/browser/test_layout.py),
+# pinned by the lock file; reinstalled when the lock changes.
+AXE := tests/browser/node_modules/.package-lock.json
+$(AXE): tests/browser/package-lock.json
+	npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+	@touch $(AXE)
+
 $(STAMP): pyproject.toml setup.py
 	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	@$(VENV)/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
@@ -21,7 +28,7 @@ lint: $(STAMP)
 # Two pytest-xdist workers (each with its own redis-server, upstream and Chromium); the
 # bench smoke tests share one worker (bench/results/smoke). Branch coverage of sso/.
 PYTEST_ARGS ?= -n 2 --dist loadgroup
-test: lint
+test: lint $(AXE)
 	@rm -f .coverage .coverage.*
 	$(VENV)/bin/coverage run -m pytest $(PYTEST_ARGS)
 	@$(VENV)/bin/coverage combine -q

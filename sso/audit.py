@@ -88,20 +88,26 @@ class Audit:
         since: float | None = None,
         until: float | None = None,
         limit: int = 200,
+        app: str | None = None,
+        before: str | None = None,
     ) -> list[dict[str, Any]]:
         """Events newest first, filtered: ``person`` matches actor or subject (any case),
         ``event`` is a prefix (``signin`` finds ``signin.success``), ``since``/``until``
-        are inclusive epoch seconds.
+        are inclusive epoch seconds, ``app`` a client id (the subject, or the ``client``
+        detail), ``before`` a stream id: only older events (the next page).
 
         Stream IDs are millisecond timestamps, so the time bounds go to Redis as the ID
-        range; person and event are filtered here, reading the range page by page.
+        range; person, event and app are filtered here, reading the range page by page.
         """
         high = f"{int(until * 1000)}" if until is not None else "+"
+        if before:  # paging: an id already shown, so strictly below it
+            high = f"({before}"
         low = f"{int(since * 1000)}" if since is not None else "-"
         who = (person or "").strip().lower()
         prefix = (event or "").strip()
+        client = (app or "").strip()
         out: list[dict[str, Any]] = []
-        page = max(limit, 100) if (who or prefix) else limit
+        page = max(limit, 100) if (who or prefix or client) else limit
         while len(out) < limit:
             rows = cast(list[tuple[str, dict[str, str]]],
                         self.store.redis.xrevrange(self.key, max=high, min=low, count=page))
@@ -111,6 +117,8 @@ class Audit:
                     continue
                 if prefix and not fields.get("event", "").startswith(prefix):
                     continue
+                if client and not _names_client(fields, client):
+                    continue
                 out.append(_decode(entry_id, fields))
                 if len(out) == limit:
                     break
@@ -118,6 +126,13 @@ class Audit:
                 break
             high = f"({rows[-1][0]}"  # exclusive: continue below the last entry read
         return out
+
+
+def _names_client(fields: dict[str, str], client_id: str) -> bool:
+    if fields.get("subject") == client_id:
+        return True
+    details = fields.get("details") or ""
+    return client_id in details and json.loads(details).get("client") == client_id
 
 
 def _decode(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:

@@ -35,6 +35,9 @@ from sso.crypto import hash_secret, new_secret
 from sso.storage import StorageUnavailable, Store, guard
 
 SEP = "\x1f"
+# Long enough for today's phone and Edge user agents (130-160 characters): cut at 120, an
+# iPhone's Safari or Edge read as another browser in the session lists.
+UA_LIMIT = 200
 ABS, CREATED, USER, IP, UA, DATA, PROFILE = range(7)
 
 # KEYS[1] session; ARGV now, idle. Returns the value, or false when gone/expired.
@@ -124,6 +127,7 @@ class SessionInfo:
     ip: str
     user_agent: str
     login: str
+    last_active: int = 0  # see SessionStore.last_active
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -132,6 +136,7 @@ class SessionInfo:
             "login": self.login,
             "created": self.created,
             "absolute_expiry": self.expires,
+            "last_active": self.last_active,
             "ip": self.ip,
             "user_agent": self.user_agent,
         }
@@ -208,7 +213,7 @@ class SessionStore:
             first.smembers(keys.session_grants(carried))
         read = first.execute()
         fields = [str(session.absolute), str(now), session.user_id or "", _clean(ip, 45),
-                  _clean(user_agent, 120), data, profile]
+                  _clean(user_agent, UA_LIMIT), data, profile]
         second = self.store.redis.pipeline(transaction=True)
         if carried and read[-1]:
             # Re-sign-in of the same person: the tokens born in the old session now
@@ -298,20 +303,37 @@ class SessionStore:
             out.extend(self.list_for_user(user_id))
         return sorted(out, key=lambda s: s.created, reverse=True)
 
+    def last_active(self, now: int, ttl: int, created: int, absolute: int) -> int:
+        """When the session was last used, read off its idle TTL instead of a stored time.
+
+        Every request slides the TTL to ``min(idle, absolute - now)`` (``_READ``), so a key
+        expiring before the absolute limit was last read ``idle`` seconds before it expires.
+        Storing the time would rewrite the record on every request; this costs nothing.
+        Within the last ``idle`` seconds of a session's life the TTL no longer tells, and
+        the earliest possible time is given instead."""
+        expires = now + max(ttl, 0)
+        if expires < absolute:
+            return max(created, min(now, expires - self.idle))
+        return max(created, absolute - self.idle)
+
     def _describe(self, hashes: Iterable[str], prune_index: str | None = None) -> list[SessionInfo]:
         hashes = list(hashes)
         pipe = self.store.redis.pipeline(transaction=False)
         for sid_hash in hashes:
             pipe.get(self.store.keys.session(sid_hash))
+            pipe.ttl(self.store.keys.session(sid_hash))
+        answers = pipe.execute()
+        now = int(time.time())
         out, gone = [], []
-        for sid_hash, value in zip(hashes, pipe.execute(), strict=True):
+        for sid_hash, value, ttl in zip(hashes, answers[::2], answers[1::2], strict=True):
             if value is None:
                 gone.append(sid_hash)
                 continue
             row = value.split(SEP)
             login = json.loads(row[PROFILE]).get("login", "") if row[PROFILE] else ""
-            out.append(SessionInfo(sid_hash, row[USER], int(row[CREATED]), int(row[ABS]),
-                                   row[IP], row[UA], login))
+            created, absolute = int(row[CREATED]), int(row[ABS])
+            out.append(SessionInfo(sid_hash, row[USER], created, absolute, row[IP], row[UA],
+                                   login, self.last_active(now, int(ttl), created, absolute)))
         if gone and prune_index:
             self.store.redis.srem(prune_index, *gone)
         return out

@@ -39,9 +39,14 @@ def admin_routes(keycard) -> list[tuple[str, str]]:
 
 def post_form(http: requests.Session, keycard, page_path: str, to: str,
               **fields: str) -> requests.Response:
-    """Submit the (first) form posting exactly to ``to`` on ``page_path``, as a browser would."""
+    """Submit the (first) form posting exactly to ``to`` on ``page_path``, as a browser would;
+    a destructive action's GET form leads to its confirmation page, whose form is sent."""
     page = http.get(keycard.url + page_path)
     form = next(f for f in forms(page.text) if f.action == to)
+    if form.method == "get":
+        page = http.get(keycard.url + form.action, params=form.fields)
+        assert 'data-testid="confirm"' in page.text, page.text
+        form = next(f for f in forms(page.text) if f.action == to and f.method == "post")
     data = {**form.fields, **fields}
     return http.post(keycard.url + form.action, data=data, allow_redirects=False)
 
@@ -226,7 +231,8 @@ def _old_event(rdb, prefix: str, when: datetime, event: str, actor: str) -> None
 def audit_rows(http: requests.Session, keycard, **params: str) -> list[tuple[str, str]]:
     page = http.get(keycard.url + "/admin/audit", params=params)
     assert page.status_code == 200, page.text
-    return re.findall(r"<td><code>([\w.]+)</code></td>\s*<td>(\w*)</td>", page.text)
+    return re.findall(r'<code>([\w.]+)</code></td>\s*<td data-label="Actor">(\w*)</td>',
+                      page.text)
 
 
 def test_audit_view_filters_by_person_event_and_time(keycard, rdb, prefix):

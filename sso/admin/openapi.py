@@ -78,6 +78,8 @@ SCHEMAS: dict[str, Any] = {
         ["id", "user_id", "login", "created", "absolute_expiry", "ip", "user_agent"],
         id={**STRING, "pattern": "^[A-Za-z0-9_-]{16}$"}, user_id=STRING, login=STRING,
         created=INT, absolute_expiry=INT, ip=STRING, user_agent=STRING,
+        last_active={**INT, "description": "epoch seconds (in the session's last idle "
+                     "period before absolute_expiry: the earliest possible time)"},
     ),
     "AuditEvent": _obj(
         ["id", "time", "event", "actor", "subject", "details"],
@@ -92,6 +94,10 @@ AUDIT_PARAMS = [
      "description": "login matching the actor or the subject"},
     {"name": "event", "in": "query", "schema": STRING,
      "description": "event type prefix, e.g. signin"},
+    {"name": "app", "in": "query", "schema": STRING,
+     "description": "client id: events about that app (its subject or 'client' detail)"},
+    {"name": "before", "in": "query", "schema": STRING,
+     "description": "an event id: only older events (the next page)"},
     {"name": "since", "in": "query", "schema": STRING,
      "description": "YYYY-MM-DD or ISO date-time, UTC unless an offset is given"},
     {"name": "until", "in": "query", "schema": STRING,

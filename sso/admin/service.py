@@ -7,10 +7,12 @@ exactly the same thing and record the same audit events.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sso.accounts import Accounts, Profile
 from sso.audit import Audit
@@ -18,9 +20,43 @@ from sso.config import Settings
 from sso.roles import ADMIN_ROLE, Rule, evaluate, explain
 from sso.rules_store import RuleError, RuleStore, check_roles, describe, parse_target, rule_to_dict
 from sso.sessions import SessionInfo, SessionStore
+from sso.useragent import describe as describe_device
 
 AUDIT_LIMIT = 200
 SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{16}$")  # the first 16 chars of the base64url hash
+STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")  # an audit event's id, the "older" cursor
+PAGE_SIZE = 50  # rows per page of the people and sessions lists
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a list: its rows, its number (from 1), how many pages, how many rows."""
+
+    items: list[T]
+    number: int
+    pages: int
+    total: int
+
+
+def paginate(rows: Sequence[T], number: str | int | None, size: int | None = None) -> Page[T]:
+    """The ``number``th page of ``rows`` (a bad or too large number: the nearest page)."""
+    size = size or PAGE_SIZE
+    pages = max(1, math.ceil(len(rows) / size))
+    try:
+        wanted = int(number or 1)
+    except (TypeError, ValueError):
+        wanted = 1
+    wanted = min(max(wanted, 1), pages)
+    return Page(list(rows[(wanted - 1) * size:wanted * size]), wanted, pages, len(rows))
+
+
+def matches(query: str | None, texts: Iterable[str | None]) -> bool:
+    """Whether every word of a search box's ``query`` is in one of ``texts`` (any case)."""
+    words = (query or "").lower().split()
+    haystack = " ".join(t.lower() for t in texts if t)
+    return all(word in haystack for word in words)
 
 
 def split_roles(value: str | list[Any] | None) -> tuple[str, ...]:
@@ -192,9 +228,28 @@ class AdminService:
 
     def audit_events(self, args: Mapping[str, str],
                      limit: int = AUDIT_LIMIT) -> list[dict[str, Any]]:
-        """The audit trail filtered by ``person``, ``event``, ``since``, ``until`` (ValueError)."""
+        """The audit trail filtered by ``person``, ``event``, ``app`` (a client id),
+        ``since``, ``until``, and ``before`` (a stream id: the page after it) (ValueError)."""
+        before = (args.get("before") or "").strip()
+        if before and not STREAM_ID.fullmatch(before):
+            raise ValueError(f"{before[:40]!r} is not an audit event id (like 1718000000000-0)")
         return self.audit.query(
             person=args.get("person") or None, event=args.get("event") or None,
             since=parse_time(args.get("since")), until=parse_time(args.get("until"), end=True),
-            limit=limit,
+            limit=limit, app=args.get("app") or None, before=before or None,
         )
+
+    def people_page(self, query: str | None, number: str | int | None) -> Page[dict[str, Any]]:
+        """People matching a search (login, name, email, groups, roles), most recent first;
+        sessions are counted only for the page shown."""
+        found = [(p, last) for p, last in self.accounts.directory()
+                 if matches(query, [p.login, p.name, p.email, *p.groups, *p.roles])]
+        page = paginate(found, number)
+        return Page([self.person_view(p, last) for p, last in page.items], page.number,
+                    page.pages, page.total)
+
+    def sessions_page(self, query: str | None, number: str | int | None) -> Page[SessionInfo]:
+        """Live sessions matching a search (login, IP, device), newest first."""
+        found = [s for s in self.company_sessions()
+                 if matches(query, [s.login, s.ip, describe_device(s.user_agent)])]
+        return paginate(found, number)

@@ -97,8 +97,9 @@ def callback() -> Response:
     try:
         svc.accounts.admit(identity)
     except UpstreamError as exc:
-        svc.audit.record("signin.refused", reason=exc.audit_reason, login=identity.login,
-                         user_id=identity.user_id, **_client())
+        # The subject names who tried, so the audit log's person filter finds them.
+        svc.audit.record("signin.refused", subject=identity.login, reason=exc.audit_reason,
+                         login=identity.login, user_id=identity.user_id, **_client())
         raise
     profile = svc.accounts.complete_sign_in(identity, token)
     assert isinstance(session, ServerSession)

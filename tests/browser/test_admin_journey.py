@@ -48,6 +48,9 @@ def test_admin_maps_a_team_to_a_role_and_ends_a_members_sessions(keycard, page: 
     expect(alice.get_by_test_id("role-deployer")).to_contain_text("team rule acme/platform")
     expect(alice.get_by_test_id("sessions").locator("tbody tr")).to_have_count(1)
     alice.get_by_role("button", name="End all sessions").click()
+    # A confirmation step (issue #14 item 4), then the same button name sends it.
+    expect(alice.get_by_role("heading", level=1)).to_have_text("End the 1 session of @bob?")
+    alice.get_by_role("button", name="End all sessions").click()
     expect(alice.get_by_role("status")).to_contain_text("Ended 1 session of @bob.")
     expect(alice.get_by_test_id("no-sessions")).to_be_visible()
 
