@@ -113,7 +113,7 @@ def test_keys_used_together_share_a_hash_slot_in_a_cluster():
         [keys.client("c1"), keys.client("c2"), keys.clients_index(), keys.signing_keys(),
          keys.signing_keys_version(), keys.signing_keys_lock(), keys.rules(), keys.audit(),
          keys.users_index(), keys.login_index(), keys.bootstrap_pins(),
-         keys.dev_demo_client()],
+         keys.dev_demo_client(), keys.cli_client()],
     ]
     for group in groups:
         assert len({key_slot(k.encode()) for k in group}) == 1, group
