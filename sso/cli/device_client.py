@@ -47,7 +47,8 @@ def _unreachable(what: str, url: str, exc: requests.RequestException) -> LoginFa
                   else "the connection failed")
     else:
         reason = "the address is not a usable http(s) URL"
-    return LoginFailed(f"Cannot reach {what} at {url}: {reason}.")
+    parts = urlsplit(url)
+    return LoginFailed(f"Cannot reach {what} at {parts.scheme}://{parts.netloc}: {reason}.")
 
 
 def call(method: str, url: str, what: str, **kwargs: Any) -> requests.Response:

@@ -30,7 +30,7 @@ from sso.cli.credentials import (
 from sso.cli.device_client import Issuer, LoginFailed, check_issuer
 from sso.cli.output import when
 
-DEFAULT_SCOPE = "openid profile email offline_access"
+DEFAULT_SCOPE = "openid profile email groups roles offline_access"
 
 
 def _issuer(given: str | None, config: dict[str, str]) -> str:
@@ -146,9 +146,8 @@ def login_command(issuer: str | None, client_id: str | None, scope: str, print_t
     who = tokens.login or access_claims.get("sub")
     click.echo(f"Signed in to {keycard.url} as {who}.")
     for name in ("roles", "groups"):
-        values = access_claims.get(name) or id_claims.get(name)
-        if values:
-            click.echo(f"  {name + ':':8} {', '.join(map(str, values))}")
+        values = access_claims.get(name) or id_claims.get(name) or ["-"]
+        click.echo(f"  {name + ':':8} {', '.join(map(str, values))}")
     refresh = ("; refreshed automatically" if tokens.refresh_token
                else "; no refresh token (ask for offline_access)")
     click.echo(f"  access token valid until {when(tokens.expires_at)} UTC{refresh}")
