@@ -9,11 +9,14 @@ half a file, and removed by ``sso logout``.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
 import time
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -94,6 +97,24 @@ def load_tokens() -> Tokens | None:
     except (TypeError, AttributeError) as exc:
         raise CredentialsError(f"{path} is not a Keycard tokens file: delete it and run "
                                "`sso login` again.") from exc
+
+
+@contextmanager
+def tokens_lock() -> Iterator[None]:
+    """One refresh at a time: Keycard rotates refresh tokens and treats a second use of
+    one as theft (the whole sign-in ends), so two scripts refreshing at once must not
+    both spend the same token. The second waits, then finds the first one's tokens."""
+    path = config_dir() / "tokens.lock"
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise CredentialsError(f"Cannot lock {path}: {exc.strerror or exc}.") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def save_tokens(tokens: Tokens) -> Path:

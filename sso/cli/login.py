@@ -25,6 +25,7 @@ from sso.cli.credentials import (
     load_config,
     load_tokens,
     save_tokens,
+    tokens_lock,
     tokens_path,
 )
 from sso.cli.device_client import Issuer, LoginFailed, check_issuer
@@ -100,12 +101,16 @@ def valid_access_token(issuer: str, client_id: str | None, config: dict[str, str
     if stored is not None and usable:
         if stored.fresh():
             return stored.access_token
-        if stored.refresh_token:
-            keycard = Issuer(issuer)
-            answer = keycard.refresh(stored.client_id, stored.refresh_token)
-            if answer is not None:
-                return _save(keycard, stored.client_id, answer, stored)[0].access_token
-            _to_stderr("The saved sign-in has ended; signing in again.")
+        with tokens_lock():
+            stored = load_tokens() or stored  # another process may have refreshed meanwhile
+            if stored.fresh():
+                return stored.access_token
+            if stored.refresh_token:
+                keycard = Issuer(issuer)
+                answer = keycard.refresh(stored.client_id, stored.refresh_token)
+                if answer is not None:
+                    return _save(keycard, stored.client_id, answer, stored)[0].access_token
+        _to_stderr("The saved sign-in has ended; signing in again.")
     keycard = Issuer(issuer)
     client = client_id or config.get("client_id") or keycard.default_client_id()
     tokens = _device_login(keycard, client, scope, _to_stderr)[0]

@@ -219,6 +219,21 @@ def test_item_13_print_token_refreshes_an_expired_access_token(keycard, person):
     assert refresh(keycard, client_id, second["refresh_token"]).status_code == 200
 
 
+def test_item_13_scripts_refreshing_at_once_keep_the_sign_in(keycard, person):
+    """Refresh tokens rotate and a reused one ends the whole sign-in: four scripts asking
+    for a token at the same moment must spend the saved refresh token only once."""
+    client_id = default_client(keycard)
+    person.login(keycard.url, "--issuer", keycard.url)
+    person.tokens_file.write_text(json.dumps(dict(person.tokens(), expires_at=1_000_000)))
+    procs = [person.start("login", "--issuer", keycard.url, "--print-token")
+             for _ in range(4)]
+    results = [(p.communicate(timeout=60), p.returncode) for p in procs]
+    assert all(code == 0 for _, code in results), results
+    printed = {out.strip() for (out, _), _ in results}
+    assert printed == {person.tokens()["access_token"]}
+    assert refresh(keycard, client_id, person.tokens()["refresh_token"]).status_code == 200
+
+
 def test_item_13_print_token_signs_in_again_when_the_refresh_token_has_ended(keycard, person):
     default_client(keycard)
     person.login(keycard.url, "--issuer", keycard.url)
