@@ -287,10 +287,11 @@ def test_every_key_keycard_writes_is_declared_with_its_lifetime(topology, reques
     with ring._redis_lock():
         audit.scan()
 
-    # `sso dev` remembers its demo client.
-    from sso.dev import register_demo_client
+    # `sso dev` remembers its demo client and the default device client of `sso login`.
+    from sso.dev import register_cli_client, register_demo_client
 
     register_demo_client(keycard.app, "http://127.0.0.1:9")
+    register_cli_client(keycard.app)
     audit.scan()
 
     assert audit.problems == []
