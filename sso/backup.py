@@ -64,6 +64,7 @@ LABELS = {
     "signing_keys_generation": "signing-key generation",
     "bootstrap_pins": "bootstrap-admin pins", "users_index": "people index",
     "login_index": "logins index", "user": "profiles",
+    "cli_client": "default CLI client",
 }
 
 

@@ -114,6 +114,14 @@ def register_demo_client(app: Any, demo_url: str) -> tuple[str, str]:
     return client.client_id, str(secret)
 
 
+def register_cli_client(app: Any) -> str:
+    """The default device client of ``sso login``, registered once and kept across runs
+    (its id is remembered in Redis by the client registry)."""
+    clients = registry(app).clients
+    client = clients.default_device_client() or clients.create_default_device_client()
+    return client.client_id
+
+
 def run_dev(*, port: int | None = None, upstream_port: int = 5001, demo_port: int = 5002) -> int:
     from sso import create_app
     from sso.demoapp import create_demo_app
@@ -154,6 +162,7 @@ def run_dev(*, port: int | None = None, upstream_port: int = 5001, demo_port: in
                           request_handler=RedactingRequestHandler)
     demo_url = f"http://127.0.0.1:{demo_port}"
     client_id, secret = register_demo_client(keycard_app, demo_url)
+    register_cli_client(keycard_app)
     demo = make_server("127.0.0.1", demo_port, create_demo_app(
         issuer=issuer, client_id=client_id, client_secret=secret, base_url=demo_url),
         threaded=True, request_handler=RedactingRequestHandler)
@@ -169,6 +178,7 @@ def run_dev(*, port: int | None = None, upstream_port: int = 5001, demo_port: in
         f"  Development GitHub:       {upstream_url}/  (users: alice, bob, carol, dave, mallory)\n"
         f"  Offboard someone:         {upstream_url}/_dev/members  (GitHub's org webhook "
         "ends their access in seconds)\n"
+        f"  Sign in from a terminal:  sso login --issuer {issuer}\n"
         f"  Redis:                    {redis_url}\n"
         f"  Allowed orgs: {env['SSO_GITHUB_ORGS']}   bootstrap admins: "
         f"{env['SSO_BOOTSTRAP_ADMINS']}\n"

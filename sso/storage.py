@@ -429,6 +429,12 @@ class Keys:
     def dev_demo_client(self) -> str:
         return f"{self._config}dev:demo-client"
 
+    @_key("cli:client", "durable",
+          "the default public device client `sso login` uses (`sso clients create --device`, "
+          "`sso dev`): its id, served at /device/cli-client", CONFIG_TAG)
+    def cli_client(self) -> str:
+        return f"{self._config}cli:client"
+
     # -- reading key names back ----------------------------------------------------------------
 
     def grant_id_of(self, member: str) -> str:

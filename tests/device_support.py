@@ -3,6 +3,7 @@ start a device request, poll, and answer on the ``/device`` page over HTTP."""
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -16,6 +17,15 @@ from tests.support import csrf_token, form_with
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 SSO = str(Path(sys.executable).parent / "sso")  # the console script, as people run it
 CODE_LINE = re.compile(r"open (\S+) and enter the code: ([A-Z]{4}-[A-Z]{4})")
+
+
+def cli_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a person running ``sso`` in a terminal: none of the server's
+    SSO_* settings, and a home (``~/.config/keycard``) of the test's own."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SSO_") and k != "XDG_CONFIG_HOME"}
+    env.update(PYTHONUNBUFFERED="1", HOME=str(home), **extra)
+    return env
 
 
 def register_device_client(keycard: Any, **fields: Any) -> Any:

@@ -113,7 +113,7 @@ def test_keys_used_together_share_a_hash_slot_in_a_cluster():
         [keys.client("c1"), keys.client("c2"), keys.clients_index(), keys.signing_keys(),
          keys.signing_keys_version(), keys.signing_keys_lock(), keys.rules(), keys.audit(),
          keys.users_index(), keys.login_index(), keys.bootstrap_pins(),
-         keys.dev_demo_client()],
+         keys.dev_demo_client(), keys.cli_client()],
     ]
     for group in groups:
         assert len({key_slot(k.encode()) for k in group}) == 1, group
@@ -287,10 +287,11 @@ def test_every_key_keycard_writes_is_declared_with_its_lifetime(topology, reques
     with ring._redis_lock():
         audit.scan()
 
-    # `sso dev` remembers its demo client.
-    from sso.dev import register_demo_client
+    # `sso dev` remembers its demo client and the default device client of `sso login`.
+    from sso.dev import register_cli_client, register_demo_client
 
     register_demo_client(keycard.app, "http://127.0.0.1:9")
+    register_cli_client(keycard.app)
     audit.scan()
 
     assert audit.problems == []

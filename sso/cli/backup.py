@@ -24,7 +24,8 @@ def _table(counts: dict[str, dict[str, int]]) -> None:
         click.echo(f"  {label(kind):22} {row['records']:6} record(s){entries}")
 
 
-@click.command("backup", help="Write clients, role rules, signing keys, bootstrap-admin pins "
+@click.command("backup", short_help="Write Keycard's configuration to one sealed file.",
+               help="Write clients, role rules, signing keys, bootstrap-admin pins "
                               "and people to FILE (0600), sealed with SSO_SECRET_KEY.")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @json_option

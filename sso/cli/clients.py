@@ -13,6 +13,7 @@ import click
 from flask.cli import with_appcontext
 
 from sso.cli.common import actor, emit, json_option
+from sso.cli.output import table, when
 from sso.crypto import SIGNING_ALGS
 from sso.oidc.client_registry import ClientRegistry
 from sso.oidc.clients import Client, ClientError
@@ -44,6 +45,8 @@ def _show(client: Client) -> None:
                  "refresh_idle_ttl", "refresh_absolute_ttl", "backchannel_logout_uri",
                  "backchannel_logout_session_required", "created_at"):
         value = data[name]
+        if name == "created_at" and value is not None:
+            value = f"{when(value)} UTC"
         click.echo(f"  {name + ':':27} {'-' if value is None else value}")
 
 
@@ -99,21 +102,29 @@ def clients_group() -> None:
 
 
 @clients_group.command("create", help="Register a client; prints its id and secret once.")
-@click.option("--name", required=True, help="Shown to people on consent and in the portal.")
+@click.option("--name", help="Shown to people on consent and in the portal.")
 @click.option("--public", is_flag=True, help="No secret (SPA, native or CLI app); PKCE forced.")
+@click.option("--device", is_flag=True,
+              help="The default client of `sso login`: public, device grant and refresh "
+                   "tokens, name \"Keycard CLI\" unless --name.")
 @click.option("--trusted", is_flag=True, help="First-party app: no consent screen.")
 @click.option("--require-pkce", is_flag=True, help="Require PKCE of a confidential client too.")
 @_shared_options
 @json_option
 @with_appcontext
-def clients_create(name: str, public: bool, trusted: bool, require_pkce: bool, as_json: bool,
-                   **options: Any) -> None:
+def clients_create(name: str | None, public: bool, device: bool, trusted: bool,
+                   require_pkce: bool, as_json: bool, **options: Any) -> None:
     fields = _fields(options)
-    try:
-        client, secret = client_registry().create(name=name, public=public, trusted=trusted,
-                                           require_pkce=require_pkce, **fields)
-    except ClientError as exc:
-        raise click.ClickException(str(exc)) from exc
+    if device:
+        client, secret = _create_device_client(name, trusted, fields), None
+    elif not name:
+        raise click.UsageError("give the app's name: --name NAME")
+    else:
+        try:
+            client, secret = client_registry().create(name=name, public=public, trusted=trusted,
+                                                      require_pkce=require_pkce, **fields)
+        except ClientError as exc:
+            raise click.ClickException(str(exc)) from exc
     registry().audit.record(
         "client.created", actor=actor(), subject=client.client_id, name=client.name,
         public=client.public, redirect_uris=client.redirect_uris,
@@ -133,8 +144,25 @@ def clients_create(name: str, public: bool, trusted: bool, require_pkce: bool, a
         else:
             click.echo(f"  client_secret: {secret}")
             click.echo(SECRET_WARNING)
+        if device:
+            click.echo("It is the default client of `sso login`: people need only the issuer "
+                       "(SSO_ISSUER, or issuer in ~/.config/keycard/config.toml).")
 
     emit(data, as_json, text)
+
+
+def _create_device_client(name: str | None, trusted: bool, fields: dict[str, Any]) -> Client:
+    registered = client_registry()
+    current = registered.default_device_client()
+    if current is not None:
+        raise click.ClickException(
+            f"the default device client is already {current.client_id} ({current.name!r}): "
+            f"change it with `sso clients update {current.client_id}`, or delete it first")
+    try:
+        return registered.create_default_device_client(
+            trusted=trusted, **({"name": name} if name else {}), **fields)
+    except ClientError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @clients_group.command("list", help="Every registered client.")
@@ -146,9 +174,10 @@ def clients_list(as_json: bool) -> None:
     def text() -> None:
         if not clients:
             click.echo("No clients yet: `sso clients create --name NAME --redirect-uri URI`.")
-        for c in clients:
-            kind = "public" if c.public else "confidential"
-            click.echo(f"{c.client_id:24} {c.name:30} {kind:12} {' '.join(c.grant_types)}")
+            return
+        table(["CLIENT ID", "NAME", "TYPE", "CREATED (UTC)", "GRANTS"],
+              [[c.client_id, c.name, "public" if c.public else "confidential",
+                when(c.created_at), " ".join(c.grant_types)] for c in clients])
 
     emit([c.to_dict() for c in clients], as_json, text)
 

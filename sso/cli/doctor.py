@@ -42,7 +42,8 @@ def _table(rows: list[Check]) -> None:
                                  "FAIL": "fix the FAIL rows before relying on Keycard."}[worst])
 
 
-@click.command("doctor", help="Check the Redis Keycard uses: topology, eviction policy, "
+@click.command("doctor", short_help="Check that Keycard's Redis is fit to hold its state.",
+               help="Check the Redis Keycard uses: topology, eviction policy, "
                               "persistence, memory, signing keys. Exit status 1 on a FAIL.")
 @json_option
 @with_appcontext

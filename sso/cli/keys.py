@@ -6,13 +6,13 @@ operator's confirmation, once at installation and again after Redis lost its dat
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import click
 from flask.cli import with_appcontext
 
 from sso.cli.common import actor, emit, json_option
+from sso.cli.output import table, when
 from sso.oidc.keys import KeyRing
 from sso.registry import registry
 
@@ -21,17 +21,14 @@ def keyring() -> KeyRing:
     return registry().keys
 
 
-def _when(epoch: float | None) -> str:
-    return "-" if epoch is None else time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(epoch))
-
-
 def _table(rows: list[dict[str, Any]]) -> None:
     if not rows:
         click.echo("No signing keys yet: run `sso keys init` (development makes them when "
                    "Keycard first signs).")
-    for row in rows:
-        click.echo(f"{row['kid']:34} {row['alg']:6} {row['state']:8} "
-                   f"created {_when(row['created'])}  retires {_when(row['retire_at'])}")
+        return
+    table(["KEY ID", "ALG", "STATE", "CREATED (UTC)", "RETIRES (UTC)"],
+          [[r["kid"], r["alg"], r["state"], when(r["created"]), when(r["retire_at"])]
+           for r in rows])
 
 
 @click.group("keys", help="Token-signing keys (published at the JWKS endpoint).")
@@ -47,7 +44,8 @@ def keys_list(as_json: bool) -> None:
     emit(rows, as_json, lambda: _table(rows))
 
 
-@keys_group.command("init", help="Make the signing keys that are missing (first installation, "
+@keys_group.command("init", short_help="Make the signing keys that are missing.",
+                    help="Make the signing keys that are missing (first installation, "
                                  "or after Redis lost its data); does nothing when all exist.")
 @json_option
 @with_appcontext

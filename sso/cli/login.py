@@ -1,154 +1,185 @@
-"""``sso login``: sign in from a terminal with the device grant (RFC 8628), issue #5.
+"""``sso login`` and ``sso logout``: sign in from a terminal and keep the tokens.
 
-A pure HTTP client of a remote Keycard: it needs no app, no Redis, no secret. It
-finds the endpoints in the issuer's discovery document, shows the person a code and
-a URL, polls the token endpoint as fast as the server allows (``interval``, plus 5 s
-after every ``slow_down``), and prints the claims of the tokens it gets, verified
-against the issuer's JWKS so a spoofed answer cannot print someone else's name.
+Pure HTTP clients of a remote Keycard (:mod:`sso.cli.device_client`): no app, no Redis,
+no secret. The issuer comes from ``--issuer``, ``SSO_ISSUER`` or ``issuer`` in
+``config.toml``; the client from ``--client-id``, ``client_id`` in ``config.toml`` or the
+issuer's default device client. Tokens live in ``tokens.json``
+(:mod:`sso.cli.credentials`); ``--print-token`` hands scripts a valid access token,
+refreshing it or signing in again when it has expired.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
-import requests
-from joserfc import jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
 
-from sso.crypto import SIGNING_ALGS
+from sso.cli.credentials import (
+    Tokens,
+    config_path,
+    forget_tokens,
+    load_config,
+    load_tokens,
+    save_tokens,
+    tokens_lock,
+    tokens_path,
+)
+from sso.cli.device_client import Issuer, LoginFailed, check_issuer
+from sso.cli.output import when
 
-DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
-ALGORITHMS = list(SIGNING_ALGS)  # what Keycard signs with; never "none" or HMAC
-TIMEOUT = 10.0
-
-
-class LoginFailed(click.ClickException):
-    """A clear, one-line reason; exits 1 (click prints ``Error: ...``)."""
-
-
-def _json(response: requests.Response, what: str) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError as exc:
-        raise LoginFailed(f"{what} answered HTTP {response.status_code} without JSON.") from exc
-    if not isinstance(data, dict):
-        raise LoginFailed(f"{what} answered something that is not a JSON object.")
-    return data
+DEFAULT_SCOPE = "openid profile email groups roles offline_access"
 
 
-def _call(method: str, url: str, what: str, **kwargs: Any) -> requests.Response:
-    try:
-        return requests.request(method, url, timeout=TIMEOUT, **kwargs)
-    except requests.RequestException as exc:
-        raise LoginFailed(f"Cannot reach {what} at {url}: {exc}") from exc
+def _issuer(given: str | None, config: dict[str, str]) -> str:
+    issuer = given or os.environ.get("SSO_ISSUER") or config.get("issuer")
+    if not issuer:
+        raise LoginFailed(f"Which Keycard? Pass --issuer URL, set SSO_ISSUER, or write "
+                          f'issuer = "https://sso.example.com" in {config_path()}.')
+    return check_issuer(issuer)
 
 
-def discover(issuer: str) -> dict[str, Any]:
-    url = f"{issuer}/.well-known/openid-configuration"
-    response = _call("GET", url, "the issuer")
-    if response.status_code != 200:
-        raise LoginFailed(f"{url} answered HTTP {response.status_code}; is {issuer} a Keycard?")
-    meta = _json(response, "Discovery")
-    # OIDC Discovery §4.3: the issuer in the document must be the one we asked.
-    if meta.get("issuer") != issuer:
-        raise LoginFailed(f"The discovery document names issuer {meta.get('issuer')!r}, "
-                          f"not {issuer!r}.")
-    for name in ("device_authorization_endpoint", "token_endpoint", "jwks_uri"):
-        if not meta.get(name):
-            raise LoginFailed(f"{issuer} does not announce a {name}.")
-    return meta
+def _save(keycard: Issuer, client_id: str, answer: dict[str, Any],
+          previous: Tokens | None = None) -> tuple[Tokens, dict[str, Any], dict[str, Any]]:
+    """Verify what the token endpoint gave, save it, and return it with its claims."""
+    access = str(answer.get("access_token", ""))
+    access_claims = keycard.verify(access, None)
+    id_claims = keycard.verify(str(answer["id_token"]), client_id) \
+        if answer.get("id_token") else {}
+    expires_at = int(access_claims["exp"])
+    if answer.get("expires_in"):
+        expires_at = min(expires_at, int(time.time()) + int(answer["expires_in"]))
+    tokens = Tokens(
+        issuer=keycard.url, client_id=client_id, access_token=access, expires_at=expires_at,
+        # Keycard rotates refresh tokens; a server that does not keeps the old one valid.
+        refresh_token=answer.get("refresh_token") or (previous.refresh_token if previous
+                                                      else None),
+        id_token=answer.get("id_token") or (previous.id_token if previous else None),
+        scope=str(answer.get("scope") or (previous.scope if previous else "")),
+        login=id_claims.get("preferred_username") or access_claims.get("preferred_username")
+        or (previous.login if previous else None),
+    )
+    save_tokens(tokens)
+    return tokens, access_claims, id_claims
 
 
-def verify(token: str, keys: KeySet, issuer: str, audience: str | None) -> dict[str, Any]:
-    """Signature (RS256/ES256 from the issuer's JWKS), ``iss``, ``exp`` and ``aud``."""
-    try:
-        decoded = jwt.decode(token, keys, algorithms=ALGORITHMS)
-        rules: dict[str, Any] = {"iss": {"essential": True, "value": issuer},
-                                 "exp": {"essential": True}}
-        if audience is not None:
-            rules["aud"] = {"essential": True, "value": audience}
-        jwt.JWTClaimsRegistry(**rules).validate(decoded.claims)
-    except (JoseError, ValueError) as exc:
-        raise LoginFailed(f"A token from {issuer} did not verify: {exc}") from exc
-    return dict(decoded.claims)
-
-
-def poll(meta: dict[str, Any], client_id: str, grant: dict[str, Any]) -> dict[str, Any]:
-    """Ask for tokens until the person decides, the code expires, or the server says no."""
-    interval = int(grant.get("interval") or 5)
-    deadline = time.monotonic() + int(grant.get("expires_in") or 600)
-    while True:
-        time.sleep(interval)  # RFC 8628 §3.5: wait at least `interval` between polls
-        if time.monotonic() > deadline:
-            raise LoginFailed("The code expired before it was approved. Run `sso login` again.")
-        response = _call("POST", meta["token_endpoint"], "the token endpoint", data={
-            "grant_type": DEVICE_GRANT, "device_code": grant["device_code"],
-            "client_id": client_id})
-        answer = _json(response, "The token endpoint")
-        if response.status_code == 200:
-            return answer
-        error = answer.get("error")
-        if error == "authorization_pending":
-            continue
-        if error == "slow_down":
-            interval += 5
-            continue
-        if error == "access_denied":
-            raise LoginFailed("Access was denied: the sign-in was declined in the browser "
-                              "(or you lack a role this application requires).")
-        if error == "expired_token":
-            raise LoginFailed("The code expired before it was approved. Run `sso login` again.")
-        raise LoginFailed(f"Sign-in failed: {error or response.status_code}: "
-                          f"{answer.get('error_description', '')}".rstrip(": "))
-
-
-@click.command("login", help="Sign in from a terminal with the device flow (RFC 8628) and "
-               "print the claims of the tokens you get.")
-@click.option("--issuer", required=True, help="Keycard's base URL, e.g. https://sso.example.com")
-@click.option("--client-id", required=True, help="A client registered for the device grant.")
-@click.option("--scope", default="openid profile email", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def login_command(issuer: str, client_id: str, scope: str, as_json: bool) -> None:
-    issuer = issuer.rstrip("/")
-    meta = discover(issuer)
-    response = _call("POST", meta["device_authorization_endpoint"],
-                     "the device authorization endpoint",
-                     data={"client_id": client_id, "scope": scope})
-    grant = _json(response, "The device authorization endpoint")
-    if response.status_code != 200:
-        raise LoginFailed(f"Keycard refused the request: {grant.get('error')}: "
-                          f"{grant.get('error_description', '')}".rstrip(": "))
-    # With --json the instructions go to stderr, so stdout stays one JSON document.
-    say = click.echo if not as_json else (lambda text: click.echo(text, err=True))
+def _device_login(keycard: Issuer, client_id: str, scope: str,
+                  say: Callable[[str], None]) -> tuple[Tokens, dict[str, Any], dict[str, Any]]:
+    grant = keycard.start(client_id, scope)
     say(f"To sign in, open {grant['verification_uri']} and enter the code: "
         f"{grant['user_code']}")
     if grant.get("verification_uri_complete"):
         say(f"Or open: {grant['verification_uri_complete']}")
     say("Waiting for approval...")
+    return _save(keycard, client_id, keycard.poll(client_id, grant))
 
-    tokens = poll(meta, client_id, grant)
-    jwks = _json(_call("GET", meta["jwks_uri"], "the JWKS"), "The JWKS")
+
+def _to_stderr(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def _revoke_quietly(previous: Tokens | None, now: Tokens) -> None:
+    """A new sign-in replaces the saved one: end the old refresh token too (best effort)."""
+    if previous is None or not previous.refresh_token or previous.issuer != now.issuer \
+            or previous.refresh_token == now.refresh_token:
+        return
     try:
-        keys = KeySet.import_key_set(jwks)  # type: ignore[arg-type]
-    except (JoseError, ValueError) as exc:
-        raise LoginFailed(f"The issuer's JWKS is not usable: {exc}") from exc
-    access_claims = verify(str(tokens.get("access_token", "")), keys, issuer, None)
-    id_claims = (verify(str(tokens["id_token"]), keys, issuer, client_id)
-                 if tokens.get("id_token") else {})
+        Issuer(previous.issuer).revoke(previous.client_id, previous.refresh_token)
+    except LoginFailed:
+        pass
+
+
+def valid_access_token(issuer: str, client_id: str | None, config: dict[str, str],
+                       scope: str) -> str:
+    """The saved access token while it is valid; else refreshed; else a new sign-in."""
+    stored = load_tokens()
+    usable = stored is not None and stored.issuer == issuer and client_id in (
+        None, stored.client_id)
+    if stored is not None and usable:
+        if stored.fresh():
+            return stored.access_token
+        with tokens_lock():
+            stored = load_tokens() or stored  # another process may have refreshed meanwhile
+            if stored.fresh():
+                return stored.access_token
+            if stored.refresh_token:
+                keycard = Issuer(issuer)
+                answer = keycard.refresh(stored.client_id, stored.refresh_token)
+                if answer is not None:
+                    return _save(keycard, stored.client_id, answer, stored)[0].access_token
+        _to_stderr("The saved sign-in has ended; signing in again.")
+    keycard = Issuer(issuer)
+    client = client_id or config.get("client_id") or keycard.default_client_id()
+    tokens = _device_login(keycard, client, scope, _to_stderr)[0]
+    _revoke_quietly(stored, tokens)
+    return tokens.access_token
+
+
+@click.command("login", help="Sign in from a terminal (device flow) and keep the tokens.")
+@click.option("--issuer", help="Keycard's base URL (default: SSO_ISSUER, then issuer in "
+                               "~/.config/keycard/config.toml).")
+@click.option("--client-id", help="A device client (default: client_id in config.toml, then "
+                                  "the issuer's default one from `sso clients create --device`).")
+@click.option("--scope", default=DEFAULT_SCOPE, show_default=True,
+              help="Scopes to ask for; offline_access lets the tokens be refreshed.")
+@click.option("--print-token", is_flag=True,
+              help="Print only a valid access token, refreshing it or signing in as needed "
+                   "(instructions go to stderr): for scripts.")
+@click.option("--json", "as_json", is_flag=True, help="Print the verified claims as JSON.")
+def login_command(issuer: str | None, client_id: str | None, scope: str, print_token: bool,
+                  as_json: bool) -> None:
+    config = load_config()
+    issuer_url = _issuer(issuer, config)
+    if print_token:
+        click.echo(valid_access_token(issuer_url, client_id, config, scope))
+        return
+    previous = load_tokens()
+    keycard = Issuer(issuer_url)
+    client = client_id or config.get("client_id") or keycard.default_client_id()
+    # With --json the instructions go to stderr, so stdout stays one JSON document.
+    tokens, access_claims, id_claims = _device_login(
+        keycard, client, scope, _to_stderr if as_json else click.echo)
+    _revoke_quietly(previous, tokens)
     if as_json:
-        click.echo(json.dumps({"access_token": tokens.get("access_token"),
+        click.echo(json.dumps({"access_token": tokens.access_token,
                                "id_token_claims": id_claims,
                                "access_token_claims": access_claims}, indent=2, sort_keys=True))
         return
-    who = id_claims.get("preferred_username") or access_claims.get("preferred_username") \
-        or access_claims.get("sub")
-    click.echo(f"Signed in as {who}.")
-    for title, claims in (("ID token claims", id_claims), ("Access token claims", access_claims)):
-        if claims:
-            click.echo(f"{title}:")
-            for name in sorted(claims):
-                click.echo(f"  {name}: {json.dumps(claims[name])}")
+    who = tokens.login or access_claims.get("sub")
+    click.echo(f"Signed in to {keycard.url} as {who}.")
+    for name in ("roles", "groups"):
+        values = access_claims.get(name) or id_claims.get(name) or ["-"]
+        click.echo(f"  {name + ':':8} {', '.join(map(str, values))}")
+    refresh = ("; refreshed automatically" if tokens.refresh_token
+               else "; no refresh token (ask for offline_access)")
+    click.echo(f"  access token valid until {when(tokens.expires_at)} UTC{refresh}")
+    click.echo(f"Tokens saved to {tokens_path()}. `sso login --print-token` prints the access "
+               "token; `sso logout` signs out.")
+
+
+@click.command("logout", help="Revoke the saved sign-in at Keycard and delete its tokens.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def logout_command(as_json: bool) -> None:
+    stored = load_tokens()
+    path = tokens_path()
+    if stored is None:
+        result: dict[str, Any] = {"signed_in": False, "revoked": False, "deleted": None}
+        message = f"Not signed in: there is no {path}."
+    else:
+        token = stored.refresh_token or stored.access_token
+        try:
+            Issuer(stored.issuer).revoke(stored.client_id, token)
+        except LoginFailed as exc:
+            raise LoginFailed(f"{exc.message} The tokens file was kept: run `sso logout` "
+                              "again when Keycard answers.") from None
+        forget_tokens()
+        result = {"signed_in": True, "issuer": stored.issuer, "revoked": True,
+                  "deleted": str(path)}
+        message = f"Signed out of {stored.issuer}: the sign-in is revoked and {path} deleted."
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        click.echo(message)

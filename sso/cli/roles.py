@@ -9,6 +9,7 @@ import click
 from flask.cli import with_appcontext
 
 from sso.cli.common import actor, emit, json_option, profile_or_exit
+from sso.cli.output import table
 from sso.registry import registry
 from sso.roles import Rule, explain
 from sso.rules_store import (
@@ -71,7 +72,8 @@ def roles_map(args: tuple[str, ...], user: str | None, as_json: bool) -> None:
          lambda: click.echo(f"{describe(rule)} → {', '.join(rule.roles)}"))
 
 
-@roles_group.command("unmap", help="Remove ROLE... (or the whole rule) from a target.")
+@roles_group.command("unmap", short_help="Remove roles (or a whole rule) from a target.",
+                     help="Remove ROLE... (or the whole rule) from a target.")
 @click.argument("args", nargs=-1)
 @click.option("--user", help="GitHub login.")
 @json_option
@@ -98,8 +100,9 @@ def roles_list(as_json: bool) -> None:
     def text() -> None:
         if not rules:
             click.echo("No rules yet: `sso roles map ORG[/TEAM] ROLE...` adds one.")
-        for rule in rules:
-            click.echo(f"{rule.kind:5} {describe(rule):40} {', '.join(rule.roles)}")
+            return
+        table(["KIND", "WHO", "ROLES"],
+              [[rule.kind, describe(rule), ", ".join(rule.roles)] for rule in rules])
 
     emit([rule_to_dict(r) for r in rules], as_json, text)
 

@@ -16,7 +16,8 @@ def users_group() -> None:
     pass
 
 
-@users_group.command("prune", help="Forget people whose last sign-in is older than "
+@users_group.command("prune", short_help="Forget people gone longer than SSO_FORGET_AFTER_DAYS.",
+                     help="Forget people whose last sign-in is older than "
                                    "SSO_FORGET_AFTER_DAYS (Keycard also does it hourly).")
 @click.option("--dry-run", is_flag=True, help="Only list who would be forgotten.")
 @json_option

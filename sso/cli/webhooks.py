@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import click
 from flask.cli import with_appcontext
 
 from sso.cli.common import emit, json_option
+from sso.cli.output import table, when
 from sso.registry import registry
 
 
@@ -30,11 +29,11 @@ def recent(lines: int, as_json: bool) -> None:
         if not deliveries:
             click.echo("No deliveries yet.")
             return
-        click.echo(f"{'RECEIVED (UTC)':20} {'EVENT':32} {'PERSON':20} OUTCOME")
+        rows = []
         for d in deliveries:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(d["time"]))
             event = f"{d['event']}.{d['action']}" if d.get("action") else d["event"]
             outcome = f"{d['result']}: {d['detail']}" if d.get("detail") else d["result"]
-            click.echo(f"{when:20} {event:32} {d.get('person') or '-':20} {outcome}")
+            rows.append([when(d["time"]), event, d.get("person") or "-", outcome])
+        table(["RECEIVED (UTC)", "EVENT", "PERSON", "OUTCOME"], rows)
 
     emit(deliveries, as_json, text)

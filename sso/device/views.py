@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, make_response, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    jsonify,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
@@ -163,3 +172,18 @@ def decision() -> Response:
 def done() -> Response:
     approved = request.args.get("result") == "approved"
     return make_response(render_template("device/done.html", approved=approved))
+
+
+@bp.get("/device/cli-client")
+def cli_client() -> Response:
+    """The id of the public device client ``sso login`` uses when given none: a public
+    client's id is no secret (every copy of a CLI carries it), and serving it saves every
+    person a configuration step."""
+    client = registry().clients.default_device_client()
+    if client is None:
+        response = jsonify(error="not_found", error_description=(
+            "No default device client: an admin registers one with "
+            "`sso clients create --device`."))
+        response.status_code = 404
+        return response
+    return jsonify(client_id=client.client_id, name=client.name)

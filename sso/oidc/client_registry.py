@@ -18,6 +18,7 @@ from sso.cache import ExpiringCache
 from sso.crypto import hash_secret, new_secret
 from sso.oidc.clients import (
     CLIENT_ID,
+    DEVICE_CODE_GRANT,
     Client,
     ClientError,
     check_field_names,
@@ -144,6 +145,27 @@ class ClientRegistry:
     def _revoke_tokens(self, client_id: str) -> None:
         if self.on_revoke is not None:
             self.on_revoke(client_id)
+
+    # -- the default device client: what `sso login` uses when told no client --------------
+
+    @guard
+    def default_device_client(self) -> Client | None:
+        """The client ``sso login`` uses by default, while it exists."""
+        client_id = self.store.redis.get(self.store.keys.cli_client())
+        return None if not client_id else self.get(str(client_id))
+
+    def create_default_device_client(self, **fields: Any) -> Client:
+        """Register a public device-grant client (with refresh) and make it the default;
+        a client id is not a secret, so Keycard serves it at ``/device/cli-client``."""
+        fields.setdefault("name", "Keycard CLI")
+        fields.setdefault("grant_types", [DEVICE_CODE_GRANT, "refresh_token"])
+        client, _ = self.create(public=True, **fields)
+        self._set_default_device_client(client.client_id)
+        return client
+
+    @guard
+    def _set_default_device_client(self, client_id: str) -> None:
+        self.store.redis.set(self.store.keys.cli_client(), client_id)
 
     @guard
     def delete(self, client_id: str) -> bool:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from typing import Any
 
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.device_support import CODE_LINE, SSO, register_device_client
+from tests.device_support import CODE_LINE, SSO, cli_env, register_device_client
 
 
 @pytest.fixture
@@ -19,8 +18,7 @@ def keycard(fast_polling_keycard: Any) -> Any:
 
 def test_cli_login_approved_in_the_browser_prints_bobs_claims(keycard, page: Page, tmp_path):
     client = register_device_client(keycard, name="Deploy CLI")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SSO_")}
-    env["PYTHONUNBUFFERED"] = "1"
+    env = cli_env(tmp_path / "home")
     proc = subprocess.Popen(
         [SSO, "login", "--issuer", keycard.url, "--client-id", client.client_id,
          "--scope", "openid profile email groups"],
@@ -54,7 +52,8 @@ def test_cli_login_approved_in_the_browser_prints_bobs_claims(keycard, page: Pag
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err
-    assert "Signed in as bob." in out
-    assert '  email: "bob@acme.test"' in out
-    assert '"acme:platform"' in out
-    assert f'  iss: "{keycard.url}"' in out
+    # A summary of the verified tokens (the claims themselves: `sso login --json`), kept.
+    assert f"Signed in to {keycard.url} as bob." in out
+    assert "acme:platform" in out
+    saved = tmp_path / "home" / ".config" / "keycard" / "tokens.json"
+    assert f"Tokens saved to {saved}." in out and saved.exists()

@@ -4,7 +4,6 @@ Keycard, with no app, Redis or secret of its own; the person answers over HTTP."
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,13 @@ from typing import Any
 
 import pytest
 
-from tests.device_support import CODE_LINE, SSO, answer_device, register_device_client
+from tests.device_support import (
+    CODE_LINE,
+    SSO,
+    answer_device,
+    cli_env,
+    register_device_client,
+)
 from tests.support import sign_in, wait_until
 
 
@@ -25,8 +30,7 @@ class LoginRun:
     """A running ``sso login``; reads its instructions as a person would."""
 
     def __init__(self, keycard_url: str, client_id: str, cwd: Path, *extra: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SSO_")}
-        env["PYTHONUNBUFFERED"] = "1"
+        env = cli_env(cwd / "home")
         self.json_mode = "--json" in extra
         self.proc = subprocess.Popen(
             [SSO, "login", "--issuer", keycard_url, "--client-id", client_id, *extra],
