@@ -191,11 +191,18 @@ def chart(result: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     rows = [r for r in result["rows"] if r["server"] == "keycard" and not r.get("missing")]
     peers = {(kc["op"], kc.get("alg", "–")): peer for kc, peer in pairs(result["rows"])}
-    labels = [r["label"] + (f" ({r['alg']})" if r.get("alg", "–") != "–" else "")
-              for r in rows]
+
+    def label(row: dict[str, Any]) -> str:
+        alg, peer = row.get("alg", "–"), peers.get((row["op"], row.get("alg", "–")))
+        if peer is not None and peer["alg"] != alg:
+            return f"{row['label']} ({alg}; peer: {peer['alg']})"
+        return row["label"] + (f" ({alg})" if alg != "–" else "")
+
+    labels = [label(r) for r in rows]
 
     def bars(ax: Any, ys: list[float], chosen: list[dict[str, Any]], key: str, height: float,
              color: str, label: str) -> None:
@@ -218,9 +225,12 @@ def chart(result: dict[str, Any], path: Path) -> None:
             matched = [(y, peers[(r["op"], r.get("alg", "–"))]) for y, r in zip(
                 ys, rows, strict=True) if (r["op"], r.get("alg", "–")) in peers]
             bars(ax, [y + height / 2 for y, _ in matched], [p for _, p in matched], key,
-                 height, "#dd6b20", "oidc-provider (node), same algorithm")
+                 height, "#dd6b20", "oidc-provider (node)")
         ax.set_title(title)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(axis="x", alpha=0.3)
     axes[0].invert_yaxis()  # shared y axis: once, top to bottom in run order
     axes[0].set_yticks(range(len(rows)), labels)

@@ -49,16 +49,18 @@ PEER_OPS = (*SIGNING, "introspection", "introspection_refresh")
 # algorithm for every signature, the same claims in the tokens).
 PEER_NOTES = {
     "code_exchange": "both: client_secret_basic, PKCE S256, a code bound to the browser "
-                     "session, a JWT access token, an ID token and a refresh token signed with "
-                     "the same algorithm. Keycard also re-reads the person's profile and "
-                     "membership (Redis) and records the grant; the peer looks the session, "
-                     "grant and account up in its own memory",
+                     "session, a JWT access token (the person's claims in it) and an ID token "
+                     "signed with the same algorithm, an opaque refresh token. Keycard also "
+                     "re-reads the person's profile and membership (Redis) and records the "
+                     "grant; the peer looks the session, grant and account up in its own "
+                     "memory",
     "refresh": "both rotate the refresh token on every use and issue a new JWT access token; "
                "the peer also signs a new ID token (Keycard does not on refresh) and checks "
                "the session the token is bound to; Keycard re-reads the grant and the person's "
                "profile in Redis",
-    "client_credentials": "same request, a JWT access token with the same claims and the "
-                          "same algorithm; neither side stores it",
+    "client_credentials": "same request, a JWT access token with the same claims (the "
+                          "peer's has no scope claim) and the same algorithm; neither side "
+                          "stores it",
     "introspection": "different work: Keycard introspects its JWT access token (signature, "
                      "then one Redis round trip for revocation); oidc-provider keeps no "
                      "record of JWT access tokens, so it introspects an opaque one (a lookup "
