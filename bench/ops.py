@@ -139,11 +139,27 @@ def run_wrk(url: str, spec: dict[str, Any], load: Load, *, duration: float | Non
 # -- the browser sign-in, over HTTP like a browser ---------------------------------------------
 
 
-def authorize_url(keycard: str, client_id: str) -> str:
-    return keycard + "/authorize?" + urlencode({
+@dataclass(frozen=True)
+class Paths:
+    """Where a provider serves the code flow, and the scope its RP asks for."""
+
+    authorize: str = "/authorize"
+    token: str = "/token"
+    introspect: str = "/introspect"
+    scope: str = SCOPE
+
+
+KEYCARD = Paths()
+# oidc-provider: its own paths; ``api`` is its resource server's scope (the JWT's scope claim)
+PEER = Paths(authorize="/auth", introspect="/token/introspection", scope=SCOPE + " api")
+
+
+def authorize_url(base: str, client_id: str, paths: Paths = KEYCARD) -> str:
+    return base + paths.authorize + "?" + urlencode({
         "response_type": "code", "client_id": client_id, "redirect_uri": RP_CALLBACK,
-        "scope": SCOPE, "state": secrets.token_urlsafe(16), "nonce": secrets.token_urlsafe(16),
-        "code_challenge": CHALLENGE, "code_challenge_method": "S256"})
+        "scope": paths.scope, "state": secrets.token_urlsafe(16),
+        "nonce": secrets.token_urlsafe(16), "code_challenge": CHALLENGE,
+        "code_challenge_method": "S256"})
 
 
 def _location(response: requests.Response) -> str:
@@ -153,8 +169,9 @@ def _location(response: requests.Response) -> str:
     return urljoin(response.url, response.headers["Location"])
 
 
-def exchange(http: requests.Session, keycard: str, rp: Client, code: str) -> dict[str, Any]:
-    response = http.post(keycard + "/token", data={
+def exchange(http: requests.Session, base: str, rp: Client, code: str,
+             paths: Paths = KEYCARD) -> dict[str, Any]:
+    response = http.post(base + paths.token, data={
         "grant_type": "authorization_code", "code": code, "redirect_uri": RP_CALLBACK,
         "code_verifier": VERIFIER}, auth=(rp.client_id, rp.secret))
     if response.status_code != 200:
@@ -239,9 +256,9 @@ def run_signins(keycard: str, upstream: str, rp: Client, load: Load) -> Outcome:
 # -- pools ------------------------------------------------------------------------------------
 
 
-def make_codes(keycard: str, rp: Client, browsers: list[requests.Session], count: int,
-               workers: int = 8) -> list[str]:
-    """Authorization codes from signed-in browsers (GET /authorize → 302 with ?code=)."""
+def make_codes(base: str, rp: Client, browsers: list[requests.Session], count: int,
+               workers: int = 8, paths: Paths = KEYCARD) -> list[str]:
+    """Authorization codes from signed-in browsers (GET /authorize → redirect with ?code=)."""
     cookies = [b.cookies.get_dict() for b in browsers]
     local = threading.local()
 
@@ -249,23 +266,36 @@ def make_codes(keycard: str, rp: Client, browsers: list[requests.Session], count
         if not hasattr(local, "http"):
             local.http = requests.Session()
             local.http.cookies.update(cookies[i % len(cookies)])
-        location = _location(local.http.get(authorize_url(keycard, rp.client_id),
+        location = _location(local.http.get(authorize_url(base, rp.client_id, paths),
                                             allow_redirects=False))
         code = parse_qs(urlsplit(location).query).get("code", [""])[0]
         if not code:
-            raise RuntimeError(f"/authorize did not issue a code: {location}")
+            raise RuntimeError(f"{paths.authorize} did not issue a code: {location}")
         return code
 
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(one, range(count)))
 
 
-def refresh_chains(keycard: str, rp: Client, browsers: list[requests.Session],
-                   count: int) -> list[str]:
+def refresh_chains(base: str, rp: Client, browsers: list[requests.Session],
+                   count: int, paths: Paths = KEYCARD) -> list[str]:
     """One refresh token per connection: the head of its own rotation chain."""
-    codes = make_codes(keycard, rp, browsers, count, workers=min(8, count))
+    codes = make_codes(base, rp, browsers, count, workers=min(8, count), paths=paths)
     http = requests.Session()
-    return [exchange(http, keycard, rp, code)["refresh_token"] for code in codes]
+    return [exchange(http, base, rp, code, paths)["refresh_token"] for code in codes]
+
+
+def peer_browser(peer: str, rp: Client) -> requests.Session:
+    """A browser signed in at oidc-provider: its login and consent interaction is answered
+    at once by the bench's server.mjs, then /auth issues codes directly (like Keycard's
+    trusted RP for a signed-in browser)."""
+    http = requests.Session()
+    location = authorize_url(peer, rp.client_id, PEER)
+    for _ in range(5):
+        location = _location(http.get(location, allow_redirects=False))
+        if location.startswith(RP_CALLBACK):
+            return http
+    raise RuntimeError(f"oidc-provider's sign-in did not end at the RP: {location}")
 
 
 def client_credentials_token(url: str, path: str, client: Client, **extra: str) -> str:
@@ -284,21 +314,37 @@ def form(**values: str) -> str:
     return urlencode(values).replace("%7Bv%7D", "{v}")
 
 
-def specs(*, rp: Client, service: Client, user_token: str, service_token: str, app_token: str,
-          session_cookie: str) -> dict[str, Callable[[list[str]], dict[str, Any]]]:
-    """Keycard's wrk operations; each takes the pool it needs (ignored by static ones)."""
+Spec = Callable[[list[str]], dict[str, Any]]
+
+
+def token_specs(rp: Client, service: Client, paths: Paths, *, refresh_token: str,
+                **cc: str) -> dict[str, Spec]:
+    """The token endpoint's operations, the same requests at Keycard and at the peer."""
     basic_rp = {"Authorization": rp.basic}
-    basic_svc = {"Authorization": service.basic}
     return {
         "code_exchange": lambda pool: wrk_spec(
-            "POST", "/token", headers=basic_rp, pool=pool,
+            "POST", paths.token, headers=basic_rp, pool=pool,
             body=form(grant_type="authorization_code", code="{v}", redirect_uri=RP_CALLBACK,
                       code_verifier=VERIFIER)),
         "refresh": lambda pool: wrk_spec(
-            "POST", "/token", headers=basic_rp, pool=pool, chain="refresh_token",
+            "POST", paths.token, headers=basic_rp, pool=pool, chain="refresh_token",
             body=form(grant_type="refresh_token", refresh_token="{v}")),
         "client_credentials": lambda _: wrk_spec(
-            "POST", "/token", headers=basic_svc, body=form(grant_type="client_credentials")),
+            "POST", paths.token, headers={"Authorization": service.basic},
+            body=form(grant_type="client_credentials", **cc)),
+        # the RP asks about its own refresh token: opaque on both sides
+        "introspection_refresh": lambda _: wrk_spec(
+            "POST", paths.introspect, headers=basic_rp,
+            body=form(token=refresh_token, token_type_hint="refresh_token")),
+    }
+
+
+def specs(*, rp: Client, service: Client, user_token: str, service_token: str, app_token: str,
+          session_cookie: str, refresh_token: str = "") -> dict[str, Spec]:
+    """Keycard's wrk operations; each takes the pool it needs (ignored by static ones)."""
+    basic_svc = {"Authorization": service.basic}
+    return {
+        **token_specs(rp, service, KEYCARD, refresh_token=refresh_token),
         "introspection": lambda _: wrk_spec(
             "POST", "/introspect", headers=basic_svc,
             body=form(token=service_token, token_type_hint="access_token")),
@@ -314,17 +360,22 @@ def specs(*, rp: Client, service: Client, user_token: str, service_token: str, a
 
 PEER_JWT_RESOURCE = "https://api.bench.test/jwt"
 PEER_OPAQUE_RESOURCE = "https://api.bench.test/opaque"
-PEER_CLIENT = Client("bench-service", "bench-service-secret-0123456789abcdef")
+ALGS = ("RS256", "ES256")
+# bench/peer/server.mjs: one service and one RP per algorithm (its id_token_signed_response_alg)
+PEER_SERVICES = {alg: Client(f"bench-service-{alg}", "bench-service-secret-0123456789abcdef")
+                 for alg in ALGS}
+PEER_RPS = {alg: Client(f"bench-rp-{alg}", "bench-rp-secret-0123456789abcdef") for alg in ALGS}
 
 
-def peer_specs(opaque_token: str) -> dict[str, dict[str, Any]]:
-    basic = {"Authorization": PEER_CLIENT.basic}
+def peer_specs(alg: str, *, opaque_token: str, refresh_token: str) -> dict[str, Spec]:
+    """oidc-provider's operations with the clients of ``alg``; its introspection of access
+    tokens asks about an opaque one (it keeps no record of JWT access tokens)."""
+    service = PEER_SERVICES[alg]
     return {
-        "client_credentials": wrk_spec(
-            "POST", "/token", headers=basic,
-            body=form(grant_type="client_credentials", resource=PEER_JWT_RESOURCE)),
-        "introspection": wrk_spec(
-            "POST", "/token/introspection", headers=basic,
+        **token_specs(PEER_RPS[alg], service, PEER, refresh_token=refresh_token,
+                      resource=PEER_JWT_RESOURCE),
+        "introspection": lambda _: wrk_spec(
+            "POST", PEER.introspect, headers={"Authorization": service.basic},
             body=form(token=opaque_token, token_type_hint="access_token")),
     }
 
