@@ -1,0 +1,39 @@
+"""A device in plain words ("Firefox 128 on Windows") from a User-Agent header.
+
+Session lists (the portal's "Your sessions", the admin console's) show this instead of
+the raw string. The parsing is ua-parser's (the uap-core rules, maintained upstream as
+browsers change); only the wording is Keycard's. Lists repeat the same few strings, and
+the first parse compiles the rules, so answers are cached.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from ua_parser import parse_os, parse_user_agent
+
+UNKNOWN = "Unknown device"
+
+# uap-core's family names, as people call them today.
+_OS_NAMES = {"Mac OS X": "macOS", "Chrome OS": "ChromeOS"}
+_BROWSER_NAMES = {"HeadlessChrome": "Headless Chrome", "Python Requests": "Python requests"}
+
+
+@lru_cache(maxsize=2048)
+def describe(user_agent: str) -> str:
+    """``Browser major on OS``; either half alone when only it is known, else UNKNOWN."""
+    text = user_agent.strip()
+    if not text:
+        return UNKNOWN
+    browser, system = parse_user_agent(text), parse_os(text)
+    name = ""
+    if browser is not None and browser.family != "Other":
+        name = _BROWSER_NAMES.get(browser.family, browser.family)
+        if browser.major:
+            name = f"{name} {browser.major}"
+    where = ""
+    if system is not None and system.family != "Other":
+        where = _OS_NAMES.get(system.family, system.family)
+    if name and where:
+        return f"{name} on {where}"
+    return name or (f"A browser on {where}" if where else UNKNOWN)
