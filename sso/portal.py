@@ -22,7 +22,7 @@ from sso.useragent import describe
 
 bp = Blueprint("portal", __name__)
 
-SHORT_ID = re.compile(r"[0-9a-f]{16}")  # a session is named by the start of its id's hash
+SHORT_ID = re.compile(r"[A-Za-z0-9_-]{16}")  # the start of the base64url hash of its id
 
 
 def _apps(profile: Any) -> list[Any]:
