@@ -29,7 +29,8 @@ def browser(user_agent: str | None = None) -> requests.Session:
 
 def session_rows(html: str) -> dict[str, str]:
     """The "Your sessions" rows by short id."""
-    rows = re.findall(r'<tr data-testid="own-session-([A-Za-z0-9_-]{16})"(.*?)</tr>', html, re.S)
+    rows = re.findall(r'<li class="stack-item" data-testid="own-session-([A-Za-z0-9_-]{16})"'
+                      r"(.*?)</li>", html, re.S)
     return dict(rows)
 
 

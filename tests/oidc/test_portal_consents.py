@@ -13,7 +13,7 @@ from tests.support import csrf_token, form_with
 
 
 def _rows(html: str, client_id: str) -> str:
-    match = re.search(rf'<tr data-testid="consent-{re.escape(client_id)}">(.*?)</tr>', html, re.S)
+    match = re.search(rf'data-testid="consent-{re.escape(client_id)}">(.*?)</form>', html, re.S)
     assert match, "no row for the app"
     return match.group(1)
 
