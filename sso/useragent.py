@@ -13,6 +13,8 @@ from functools import lru_cache
 from ua_parser import parse_os, parse_user_agent
 
 UNKNOWN = "Unknown device"
+# Sessions keep 120 characters; a caller passing a raw header is bounded too (regex time).
+MAX_LENGTH = 512
 
 # uap-core's family names, as people call them today.
 _OS_NAMES = {"Mac OS X": "macOS", "Chrome OS": "ChromeOS"}
@@ -22,7 +24,7 @@ _BROWSER_NAMES = {"HeadlessChrome": "Headless Chrome", "Python Requests": "Pytho
 @lru_cache(maxsize=2048)
 def describe(user_agent: str) -> str:
     """``Browser major on OS``; either half alone when only it is known, else UNKNOWN."""
-    text = user_agent.strip()
+    text = user_agent.strip()[:MAX_LENGTH]
     if not text:
         return UNKNOWN
     browser, system = parse_user_agent(text), parse_os(text)

@@ -48,3 +48,7 @@ def test_item_7_nothing_recognisable_is_an_unknown_device(user_agent):
 def test_item_7_a_user_agent_cut_where_sessions_cut_it_still_reads():
     # The session record keeps the first 120 characters (sso/sessions.py).
     assert describe(EDGE_WINDOWS[:120]) == "Edge 126 on Windows"
+
+
+def test_item_7_a_huge_header_is_read_only_up_to_its_bound():
+    assert describe(FIREFOX_WINDOWS + " " + "x" * 100_000) == "Firefox 128 on Windows"
