@@ -128,10 +128,11 @@ class Accounts:
                 "An operator must set SSO_GITHUB_ORGS."
             )
         if not set(identity.orgs) & set(self.settings.github_orgs):
-            allowed = ", ".join(self.settings.github_orgs)
+            # The allowed organisations are not named: an outsider learns nothing of them.
             raise NotAMember(
-                f"Your GitHub account {identity.login} is not a member of {allowed}. "
-                "Ask an organisation owner to invite you, then sign in again."
+                f"Your GitHub account {identity.login} is not a member of an organisation "
+                "that may use Keycard. If you have another GitHub account for work, sign in "
+                "with that one; otherwise ask your administrator to invite this account."
             )
 
     def profile_for(self, identity: Identity) -> Profile:

@@ -84,6 +84,8 @@ class Settings:
     github_webhook_secret: str | None = None
     device_poll_interval: int = 5  # RFC 8628 §3.2 default; seconds between device polls
     trusted_proxy_hops: int = 0  # proxies whose X-Forwarded-For/-Proto/-Host are believed
+    # "Need help?" in every page's footer: an https:// page or a mailto: address; None: no link.
+    support_url: str | None = None
     # name -> limit (see DEFAULT_RATE_LIMITS); empty when SSO_RATE_LIMITS=off
     rate_limits: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
     # Weak but allowed choices, logged at start (create_app) so operators see them.
@@ -266,6 +268,23 @@ def dev_secret_key(instance_dir: Path) -> str:
     return path.read_text().strip()
 
 
+def _support_url(value: str, problems: list[str]) -> str | None:
+    """The footer's help link goes on every page, sign-in and error pages included: only a
+    secure page or a mail address, never javascript: or a page that could be tampered with."""
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme == "https" and parts.netloc and not any(c.isspace() for c in value):
+        return value
+    address = value.removeprefix("mailto:")
+    if (value.startswith("mailto:") and "@" in address.split("?", 1)[0]
+            and not any(c.isspace() or c in "<>\"" for c in address)):
+        return value
+    problems.append(f"SSO_SUPPORT_URL={value!r} must be an https:// address or "
+                    "mailto:someone@example.com.")
+    return None
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None, *, instance_dir: Path | None = None
 ) -> Settings:
@@ -377,6 +396,8 @@ def load_settings(
                         "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`), "
                         "and the same value set as the organisation webhook's secret.")
 
+    support_url = _support_url(env.get("SSO_SUPPORT_URL", "").strip(), problems)
+
     redis_url = env.get("SSO_REDIS_URL", "redis://127.0.0.1:6379/0").strip()
     redis_scheme = redis_url.split("://", 1)[0]
     wait_raw = env.get("SSO_REDIS_WAIT_REPLICAS", "").strip()
@@ -459,6 +480,7 @@ def load_settings(
             "SSO_TRUSTED_PROXY_HOPS", env.get("SSO_TRUSTED_PROXY_HOPS"), problems
         ),
         rate_limits=_rate_limits(env.get("SSO_RATE_LIMITS", ""), problems),
+        support_url=support_url,
         warnings=tuple(warnings),
     )
     if problems:

@@ -35,6 +35,9 @@ def parse_target(text: str) -> tuple[str, str]:
         if not login or not valid_login(login):
             raise RuleError(f"{text!r} is not a GitHub login")
         return "user", login
+    if ":" in text and "/" not in text:  # pasted from a token's groups claim
+        raise RuleError(f"{text!r}: write a team as ORG/TEAM ({text.replace(':', '/', 1)!r}); "
+                        "ORG:TEAM is the form tokens carry")
     org, _, team = text.partition("/")
     if not valid_login(org) or (team and not _valid_slug(team)) or team.count("/"):
         raise RuleError(f"{text!r} is not ORG or ORG/TEAM")

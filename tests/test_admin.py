@@ -182,7 +182,7 @@ def test_people_page_lists_everyone_and_explains_roles(keycard):
     people = alice.get(keycard.url + "/admin/people").text
     row = re.search(r'data-testid="person-bob">(.*?)</tr>', people, re.S).group(1)
     assert "Bob Builder" in row and "bob@acme.test" in row and "verified" in row
-    assert "acme:platform" in row and 'data-testid="sessions">1<' in row
+    assert "acme/platform" in row and 'data-testid="sessions">1<' in row  # #14 item 9
     assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", row)
 
     page = alice.get(keycard.url + "/admin/people/bob").text

@@ -244,9 +244,9 @@ def test_item_6_last_active_near_the_absolute_expiry_is_the_earliest_possible(ke
     ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
      "Chrome/126.0.0.0 Safari/537.36", "Chrome 126 on macOS"),
     ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-     "Chrome/126.0.0.0 Safari/537.36 Edg/126.0.0.0", "Edge 126 on Windows 10"),
+     "Chrome/126.0.0.0 Safari/537.36 Edg/126.0.0.0", "Edge 126 on Windows"),
     ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
-     "Chrome/126.0.6478.122 Mobile Safari/537.36", "Chrome 126 on Android 14"),
+     "Chrome/126.0.6478.122 Mobile Safari/537.36", "Chrome 126 on Android"),
     ("curl/8.5.0", "curl 8"),
     ("", "Unknown device"),
     ("something odd", "Unknown device"),
@@ -272,7 +272,7 @@ def test_item_6_long_user_agents_are_kept_whole_enough_to_name_the_browser(keyca
         http.headers["User-Agent"] = agent
         sign_in(http, keycard.url, "bob")
     devices = {describe(s.user_agent) for s in keycard.services.sessions.list_for_user("1002")}
-    assert devices == {"Edge Mobile 126 on Android 14", "Safari 17 on iOS 17"}
+    assert devices == {"Edge Mobile 126 on Android", "Safari 17 on iOS 17"}
 
 
 def test_item_5_admin_api_pages_the_audit_trail_and_filters_by_app(keycard):

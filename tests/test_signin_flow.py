@@ -61,24 +61,28 @@ def browser_with_cookies(source: requests.Session) -> requests.Session:
 # -- who may not sign in ----------------------------------------------------------------------
 
 
-def test_non_member_is_refused_with_a_not_a_member_page_and_no_session(
+def test_item_11_outsider_is_refused_without_learning_the_allowed_org_and_no_session(
     keycard, http, rdb, prefix
 ):
     page = sign_in(http, keycard.url, "mallory")
     assert page.status_code == 403
-    assert "not a member of acme" in page.text
+    assert "is not a member of an organisation that may use Keycard" in page.text
     assert "mallory" in page.text
+    assert "acme" not in page.text.lower()  # issue #14 item 11: the org stays unnamed
+    assert "Use a different GitHub account" in page.text
     assert_signed_out(http, rdb, prefix)
 
 
-def test_cancel_on_the_upstream_page_shows_a_friendly_page_and_no_session(
+def test_item_11_cancel_on_the_upstream_page_is_not_an_error_and_offers_try_again(
     keycard, http, rdb, prefix
 ):
-    page = pick_upstream_user(http, start_sign_in(http, keycard.url), "", deny=True)
-    assert page.status_code == 403
+    page = pick_upstream_user(http, start_sign_in(http, keycard.url, "/admin"), "", deny=True)
+    assert page.status_code == 200  # the person's choice, not an error 403
     assert urlsplit(page.url).path == "/auth/github/callback"
     assert "Sign-in cancelled" in page.text
     assert "You cancelled the sign-in on GitHub" in page.text
+    assert "Error 403" not in page.text and 'role="alert"' not in page.text
+    assert '<a class="button primary" href="/login?next=/admin">Try again</a>' in page.text
     assert_signed_out(http, rdb, prefix)
 
 
@@ -200,11 +204,13 @@ def test_callback_with_a_forged_state_is_refused_and_the_real_one_survives(
     assert len(state_keys(rdb, prefix)) == 1  # a guess does not burn the genuine state
 
 
-def test_callback_without_state_is_refused(keycard, http, rdb, prefix):
+def test_item_11_callback_without_state_says_start_again(keycard, http, rdb, prefix):
     callback = stop_at_callback(http, keycard.url, "alice")
     page = http.get(with_query(callback, state=None))
     assert page.status_code == 400
-    assert "no valid state" in page.text
+    assert "This sign-in link has expired or was already used — start again." in page.text
+    assert "no valid state" not in page.text
+    assert '<a class="button primary" href="/login" rel="noreferrer">Start again</a>' in page.text
     assert SESSION_COOKIE not in http.cookies.get_dict()
     assert session_keys(rdb, prefix) == []
 

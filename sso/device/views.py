@@ -25,7 +25,7 @@ from flask_login import current_user
 from werkzeug.wrappers import Response
 
 from sso.oidc.device_records import PendingDevice, format_user_code, normalise_user_code
-from sso.oidc.scopes import SCOPE_WORDS, SUPPORTED_SCOPES
+from sso.oidc.scopes import scope_words
 from sso.registry import registry
 from sso.web.errors import error_response
 
@@ -143,7 +143,7 @@ def confirm() -> Response:
         return vetted
     pending, client = vetted
     scopes = set(pending.scope.split())
-    words = [SCOPE_WORDS[s] for s in SUPPORTED_SCOPES if s in scopes]
+    words = scope_words(scopes)
     return make_response(render_template("device/confirm.html", client=client, scopes=words,
                                          user_code=format_user_code(pending.user_code)))
 

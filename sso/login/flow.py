@@ -19,6 +19,10 @@ from sso.upstream.base import Connector, Identity, UpstreamToken
 # already used): the callback counts them in a metric instead of the audit stream.
 
 
+# What a person can act on, whether the state is missing, unknown, expired or replayed.
+EXPIRED = "This sign-in link has expired or was already used — start again."
+
+
 class SignInRefused(Exception):
     """The callback cannot be trusted; ``reason`` is the audit code."""
 
@@ -50,7 +54,8 @@ class SignInFlow:
         self.callback_url = callback_url
         self.ttl = ttl
 
-    def begin(self, next_url: str, login_hint: str | None = None) -> Started:
+    def begin(self, next_url: str, login_hint: str | None = None, *,
+              select_account: bool = False) -> Started:
         state, binding, verifier = new_secret(32), new_secret(32), new_secret(48)
         record = {"b": hash_secret(binding), "v": verifier, "n": next_url, "t": time.time()}
         self.store.put_json(
@@ -58,20 +63,17 @@ class SignInFlow:
         )
         url = self.connector.login_url(
             redirect_uri=self.callback_url, state=state, code_verifier=verifier,
-            login_hint=login_hint,
+            login_hint=login_hint, select_account=select_account,
         )
         return Started(redirect_url=url, binding=binding)
 
     def consume(self, state: str | None, binding: str | None) -> Pending:
         """Take the state out of Redis (atomically) and check it belongs to this browser."""
         if not state or len(state) > 128:
-            raise SignInRefused("state_missing", "The sign-in response had no valid state.")
+            raise SignInRefused("state_missing", EXPIRED)
         record = self.store.consume_json(self.store.keys.login_state(hash_secret(state)))
         if record is None:
-            raise SignInRefused(
-                "state_unknown",
-                "This sign-in link has expired or was already used. Please start again.",
-            )
+            raise SignInRefused("state_unknown", EXPIRED)
         if not binding or not same(hash_secret(binding), record["b"]):
             raise SignInRefused(
                 "state_foreign_browser",

@@ -20,7 +20,7 @@ from sso.login.users import User
 from sso.metrics import SIGNIN_REFUSED_ANONYMOUS
 from sso.registry import registry
 from sso.sessions import ServerSession, end_browser_session
-from sso.upstream.base import AccessDenied, BadCredentials, UpstreamError
+from sso.upstream.base import AccessDenied, BadCredentials, NotAMember, UpstreamError
 from sso.web.errors import error_response
 from sso.web.ratelimit import limited
 from sso.web.redirects import safe_next
@@ -40,9 +40,13 @@ def _client() -> dict[str, str]:
 @limited("sign_in", lambda: registry().limiter)
 def login() -> Response:
     next_url = safe_next(request.args.get("next"))
-    if current_user.is_authenticated and request.args.get("prompt") != "login":
+    prompt = request.args.get("prompt")
+    if current_user.is_authenticated and prompt not in ("login", "select_account"):
         return redirect(next_url)
-    started = registry().signin.begin(next_url, request.args.get("login_hint"))
+    # "Use a different GitHub account": GitHub shows its account picker instead of going on
+    # with the account this browser is signed in to there.
+    started = registry().signin.begin(next_url, request.args.get("login_hint"),
+                                      select_account=prompt == "select_account")
     response = redirect(started.redirect_url)
     response.set_cookie(
         _binding_cookie(),
@@ -70,17 +74,21 @@ def callback() -> Response:
     except SignInRefused as exc:
         SIGNIN_REFUSED_ANONYMOUS.labels(exc.reason).inc()
         return error_response(400, "Sign-in could not be completed", exc.message,
-                              code=exc.reason, retry=True)
+                              code=exc.reason, action_url=url_for("auth.login"),
+                              action_label="Start again")
     error = request.args.get("error")
+    if error == "access_denied":
+        # The person pressed Cancel on GitHub: their choice, not an error.
+        SIGNIN_REFUSED_ANONYMOUS.labels(AccessDenied.audit_reason).inc()
+        return make_response(render_template(
+            "auth/cancelled.html", retry_url=url_for("auth.login", next=pending.next_url)))
     if error:
-        denied = AccessDenied(
-            "You cancelled the sign-in on GitHub, so you are not signed in."
-            if error == "access_denied"
-            else "GitHub could not complete the sign-in. Please try again.",
+        failed = UpstreamError(
+            "GitHub could not complete the sign-in. Please try again.",
             detail=f"upstream error {error}: {request.args.get('error_description', '')}",
         )
-        SIGNIN_REFUSED_ANONYMOUS.labels(denied.audit_reason).inc()
-        raise denied
+        SIGNIN_REFUSED_ANONYMOUS.labels(failed.audit_reason).inc()
+        raise failed
     code = request.args.get("code")
     if not code:
         return error_response(400, "Sign-in could not be completed",
@@ -100,6 +108,8 @@ def callback() -> Response:
         # The subject names who tried, so the audit log's person filter finds them.
         svc.audit.record("signin.refused", subject=identity.login, reason=exc.audit_reason,
                          login=identity.login, user_id=identity.user_id, **_client())
+        if isinstance(exc, NotAMember):
+            return _outsider_page(exc, pending.next_url)
         raise
     profile = svc.accounts.complete_sign_in(identity, token)
     assert isinstance(session, ServerSession)
@@ -116,6 +126,17 @@ def callback() -> Response:
     # signing in (SSO_FORGET_AFTER_DAYS). A sign-in is when someone is around to pay for it.
     response.call_on_close(svc.forgetting.maybe_run)
     return response
+
+
+def _outsider_page(exc: NotAMember, next_url: str) -> Response:
+    """A GitHub account that may not use Keycard: offer to sign in with another one (GitHub's
+    account picker, or signing out of GitHub first)."""
+    return error_response(
+        exc.status, exc.title, exc.message, code=exc.audit_reason,
+        action_url=url_for("auth.login", prompt="select_account", next=next_url),
+        action_label="Use a different GitHub account",
+        upstream_logout_url=f"{registry().settings.github_url}/logout",
+    )
 
 
 def _clear_binding(response: Response) -> Response:
@@ -140,10 +161,12 @@ def logout_everywhere() -> Response:
     registry().audit.record("signout.everywhere", actor=user.login, subject=user.login,
                             sessions=ended, **_client())
     session.end()
-    return redirect(url_for("auth.signed_out"), code=303)
+    return redirect(url_for("auth.signed_out", everywhere=1), code=303)
 
 
 @bp.get("/signed-out")
 def signed_out() -> Response:
-    return make_response(render_template("auth/signed_out.html"))
+    # No flash here: the session that would carry it has just ended.
+    return make_response(render_template("auth/signed_out.html",
+                                         everywhere=request.args.get("everywhere") == "1"))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 SUPPORTED_SCOPES = ("openid", "profile", "email", "groups", "roles", "offline_access")
 
 SCOPE_WORDS = {
@@ -12,3 +14,10 @@ SCOPE_WORDS = {
     "roles": "See the roles Keycard gives you",
     "offline_access": "Stay signed in when you are away (refresh tokens)",
 }
+
+
+def scope_words(scopes: Iterable[str]) -> list[str]:
+    """The plain words for these scopes, in the usual order: the consent and device screens
+    and the portal's "Apps you allowed" all say the same thing. Unknown scopes are dropped."""
+    given = set(scopes.split()) if isinstance(scopes, str) else set(scopes)
+    return [SCOPE_WORDS[s] for s in SUPPORTED_SCOPES if s in given]

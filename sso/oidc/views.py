@@ -29,7 +29,7 @@ from flask_login import current_user
 from werkzeug.wrappers import Response
 
 from sso.crypto import hash_secret
-from sso.oidc.scopes import SCOPE_WORDS, SUPPORTED_SCOPES
+from sso.oidc.scopes import scope_words
 from sso.oidc.server import KeycardServer, Provider
 from sso.oidc.tokens import Subject, is_client_subject, subject_for
 from sso.registry import registry
@@ -223,7 +223,7 @@ def _issue(grant: Any, subject: Subject, status: int) -> Response:
 
 
 def _consent_page(client: Any, scopes: set[str], params: dict[str, str]) -> Response:
-    words = [SCOPE_WORDS[s] for s in SUPPORTED_SCOPES if s in scopes]
+    words = scope_words(scopes)
     return make_response(render_template("oidc/consent.html", client=client, scopes=words,
                                     params=params))
 

@@ -111,9 +111,12 @@ class Connector(Protocol):
     name: str
 
     def login_url(
-        self, *, redirect_uri: str, state: str, code_verifier: str, login_hint: str | None = None
+        self, *, redirect_uri: str, state: str, code_verifier: str, login_hint: str | None = None,
+        select_account: bool = False,
     ) -> str:
-        """Where to send the browser to sign in upstream (``login_hint`` pre-selects an account)."""
+        """Where to send the browser to sign in upstream (``login_hint`` pre-selects an account;
+        ``select_account`` asks the upstream to offer its account picker, not the account the
+        browser is signed in with: "Use a different GitHub account")."""
         ...
 
     def handle_callback(self, *, code: str, redirect_uri: str, code_verifier: str) -> tuple[

@@ -120,9 +120,12 @@ class GitHubConnector:
     # -- the three verbs -------------------------------------------------------------
 
     def login_url(
-        self, *, redirect_uri: str, state: str, code_verifier: str, login_hint: str | None = None
+        self, *, redirect_uri: str, state: str, code_verifier: str, login_hint: str | None = None,
+        select_account: bool = False,
     ) -> str:
         extra = {"login": login_hint} if login_hint and valid_login(login_hint) else {}
+        if select_account:
+            extra["prompt"] = "select_account"  # GitHub's multi-account picker
         uri, _ = self._oauth(redirect_uri).create_authorization_url(
             f"{self.config.web_url}/login/oauth/authorize",
             state=state,

@@ -19,6 +19,14 @@ from sso.upstream.base import RateLimited, SamlSsoRequired, UpstreamError
 
 log = logging.getLogger("keycard.web")
 
+# Plain words for the HTTP errors a person can meet without a view having said more.
+OWN_WORDS = {
+    400: "Keycard could not understand that request. Go back and try again.",
+    403: "You are not allowed to open this page.",
+    404: "There is no page at this address. The link may be mistyped or out of date.",
+    405: "This address does not accept that kind of request. Go back and try again.",
+}
+
 
 def wants_json() -> bool:
     if request.path.startswith(("/api/", "/oauth/", "/token", "/userinfo", "/introspect",
@@ -114,9 +122,15 @@ def register_error_handlers(app: Flask) -> None:
             return Response("Bad Host header.\n", status=400, mimetype="text/plain")
         status = exc.code or 500
         titles = {403: "Not allowed", 404: "Page not found", 405: "Method not allowed"}
+        message = exc.description or exc.name
+        if message == type(exc).description and status in OWN_WORDS:
+            # Werkzeug's stock sentence ("The requested URL was not found on the server...")
+            # is replaced by Keycard's; a description a view gave (abort(404, "...")) stays.
+            message = OWN_WORDS[status]
         return error_response(
-            status, titles.get(status, exc.name), exc.description or exc.name,
+            status, titles.get(status, exc.name), message,
             code={403: "access_denied", 404: "not_found"}.get(status, "invalid_request"),
+            plain=status == 404,  # a wrong address is not an alarm: no red box
         )
 
     @app.errorhandler(Exception)

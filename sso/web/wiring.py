@@ -11,6 +11,7 @@ from sso.web.csrf import install_request_guard
 from sso.web.errors import register_error_handlers
 from sso.web.fastpath import KeycardRequest, OrjsonProvider
 from sso.web.headers import SecurityHeaders
+from sso.web.templating import init_app as install_templating
 
 
 def init_app(app: Flask) -> None:
@@ -44,6 +45,7 @@ def init_app(app: Flask) -> None:
     )
 
     register_error_handlers(app)
+    install_templating(app)
 
     # Behind a reverse proxy every remote_addr is the proxy's: believe X-Forwarded-For,
     # -Proto and -Host from exactly the configured number of hops (0: from nobody, since a

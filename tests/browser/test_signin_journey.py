@@ -46,7 +46,10 @@ def test_outsider_sees_a_clear_refusal(keycard, page: Page):
     sign_in_as(page, keycard.url, "mallory")
     heading = page.get_by_role("heading", name="Not a member of an allowed organisation")
     expect(heading).to_be_visible()
-    expect(page.get_by_role("alert")).to_contain_text("acme")
+    expect(page.get_by_role("alert")).to_contain_text("mallory")
+    expect(page.get_by_role("alert")).not_to_contain_text("acme")  # issue #14 item 11
+    page.get_by_role("link", name="Use a different GitHub account").click()
+    expect(page.get_by_role("button", name="Continue as alice")).to_be_visible()
     assert cookie(page, "keycard_session") is None
 
 
