@@ -112,6 +112,7 @@ def test_item_2_console_registers_edits_rotates_and_deletes_an_app(keycard):
         backchannel_logout_session_required="on", trusted="on",
         home_url="https://wiki.acme.test/")
     assert page.status_code == 200 and page.headers["Cache-Control"] == "no-store"
+    assert page.headers["Content-Type"].startswith("text/html")
     [client] = keycard.services.clients.list()
     secret = secret_on(page.text)
     assert client.check_client_secret(secret) and secret not in str(client.to_dict())

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    abort,
+    flash,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
@@ -275,8 +284,8 @@ def _app_form(client: Client | None, error: str = "", status: int = 200) -> tupl
 
 def _secret_page(client: Client, secret: str, headline: str) -> Response:
     """The one time a client secret is ever shown: never cached, never stored."""
-    response = Response(render_template("admin/app_secret.html", client=client, secret=secret,
-                                        headline=headline))
+    response = make_response(render_template("admin/app_secret.html", client=client,
+                                             secret=secret, headline=headline))
     response.headers["Cache-Control"] = "no-store"
     return response
 
