@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -399,9 +399,21 @@ class Accounts:
 
     def apply_rules_now(self, *, actor: str) -> int:
         """Recompute the roles of everyone with a live session; returns how many changed."""
+        return self._apply_rules([p for p, _ in self.directory()], actor)
+
+    def apply_rules_to(self, user_ids: Collection[str], *, actor: str, limit: int) -> int | None:
+        """:meth:`apply_rules_now` for these people only (those a rule change can touch);
+        ``None``, changing nothing, when they are more than ``limit``: a request must stay
+        short, and their roles then change at the next re-check or "Apply now"."""
+        if len(user_ids) > limit:
+            return None
+        wanted = set(user_ids)
+        return self._apply_rules([p for p, _ in self.directory() if p.user_id in wanted], actor)
+
+    def _apply_rules(self, profiles: list[Profile], actor: str) -> int:
         rules = self.rules()
         changed = 0
-        for profile, _ in self.directory():
+        for profile in profiles:
             if not self.sessions.list_for_user(profile.user_id):
                 continue
             fresh = self.with_roles(profile, rules)

@@ -54,7 +54,8 @@ def check_roles(roles: list[str] | tuple[str, ...], where: str = "") -> tuple[st
     for role in roles:
         if not isinstance(role, str) or not valid_role(role):
             raise RuleError(
-                f"{where}role {role!r} is invalid: use lowercase letters, digits and ':_-'"
+                f"{where}role {role!r} is invalid: use 1 to 64 lowercase letters, digits "
+                "and ':_-'"
             )
     return tuple(sorted(set(roles)))
 

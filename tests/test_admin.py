@@ -16,7 +16,7 @@ import requests
 
 from tests.support import csrf_token, forms, sign_in
 
-PLACEHOLDERS = {"login": "bob", "short_id": "A" * 16}
+PLACEHOLDERS = {"login": "bob", "short_id": "A" * 16, "client_id": "A" * 22}
 
 
 def signed_in(keycard, login: str) -> requests.Session:
@@ -124,7 +124,8 @@ def test_adding_a_team_rule_previews_and_shows_the_live_count(keycard):
                          target="acme/platform", roles="deployer, viewer", action="add")
     assert response.status_code == 303
     page = alice.get(keycard.url + "/admin/rules")
-    assert "Rule saved: acme/platform → deployer, viewer." in page.text
+    assert ("Rule saved: acme/platform → deployer, viewer; roles updated for 2 people now."
+            in page.text)
     row = rule_row(page.text, "acme/platform")
     assert 'data-testid="matches">2<' in row and ">bob<" in row and ">carol<" not in row
 
@@ -142,8 +143,9 @@ def test_user_rules_show_the_current_login_and_refuse_unknown_people(keycard):
     signed_in(keycard, "dave")
     response = post_form(alice, keycard, "/admin/rules", "/admin/rules", target="@nobody",
                          roles="deployer")
-    assert response.status_code == 400
-    assert re.search(r'role="alert">\s*<p>@nobody has never signed in', response.text)
+    assert response.status_code == 400  # not on GitHub either (item 14)
+    assert re.search(r'id="target-error"[^>]*>GitHub has no user &#39;nobody&#39;',
+                     response.text)
     response = post_form(alice, keycard, "/admin/rules", "/admin/rules", target="acme",
                          roles="Not A Role")
     assert response.status_code == 400 and "is invalid" in response.text
@@ -159,11 +161,10 @@ def test_user_rules_show_the_current_login_and_refuse_unknown_people(keycard):
 def test_removing_a_rule_and_apply_now_update_live_sessions(keycard):
     alice, bob = signed_in(keycard, "alice"), signed_in(keycard, "bob")
     post_form(alice, keycard, "/admin/rules", "/admin/rules", target="acme/sre", roles="pager")
-    assert "pager" not in bob.get(keycard.url + "/").text  # rules apply at sign-in or on Apply
+    assert "pager" in bob.get(keycard.url + "/").text  # applied at once (issue #14 item 3)
     response = post_form(alice, keycard, "/admin/rules", "/admin/rules/apply")
     assert response.status_code == 303
-    assert "Rules applied: 1 person" in alice.get(keycard.url + "/admin/rules").text
-    assert "pager" in bob.get(keycard.url + "/").text
+    assert "Rules applied: 0 people" in alice.get(keycard.url + "/admin/rules").text
 
     response = post_form(alice, keycard, "/admin/rules", "/admin/rules/remove")
     assert response.status_code == 303
@@ -187,7 +188,7 @@ def test_people_page_lists_everyone_and_explains_roles(keycard):
 
     page = alice.get(keycard.url + "/admin/people/bob").text
     role = re.search(r'data-testid="role-deployer">(.*?)</li>', page, re.S).group(1)
-    assert "team rule acme/platform" in role and "added at next apply" in role
+    assert "team rule acme/platform" in role and "added at next apply" not in role
     admin_page = alice.get(keycard.url + "/admin/people/alice").text
     assert "bootstrap admin (SSO_BOOTSTRAP_ADMINS: login alice, pinned to id 1001)" in admin_page
     assert alice.get(keycard.url + "/admin/people/nobody").status_code == 404
@@ -244,9 +245,11 @@ def test_audit_view_filters_by_person_event_and_time(keycard, rdb, prefix):
     post_form(alice, keycard, "/admin/rules", "/admin/rules", target="acme", roles="staff")
 
     everything = audit_rows(alice, keycard)
-    assert everything[0] == ("rules.changed", "alice")  # newest first
+    # newest first: the rule, then its roles applied to alice's and bob's live sessions
+    assert everything[:3] == [("roles.applied", "alice")] * 2 + [("rules.changed", "alice")]
     assert everything[-2:] == [("old.second", "frank"), ("old.first", "erin")]
-    assert audit_rows(alice, keycard, person="BOB") == [("signin.success", "bob")]
+    assert audit_rows(alice, keycard, person="BOB") == [("roles.applied", "alice"),
+                                                         ("signin.success", "bob")]
     assert {e for e, _ in audit_rows(alice, keycard, event="signin")} == {"signin.success"}
     assert audit_rows(alice, keycard, event="old", person="erin") == [("old.first", "erin")]
     # Days are whole UTC days; a date-time is exact; both bounds are inclusive.

@@ -89,7 +89,7 @@ def test_finding_2_numeric_entries_match_ids_only(make_keycard, upstream):
 def test_finding_2_a_user_rule_does_not_follow_a_reused_login(make_keycard, upstream):
     keycard = make_keycard(SSO_BOOTSTRAP_ADMINS="alice")
     person(keycard, "bob")
-    rule = keycard.services.admin.add_rule("@bob", "deployer", actor="alice")
+    rule = keycard.services.admin.add_rule("@bob", "deployer", actor="alice").rule
     assert (rule.kind, rule.target, rule.label) == ("user", BOB, "bob")  # the id, not the login
 
     claim_login(upstream, "bob", 1002, 6666)

@@ -15,6 +15,7 @@ from flask_login import current_user
 
 from sso.admin import service
 from sso.admin.openapi import document
+from sso.oidc.clients import ClientError
 from sso.registry import registry
 from sso.rules_store import RuleError
 from sso.web.bearer import bearer_token
@@ -111,11 +112,17 @@ def list_rules() -> Response:
 @bp.post("/rules")
 def add_rule() -> tuple[Response, int]:
     body = _body()
+    admin = registry().admin
     try:
-        rule = registry().admin.add_rule(body.get("target", ""), body.get("roles"), actor=_actor())
+        change = admin.add_rule(body.get("target", ""), body.get("roles"), actor=_actor())
+    except service.UpstreamLookupError as exc:
+        fail(503, "upstream_unavailable", str(exc))
     except RuleError as exc:
         fail(400, "invalid_rule", str(exc))
-    return jsonify(rule=registry().admin.rule_view(rule, registry().accounts.directory())), 201
+    rule = change.rule
+    return jsonify(rule=admin.rule_view(rule, registry().accounts.directory()),
+                   warnings=admin.rule_warnings(rule.kind, rule.target),
+                   **change.as_dict()), 201
 
 
 @bp.delete("/rules")
@@ -131,10 +138,14 @@ def delete_rule() -> Response:
         fail(400, "invalid_rule", str(exc))
     if rule is None:
         fail(404, "not_found", f"There is no rule for {target.strip()}.")
-    left = registry().admin.remove_rule(rule, checked, actor=_actor())
+    change = registry().admin.remove_rule(rule, checked, actor=_actor())
+    if change is None:
+        fail(404, "not_found", f"There is no rule for {target.strip()}.")
     people = registry().accounts.directory()
+    left = change.left
     return jsonify(removed=registry().admin.rule_view(rule, people),
-                   rule=registry().admin.rule_view(left, people) if left else None)
+                   rule=registry().admin.rule_view(left, people) if left else None,
+                   **change.as_dict())
 
 
 @bp.post("/rules/apply")
@@ -179,6 +190,110 @@ def end_session(session_id: str) -> Response:
         fail(404, "not_found", "No active session has that id.")
     registry().admin.end_session(info, actor=_actor())
     return jsonify(ended=1, session=info.as_dict())
+
+
+# -- apps (OIDC clients) and signing keys ----------------------------------------------------
+
+APP_FIELDS = ("name", "redirect_uris", "post_logout_redirect_uris", "grant_types", "scopes",
+              "required_roles", "roles", "audiences", "trusted", "home_url", "require_pkce",
+              "id_token_alg", "access_token_ttl", "refresh_idle_ttl", "refresh_absolute_ttl",
+              "backchannel_logout_uri", "backchannel_logout_session_required")
+
+
+def _app_fields(body: dict[str, Any], *, creating: bool) -> dict[str, Any]:
+    allowed = (*APP_FIELDS, "public") if creating else APP_FIELDS
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        fail(400, "invalid_request", f"Unknown or read-only field(s): {', '.join(unknown)}; "
+             f"allowed: {', '.join(allowed)}.")
+    fields = dict(body)
+    try:
+        for name in ("required_roles", "roles"):
+            if isinstance(fields.get(name), str):
+                fields[name] = list(service.split_roles_or_none(fields[name]))
+    except RuleError as exc:
+        fail(400, "invalid_client", str(exc))
+    return fields
+
+
+def _app_or_404(client_id: str) -> Any:
+    client = registry().admin.get_app(client_id)
+    if client is None:
+        fail(404, "not_found", f"No app has the client_id {client_id!r}.")
+    return client
+
+
+@bp.get("/apps")
+def list_apps() -> Response:
+    return jsonify(apps=[c.to_dict() for c in registry().admin.list_apps()])
+
+
+@bp.post("/apps")
+def create_app() -> tuple[Response, int]:
+    fields = _app_fields(_body(), creating=True)
+    try:
+        client, secret = registry().admin.create_app(fields, actor=_actor())
+    except (ClientError, TypeError) as exc:
+        fail(400, "invalid_client", str(exc))
+    return jsonify(app=client.to_dict(), client_id=client.client_id,
+                   client_secret=secret), 201
+
+
+@bp.get("/apps/<client_id>")
+def get_app(client_id: str) -> Response:
+    return jsonify(app=_app_or_404(client_id).to_dict())
+
+
+@bp.patch("/apps/<client_id>")
+def update_app(client_id: str) -> Response:
+    _app_or_404(client_id)
+    fields = _app_fields(_body(), creating=False)
+    try:
+        client = registry().admin.update_app(client_id, fields, actor=_actor())
+    except ClientError as exc:
+        fail(400, "invalid_client", f"{exc}; nothing was changed")
+    return jsonify(app=client.to_dict())
+
+
+@bp.delete("/apps/<client_id>")
+def delete_app(client_id: str) -> Response:
+    client = registry().admin.delete_app(client_id, actor=_actor())
+    if client is None:
+        fail(404, "not_found", f"No app has the client_id {client_id!r}.")
+    return jsonify(deleted=client_id, name=client.name)
+
+
+@bp.post("/apps/<client_id>/secret")
+def rotate_app_secret(client_id: str) -> Response:
+    _app_or_404(client_id)
+    data = request.get_json(silent=True) or {}
+    revoke = data.get("revoke_tokens", False) if isinstance(data, dict) else False
+    if not isinstance(revoke, bool):
+        fail(400, "invalid_request", "'revoke_tokens' must be true or false.")
+    try:
+        secret = registry().admin.rotate_app_secret(client_id, actor=_actor(),
+                                                    revoke_tokens=revoke)
+    except ClientError as exc:
+        fail(400, "invalid_client", str(exc))
+    return jsonify(client_id=client_id, client_secret=secret)
+
+
+@bp.get("/keys")
+def list_keys() -> Response:
+    return jsonify(keys=registry().admin.signing_keys())
+
+
+@bp.post("/keys/rotate")
+def rotate_keys() -> Response:
+    data = request.get_json(silent=True) or {}
+    if not isinstance(data, dict):
+        fail(400, "invalid_request", "The request body must be a JSON object.")
+    grace, delay = data.get("grace", 3600), data.get("publish_delay", 0)
+    for name, value in (("grace", grace), ("publish_delay", delay)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            fail(400, "invalid_request", f"'{name}' must be a whole number of seconds, 0 or more.")
+    kids = registry().admin.rotate_keys(actor=_actor(), grace=grace, publish_delay=delay)
+    return jsonify(new=kids, keys=registry().admin.signing_keys())
 
 
 # -- audit and the description of this API -----------------------------------------------------

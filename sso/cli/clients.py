@@ -7,6 +7,7 @@ and is never retrievable afterwards: only its hash is stored.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -15,6 +16,7 @@ from flask.cli import with_appcontext
 from sso.cli.common import actor, emit, json_option
 from sso.cli.output import table, when
 from sso.crypto import SIGNING_ALGS
+from sso.oidc.client_file import ClientChange, export_entry, export_yaml
 from sso.oidc.client_registry import ClientRegistry
 from sso.oidc.clients import Client, ClientError
 from sso.registry import registry
@@ -117,20 +119,21 @@ def clients_create(name: str | None, public: bool, device: bool, trusted: bool,
     fields = _fields(options)
     if device:
         client, secret = _create_device_client(name, trusted, fields), None
+        registry().audit.record(
+            "client.created", actor=actor(), subject=client.client_id, name=client.name,
+            public=client.public, redirect_uris=client.redirect_uris,
+            grant_types=client.grant_types, scopes=client.scopes,
+            required_roles=client.required_roles, trusted=client.trusted,
+        )
     elif not name:
         raise click.UsageError("give the app's name: --name NAME")
     else:
         try:
-            client, secret = client_registry().create(name=name, public=public, trusted=trusted,
-                                                      require_pkce=require_pkce, **fields)
+            client, secret = registry().admin.create_app(
+                {"name": name, "public": public, "trusted": trusted,
+                 "require_pkce": require_pkce, **fields}, actor=actor())
         except ClientError as exc:
             raise click.ClickException(str(exc)) from exc
-    registry().audit.record(
-        "client.created", actor=actor(), subject=client.client_id, name=client.name,
-        public=client.public, redirect_uris=client.redirect_uris,
-        grant_types=client.grant_types, scopes=client.scopes,
-        required_roles=client.required_roles, trusted=client.trusted,
-    )
     data: dict[str, Any] = {"client_id": client.client_id, "client_secret": secret,
                             "client": client.to_dict()}
     if secret is not None:
@@ -224,13 +227,9 @@ def clients_update(client_id: str, add_redirect_uri: tuple[str, ...],
     if not changes:
         raise click.UsageError("nothing to change: give at least one option")
     try:
-        client = client_registry().update(client_id, **changes)
+        client = registry().admin.update_app(client_id, changes, actor=actor())
     except ClientError as exc:
         raise click.ClickException(f"{exc}; nothing was changed") from exc
-    registry().audit.record("client.updated", actor=actor(), subject=client_id,
-                            changes=sorted(changes),
-                            before={k: before.to_dict()[k] for k in changes},
-                            after={k: client.to_dict()[k] for k in changes})
     emit(client.to_dict(), as_json, lambda: _show(client))
 
 
@@ -239,11 +238,10 @@ def clients_update(client_id: str, add_redirect_uri: tuple[str, ...],
 @json_option
 @with_appcontext
 def clients_delete(client_id: str, as_json: bool) -> None:
-    client = _client_or_exit(client_id)
-    if not client_registry().delete(client_id):
+    _client_or_exit(client_id)
+    client = registry().admin.delete_app(client_id, actor=actor())
+    if client is None:
         raise click.ClickException(f"no client {client_id!r}")
-    registry().audit.record("client.deleted", actor=actor(), subject=client_id,
-                            name=client.name)
     emit({"deleted": client_id, "name": client.name}, as_json,
          lambda: click.echo(f"Deleted client {client.name!r} ({client_id})."))
 
@@ -257,11 +255,10 @@ def clients_delete(client_id: str, as_json: bool) -> None:
 @with_appcontext
 def clients_rotate_secret(client_id: str, revoke_tokens: bool, as_json: bool) -> None:
     try:
-        secret = client_registry().rotate_secret(client_id, revoke_tokens=revoke_tokens)
+        secret = registry().admin.rotate_app_secret(client_id, actor=actor(),
+                                                    revoke_tokens=revoke_tokens)
     except ClientError as exc:
         raise click.ClickException(str(exc)) from exc
-    registry().audit.record("client.secret_rotated", actor=actor(), subject=client_id,
-                            revoke_tokens=revoke_tokens)
 
     def text() -> None:
         click.echo(f"New secret for {client_id}: {secret}")
@@ -269,3 +266,86 @@ def clients_rotate_secret(client_id: str, revoke_tokens: bool, as_json: bool) ->
 
     emit({"client_id": client_id, "client_secret": secret, "warning": SECRET_WARNING},
          as_json, text)
+
+
+@clients_group.command("export",
+                       short_help="Print every client as YAML (no secrets).",
+                       help="Print every client as YAML (for `sso clients import`); "
+                       "never a secret.")
+@json_option
+@with_appcontext
+def clients_export(as_json: bool) -> None:
+    clients = registry().admin.list_apps()
+    emit({"clients": [export_entry(c) for c in clients]}, as_json,
+         lambda: click.echo(export_yaml(clients), nl=False))
+
+
+def _changed(change: ClientChange) -> str:
+    before, after = change.before.to_dict() if change.before else {}, change.after.to_dict()
+    return "; ".join(f"{name}: {_value(before.get(name))} → {_value(after[name])}"
+                     for name in change.fields)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(value) + "]"
+    return "-" if value is None else str(value)
+
+
+@clients_group.command("import",
+                       short_help="Create and update clients from a YAML file.",
+                       help="Create and update clients from FILE (YAML, as `sso "
+                       "clients export` writes), all or nothing.")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
+@json_option
+@with_appcontext
+def clients_import(path: Path, dry_run: bool, as_json: bool) -> None:
+    """Entries whose client_id exists are updated with the fields they give; others are new
+    clients (with that client_id when given). Clients the file omits are left alone."""
+    admin = registry().admin
+    try:
+        text = path.read_text()
+        if dry_run:
+            plan, secrets = admin.plan_app_import(text), dict[str, str]()
+        else:
+            plan, secrets = admin.import_apps(text, actor=actor(), source=str(path))
+    except ClientError as exc:
+        raise click.ClickException(f"{path}: {exc}; nothing was changed") from exc
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(f"{path}: not UTF-8 text; nothing was changed") from exc
+    data = {
+        "dry_run": dry_run,
+        "created": [{"client_id": c.after.client_id if not dry_run else None,
+                     "name": c.after.name, "client_secret": secrets.get(c.after.client_id)}
+                    for c in plan.created],
+        "updated": [{"client_id": c.after.client_id, "name": c.after.name,
+                     "changes": {k: {"before": c.before.to_dict()[k] if c.before else None,
+                                     "after": c.after.to_dict()[k]} for k in c.fields}}
+                    for c in plan.updated],
+        "unchanged": [c.after.client_id for c in plan.unchanged],
+    }
+    if secrets:
+        data["warning"] = SECRET_WARNING
+
+    def text_out() -> None:
+        for change in plan.created:
+            client = change.after
+            if dry_run:
+                click.echo(f"+ {client.name}: new {'public' if client.public else 'confidential'}"
+                           " client")
+                continue
+            click.echo(f"+ {client.name}: created, client_id {client.client_id}")
+            secret = secrets.get(client.client_id)
+            if secret is not None:
+                click.echo(f"  client_secret: {secret}")
+        for change in plan.updated:
+            click.echo(f"~ {change.after.name} ({change.after.client_id}): {_changed(change)}")
+        verb = "Would change" if dry_run else "Changed"
+        click.echo("No change." if plan.empty else
+                   f"{verb}: {len(plan.created)} created, {len(plan.updated)} updated, "
+                   f"{len(plan.unchanged)} unchanged.")
+        if secrets:
+            click.echo(SECRET_WARNING)
+
+    emit(data, as_json, text_out)

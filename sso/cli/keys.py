@@ -40,7 +40,7 @@ def keys_group() -> None:
 @json_option
 @with_appcontext
 def keys_list(as_json: bool) -> None:
-    rows = keyring().list()
+    rows = registry().admin.signing_keys()
     emit(rows, as_json, lambda: _table(rows))
 
 
@@ -74,11 +74,8 @@ def keys_init(as_json: bool) -> None:
 @json_option
 @with_appcontext
 def keys_rotate(grace: int, publish_delay: int, as_json: bool) -> None:
-    ring = keyring()
-    kids = ring.rotate(grace_seconds=grace, publish_delay=publish_delay)
-    registry().audit.record("keys.rotated", actor=actor(), new_kids=kids, grace=grace,
-                            publish_delay=publish_delay)
-    rows = ring.list()
+    kids = registry().admin.rotate_keys(actor=actor(), grace=grace, publish_delay=publish_delay)
+    rows = registry().admin.signing_keys()
 
     def text() -> None:
         click.echo(f"New signing keys: {', '.join(kids)}")

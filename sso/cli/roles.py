@@ -22,21 +22,34 @@ from sso.rules_store import (
 )
 
 
-def _target(args: tuple[str, ...], user: str | None) -> tuple[str, str, str, tuple[str, ...]]:
-    """(kind, target, label, roles) from ``ORG[/TEAM] ROLE...`` or ``--user LOGIN ROLE...``."""
-    if user:
-        profile = profile_or_exit(user)
-        return "user", profile.user_id, profile.login, args
-    if not args:
+def _target(args: tuple[str, ...], user: str | None, *,
+            lookup: bool = False) -> tuple[str, str, str, tuple[str, ...]]:
+    """(kind, target, label, roles) from ``ORG[/TEAM] ROLE...`` or ``--user LOGIN ROLE...``.
+
+    With ``lookup``, a login nobody has signed in with is asked of GitHub (its numeric id),
+    and the command says so."""
+    if not user and not args:
         raise click.UsageError("give ORG or ORG/TEAM (or --user LOGIN)")
+    if user:
+        login, roles = user, args
+    else:
+        try:
+            kind, target = parse_target(args[0])
+        except RuleError as exc:
+            raise click.UsageError(str(exc)) from exc
+        if kind != "user":
+            return kind, target, "", args[1:]
+        login, roles = target, args[1:]
+    if not lookup:
+        profile = profile_or_exit(login)
+        return "user", profile.user_id, profile.login, roles
     try:
-        kind, target = parse_target(args[0])
+        user_id, found, note = registry().admin.resolve_user(login)
     except RuleError as exc:
-        raise click.UsageError(str(exc)) from exc
-    if kind == "user":
-        profile = profile_or_exit(target)
-        return "user", profile.user_id, profile.login, args[1:]
-    return kind, target, "", args[1:]
+        raise click.ClickException(str(exc)) from exc
+    if note:
+        click.echo(note, err=True)
+    return "user", user_id, found, roles
 
 
 def _record(before: list[Rule], after: list[Rule], **details: Any) -> None:
@@ -52,15 +65,20 @@ def roles_group() -> None:
     pass
 
 
-@roles_group.command("map", help="Grant ROLE... to ORG, ORG/TEAM, @LOGIN or --user LOGIN.")
+@roles_group.command("map",
+                     short_help="Grant roles to an organisation, a team or a person.",
+                     help="Grant ROLE... to ORG, ORG/TEAM, @LOGIN or --user LOGIN "
+                     "(a login not seen yet is looked up on GitHub).")
 @click.argument("args", nargs=-1)
 @click.option("--user", help="GitHub login (matched by numeric id, so renames are followed).")
 @json_option
 @with_appcontext
 def roles_map(args: tuple[str, ...], user: str | None, as_json: bool) -> None:
-    kind, target, label, roles = _target(args, user)
-    if not roles:
+    if not user and not args:
+        raise click.UsageError("give ORG or ORG/TEAM (or --user LOGIN)")
+    if not (args if user else args[1:]):
         raise click.UsageError("give at least one ROLE")
+    kind, target, label, roles = _target(args, user, lookup=True)
     store = registry().rules
     before = store.all()
     try:

@@ -400,6 +400,33 @@ def api_user() -> Response:
     return _json(_user_json(_require_auth()[1]))
 
 
+@bp.get(API + "/users/<login>")
+def api_users(login: str) -> Response:
+    """A public profile by login (an organisation's too, with ``type: Organization``).
+    GitHub answers anonymous callers, a user's token, or an OAuth app's client id and
+    secret as HTTP basic; wrong credentials of either kind are a 401."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            client_id, _, secret = base64.b64decode(value.strip()).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            client_id, secret = "", ""
+        if _state().clients.get(client_id) != secret or not client_id:
+            return _api_error(401, "Bad credentials")
+    elif scheme:
+        _require_auth()
+    state = _state()
+    user = state.user_by_login(login)
+    if user is not None:
+        full = _user_json(user)
+        return _json({k: v for k, v in full.items() if k != "email"}
+                     | {"email": user.public_email})
+    org = state.org(login)
+    if org is None:
+        return _not_found()
+    return _json(_org_json(org) | {"type": "Organization", "html_url": _abs(f"/{org.login}")})
+
+
 @bp.get(API + "/user/emails")
 def api_user_emails() -> Response:
     token, user = _require_auth()

@@ -16,12 +16,14 @@ import redis
 
 from sso.cache import ExpiringCache
 from sso.crypto import hash_secret, new_secret
+from sso.oidc.client_file import ImportPlan
 from sso.oidc.clients import (
     CLIENT_ID,
     DEVICE_CODE_GRANT,
     Client,
     ClientError,
     check_field_names,
+    new_client_id,
     validate,
 )
 from sso.storage import Store, guard
@@ -67,7 +69,7 @@ class ClientRegistry:
     @guard
     def _insert(self, client: Client) -> None:
         while True:
-            client.client_id = _new_client_id()
+            client.client_id = new_client_id()
             pipe = self.store.redis.pipeline(transaction=True)
             pipe.set(self.key(client.client_id), _encode(client), nx=True)
             pipe.sadd(self.index_key, client.client_id)
@@ -202,6 +204,43 @@ class ClientRegistry:
         finally:
             self._forget(client_id)
 
+    @guard
+    def apply_import(self, build: Callable[[dict[str, Client]], ImportPlan]
+                     ) -> tuple[ImportPlan, dict[str, str]]:
+        """Plan against every stored client and write the plan in one transaction, all of
+        it or (``build`` raising ClientError) none; retried when a client changed between.
+        Returns the plan and the new confidential clients' secrets."""
+        plan = ImportPlan([])
+        try:
+            with self.store.redis.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        pipe.watch(self.index_key)
+                        ids = sorted(str(i) for i in pipe.smembers(self.index_key))
+                        keys = [self.key(i) for i in ids]
+                        current: dict[str, Client] = {}
+                        if keys:
+                            pipe.watch(*keys)
+                            for raw in pipe.mget(keys):
+                                if raw:
+                                    client = Client.from_dict(json.loads(raw))
+                                    current[client.client_id] = client
+                        plan = build(current)
+                        new_ids = [c.after.client_id for c in plan.created]
+                        if new_ids:  # an id the file names must not appear meanwhile
+                            pipe.watch(*[self.key(i) for i in new_ids])
+                        pipe.multi()
+                        for change in [*plan.created, *plan.updated]:
+                            pipe.set(self.key(change.after.client_id), _encode(change.after))
+                            pipe.sadd(self.index_key, change.after.client_id)
+                        pipe.execute()
+                        return plan, plan.secrets
+                    except redis.WatchError:
+                        continue
+        finally:
+            for change in plan.changes:
+                self._forget(change.after.client_id)
+
     def _forget(self, client_id: str) -> None:
         self._cache.pop(client_id)
 
@@ -212,13 +251,6 @@ def _copy(client: Client) -> Client:
     lists: dict[str, Any] = {f.name: list(getattr(client, f.name)) for f in fields(client)
                              if isinstance(getattr(client, f.name), list)}
     return replace(client, **lists)
-
-
-def _new_client_id() -> str:
-    while True:
-        value = new_secret(16)
-        if not value.startswith("-"):  # `sso clients show -x...` would read as an option
-            return value
 
 
 def _encode(client: Client) -> str:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import ClientMixin
 
-from sso.crypto import SIGNING_ALGS, hash_secret, same
+from sso.crypto import SIGNING_ALGS, hash_secret, new_secret, same
 from sso.oidc.scopes import SUPPORTED_SCOPES
 from sso.roles import valid_role
 
@@ -272,3 +272,12 @@ def check_field_names(fields: dict[str, Any]) -> None:
     bad = (set(fields) - known) | (set(fields) & _IMMUTABLE)
     if bad:
         raise ClientError(f"unknown or read-only client field(s): {', '.join(sorted(bad))}")
+
+
+def new_client_id() -> str:
+    """128 random bits, URL-safe; never starting with "-", which `sso clients show -x...`
+    would read as an option."""
+    while True:
+        value = new_secret(16)
+        if not value.startswith("-"):
+            return value

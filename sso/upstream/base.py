@@ -37,6 +37,15 @@ class Identity:
         return sorted(self.orgs) + sorted(t.replace("/", ":", 1) for t in self.teams)
 
 
+@dataclass(frozen=True)
+class UpstreamUser:
+    """An account the upstream knows by login, before it has signed in here."""
+
+    user_id: str  # the numeric id, as a string
+    login: str  # as the upstream spells it
+    kind: str = "User"  # "User", "Bot" or "Organization" (GitHub answers /users/ for orgs too)
+
+
 class UpstreamError(Exception):
     """Base of every upstream failure; subclasses say what kind."""
 
@@ -127,6 +136,12 @@ class Connector(Protocol):
 
     def refresh(self, token: UpstreamToken) -> Identity:
         """Re-read the identity (membership changes) with the stored token."""
+        ...
+
+    def find_user(self, login: str) -> UpstreamUser | None:
+        """The account ``login`` names, asked as the OAuth app (no person's token): lets an
+        admin bind a rule to someone who has not signed in yet. ``None`` when the upstream
+        knows no such login; :class:`UpstreamError` when it cannot answer."""
         ...
 
     def forget_teams(self) -> None:

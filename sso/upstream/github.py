@@ -28,6 +28,7 @@ keep connections alive; neither follows a redirect off the API host.
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -55,6 +56,7 @@ from sso.upstream.base import (
     UpstreamMalformed,
     UpstreamToken,
     UpstreamUnavailable,
+    UpstreamUser,
     valid_login,
 )
 
@@ -173,6 +175,34 @@ class GitHubConnector:
                 "GitHub answered in an unexpected way. Please try again in a minute.",
                 detail=f"malformed profile or membership: {exc!r}",
             ) from exc
+
+    def find_user(self, login: str) -> UpstreamUser | None:
+        """``GET /users/{login}`` authenticated as the OAuth app (HTTP basic with its client
+        id and secret, which GitHub accepts for OAuth apps: the app's rate limit, not the
+        anonymous one). Same deadline, size cap and failure translation as every call."""
+        if not valid_login(login):
+            return None  # GitHub has no such login; never put it in a URL
+        pair = f"{self.config.client_id}:{self.config.client_secret}".encode()
+        api = _Api(self._api_pool, self.config, base64.b64encode(pair).decode(), scheme="Basic")
+        try:
+            user = api.get(f"/users/{quote(login)}", missing_ok=True)
+        except BadCredentials as exc:
+            raise BadCredentials(
+                "GitHub refused Keycard's OAuth app credentials (SSO_GITHUB_CLIENT_ID and "
+                "SSO_GITHUB_CLIENT_SECRET).", detail=exc.detail,
+            ) from exc
+        if user is None:
+            return None
+        try:
+            user_id, found, kind = user["id"], user["login"], user.get("type") or "User"
+            if isinstance(user_id, bool) or not isinstance(user_id, int) or user_id <= 0:
+                raise ValueError(f"/users id {user_id!r} is not a positive integer")
+            if not isinstance(found, str) or not found or not isinstance(kind, str):
+                raise ValueError(f"/users login {found!r} is not a login")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UpstreamMalformed("GitHub answered in an unexpected way.",
+                                    detail=f"malformed /users/{login}: {exc!r}") from exc
+        return UpstreamUser(user_id=str(user_id), login=found, kind=kind)
 
     # -- token exchange --------------------------------------------------------------
 
@@ -361,11 +391,12 @@ class _Reply:
 class _Api:
     """A GitHub REST client bound to one user's token; translates failure shapes."""
 
-    def __init__(self, http: urllib3.PoolManager, config: GitHubConfig, token: str) -> None:
+    def __init__(self, http: urllib3.PoolManager, config: GitHubConfig, token: str, *,
+                 scheme: str = "Bearer") -> None:
         self._http = http
         self._config = config
         self._headers = {
-            "Authorization": f"Bearer {token}",
+            "Authorization": f"{scheme} {token}",
             "Accept": "application/vnd.github+json",
             "X-GitHub-Api-Version": API_VERSION,
             "User-Agent": "Keycard-SSO",

@@ -49,7 +49,7 @@ def test_map_refuses_bad_role_names_and_unknown_users(run):
     result = run("roles", "map", "acme", "Bad Role", ok=False)
     assert result.exit_code != 0 and "invalid" in result.output
     result = run("roles", "map", "--user", "nobody", "x", ok=False)
-    assert result.exit_code != 0 and "has signed in" in result.output
+    assert result.exit_code != 0 and "GitHub has no user 'nobody'" in result.output
     assert rules_json(run) == []
 
 
