@@ -53,6 +53,7 @@ def test_defect_3_a_hung_sentinel_does_not_block_requests(sentinel_topology, mak
             assert time.monotonic() - started < BOUND
     finally:
         server.stop()
+        sentinel_topology.restart(hung)  # out of TILT mode, for the failover tests after
         master = sentinel_topology.master.client()
         keys = list(master.scan_iter(match=f"{prefix}*"))
         if keys:

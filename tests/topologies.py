@@ -173,8 +173,22 @@ class SentinelTopology:
     def failover(self, timeout: float = 15.0) -> None:
         """``SENTINEL FAILOVER``: the replica becomes master, the master its replica."""
         self.sync_roles()
-        self.sentinels[0].client().execute_command("SENTINEL", "FAILOVER", SERVICE)
+        # Not a sentinel in TILT mode (one that was SIGSTOPped a moment ago stays in it for
+        # 30 s and acts on nothing): the first that is not.
+        steady = next(s for s in self.sentinels
+                      if int(s.client().info("sentinel").get("sentinel_tilt", 0)) == 0)
+        steady.client().execute_command("SENTINEL", "FAILOVER", SERVICE)
         self._wait_switched(timeout)
+
+    def restart(self, node: Process) -> None:
+        """A fresh process for ``node``, on its port with its config: a sentinel that was
+        SIGSTOPped sits in TILT mode for 30 s after, acting on nothing."""
+        node.proc.kill()
+        node.proc.wait(10)
+        node.proc = subprocess.Popen(node.proc.args, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_until(lambda: self.master_known_to(node) is not None, timeout=15)
+        self.wait_ready()
 
     def rejoin(self) -> None:
         """After :meth:`failover`: make the former master the new one's replica now, as
