@@ -86,8 +86,10 @@ def roles_map(args: tuple[str, ...], user: str | None, as_json: bool) -> None:
     except RuleError as exc:
         raise click.ClickException(str(exc)) from exc
     _record(before, store.all())
-    emit(rule_to_dict(rule), as_json,
-         lambda: click.echo(f"{describe(rule)} → {', '.join(rule.roles)}"))
+    applied = _apply()
+    emit({**rule_to_dict(rule), "applied": applied}, as_json,
+         lambda: click.echo(f"{describe(rule)} → {', '.join(rule.roles)}; "
+                            f"{_applied_text(applied)}"))
 
 
 @roles_group.command("unmap", short_help="Remove roles (or a whole rule) from a target.",
@@ -104,9 +106,21 @@ def roles_unmap(args: tuple[str, ...], user: str | None, as_json: bool) -> None:
     if removed is None:
         raise click.ClickException(f"no rule for {args[0] if args else '@' + str(user)}")
     _record(before, store.all())
-    emit({"removed": rule_to_dict(removed), "roles": list(roles) or list(removed.roles)},
+    applied = _apply()
+    emit({"removed": rule_to_dict(removed), "roles": list(roles) or list(removed.roles),
+          "applied": applied},
          as_json, lambda: click.echo(f"Removed {', '.join(roles or removed.roles)} from "
-                                     f"{describe(removed)}"))
+                                     f"{describe(removed)}; {_applied_text(applied)}"))
+
+
+def _apply() -> int:
+    """Rule changes take effect at once: the roles of every live session are recomputed
+    (as the console and the API do), so nobody keeps a role until their next re-check."""
+    return registry().accounts.apply_rules_now(actor=actor())
+
+
+def _applied_text(applied: int) -> str:
+    return f"roles updated for {applied} {'person' if applied == 1 else 'people'} now"
 
 
 @roles_group.command("list", help="Show every rule.")
@@ -161,8 +175,9 @@ def roles_import(path: Path, dry_run: bool, as_json: bool) -> None:
         change = store.replace(rules)
         if not change.empty:
             _record(before, rules, source=str(path))
+    applied = _apply() if not dry_run and not change.empty else 0
     data = {"dry_run": dry_run, "added": [rule_to_dict(r) for r in change.added],
-            "removed": [rule_to_dict(r) for r in change.removed]}
+            "removed": [rule_to_dict(r) for r in change.removed], "applied": applied}
 
     def text() -> None:
         for rule in change.removed:
@@ -171,7 +186,8 @@ def roles_import(path: Path, dry_run: bool, as_json: bool) -> None:
             click.echo(f"+ {describe(rule)}: {', '.join(rule.roles)}")
         verb = "Would change" if dry_run else "Changed"
         click.echo("No change." if change.empty else
-                   f"{verb}: {len(change.added)} added, {len(change.removed)} removed.")
+                   f"{verb}: {len(change.added)} added, {len(change.removed)} removed"
+                   + ("." if dry_run else f"; {_applied_text(applied)}."))
 
     emit(data, as_json, text)
 

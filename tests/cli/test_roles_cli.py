@@ -123,7 +123,8 @@ def test_explain_names_the_rules_matching_a_user_in_nested_teams(run, keycard, h
 def test_apply_now_changes_roles_of_active_sessions_without_new_sign_in(run, keycard, http):
     sign_in(http, keycard.url, "bob")
     assert "deployer" not in http.get(keycard.url + "/").text
-    run("roles", "map", "acme/platform", "deployer")
+    # A rule written without applying it (as an older release's `roles map` did):
+    keycard.services.rules.map("team", "acme/platform", ("deployer",))
     assert "deployer" not in http.get(keycard.url + "/").text  # applies at the next re-check...
     data = json.loads(run("roles", "apply", "--json").stdout)
     assert data == {"changed": 1}
@@ -138,3 +139,19 @@ def test_rule_changes_are_in_the_audit_trail(run):
     assert change["details"]["before"] == [] and change["details"]["after"] == [
         {"org": "acme", "roles": ["employee"]}
     ]
+
+
+def test_item_3_cli_rule_changes_take_effect_in_live_sessions_at_once(run, keycard, http):
+    """Like the console and the API: `sso roles map/unmap/import` recompute the roles of
+    live sessions, so nobody keeps (or waits for) a role until their next re-check."""
+    sign_in(http, keycard.url, "bob")
+
+    def roles() -> str:
+        return http.get(keycard.url + "/").text  # the portal shows the live session's roles
+
+    mapped = run("roles", "map", "acme/sre", "oncall")
+    assert "roles updated for 1 person now" in mapped.output
+    assert "oncall" in roles()
+    unmapped = run("roles", "unmap", "acme/sre")
+    assert "roles updated for 1 person now" in unmapped.output
+    assert "oncall" not in roles()
