@@ -285,6 +285,12 @@ def refresh_chains(base: str, rp: Client, browsers: list[requests.Session],
     return [exchange(http, base, rp, code, paths)["refresh_token"] for code in codes]
 
 
+def obtain_user_token(base: str, rp: Client, browser: requests.Session) -> str:
+    """A person's access token, from a browser already signed in (code flow)."""
+    [code] = make_codes(base, rp, [browser], 1, workers=1)
+    return str(exchange(requests.Session(), base, rp, code)["access_token"])
+
+
 def peer_browser(peer: str, rp: Client) -> requests.Session:
     """A browser signed in at oidc-provider: its login and consent interaction is answered
     at once by the bench's server.mjs, then /auth issues codes directly (like Keycard's

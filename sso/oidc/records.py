@@ -64,6 +64,14 @@ return redis.call('DEL', KEYS[1])
 
 # KEYS revoked-jti, grant → 1 when the access token is alive (revoked-jti: written before
 # revoking an access token ended its grant; still honoured until those records expire)
+# KEYS revoked-jti, client's revocation set; ARGV jti → 1 when a client-credentials token
+# (no grant) is alive. Outside a cluster only: in one the two keys live in different slots.
+_ALIVE_WITHOUT_GRANT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+return 1
+"""
+
 _ALIVE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 return redis.call('EXISTS', KEYS[2])
@@ -112,6 +120,7 @@ class Records:
         self._create_grant = redis.register_script(_CREATE_GRANT)
         self._claim_refresh = redis.register_script(_CLAIM_REFRESH)
         self._alive = redis.register_script(_ALIVE)
+        self._alive_without_grant = redis.register_script(_ALIVE_WITHOUT_GRANT)
 
     # -- authorization codes ------------------------------------------------------------
 
@@ -269,16 +278,19 @@ class Records:
         (evicted, deleted) refuses the token: fail closed. A token without a grant (client
         credentials) is looked up in its client's durable revocation set, which eviction
         under a ``volatile-*`` policy never touches, and in the older per-jti record.
-        A script rather than a pipeline for the first: the pipeline object's set-up cost
-        more CPU than the round trip on the introspection hot path (bench profile).
+        Scripts rather than a pipeline: the pipeline object's set-up cost more CPU than the
+        round trip on the introspection hot path (bench profile: a third of a request).
         """
         grant_id = jti.split(".", 1)[0] if "." in jti else ""
         revoked = self.keys.revoked_access_token(jti)
         if grant_id:
             return bool(self._alive(keys=[revoked, self.keys.grant(grant_id)]))
+        listed_key = self.keys.revoked_client_tokens(client_id)
+        if not self.keys.cluster:
+            return bool(self._alive_without_grant(keys=[revoked, listed_key], args=[jti]))
         pipe = self.store.redis.pipeline(transaction=False)
         pipe.exists(revoked)
-        pipe.zscore(self.keys.revoked_client_tokens(client_id), jti)
+        pipe.zscore(listed_key, jti)
         found, listed = pipe.execute()
         return not found and listed is None
 
