@@ -37,6 +37,15 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
 POLL_INTERVAL = 0.01  # seconds between the serve loop's shutdown checks
 
 
+def accepts(port: int) -> bool:
+    """Something listens on 127.0.0.1:``port`` (a server started in another process)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 class LiveServer:
     """A real threaded WSGI server on 127.0.0.1, served from a background thread."""
 

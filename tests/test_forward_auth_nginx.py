@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +33,7 @@ from tests.conftest import RedisServer, Upstream, keycard_env
 from tests.support import (
     RP_CALLBACK,
     LiveServer,
+    accepts,
     csrf_token,
     free_port,
     obtain_tokens,
@@ -165,14 +165,6 @@ class Stack:
         return session
 
 
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 @contextmanager
 def running_nginx(tmp_path: Path, config: str, port: int) -> Iterator[None]:
     """nginx in the foreground with ``config``, until the block ends."""
@@ -184,7 +176,7 @@ def running_nginx(tmp_path: Path, config: str, port: int) -> Iterator[None]:
     proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", "nginx.conf"],
                             stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        wait_until(lambda: proc.poll() is not None or _accepts(port), timeout=15)
+        wait_until(lambda: proc.poll() is not None or accepts(port), timeout=15)
         if proc.poll() is not None:
             raise AssertionError(f"nginx did not start: {(tmp_path / 'nginx.stderr').read_text()}")
         yield

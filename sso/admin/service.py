@@ -389,13 +389,17 @@ class AdminService:
         if "name" not in fields:
             raise ClientError("a client needs a name")
         client, secret = self.clients.create(public=public, **fields)
+        self.record_created(client, actor=actor)
+        return client, secret
+
+    def record_created(self, client: Client, *, actor: str, **details: Any) -> None:
+        """The one ``client.created`` audit event, whichever way a client was registered."""
         self.audit.record(
             "client.created", actor=actor, subject=client.client_id, name=client.name,
             public=client.public, redirect_uris=client.redirect_uris,
             grant_types=client.grant_types, scopes=client.scopes,
-            required_roles=client.required_roles, trusted=client.trusted,
+            required_roles=client.required_roles, trusted=client.trusted, **details,
         )
-        return client, secret
 
     def update_app(self, client_id: str, changes: dict[str, Any], *, actor: str,
                    **details: Any) -> Client:
@@ -441,13 +445,7 @@ class AdminService:
         for change in plan.changes:
             client = change.after
             if change.before is None:
-                self.audit.record(
-                    "client.created", actor=actor, subject=client.client_id, name=client.name,
-                    public=client.public, redirect_uris=client.redirect_uris,
-                    grant_types=client.grant_types, scopes=client.scopes,
-                    required_roles=client.required_roles, trusted=client.trusted,
-                    source=source,
-                )
+                self.record_created(client, actor=actor, source=source)
             elif change.fields:
                 before = change.before.to_dict()
                 after = client.to_dict()

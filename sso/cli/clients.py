@@ -119,12 +119,7 @@ def clients_create(name: str | None, public: bool, device: bool, trusted: bool,
     fields = _fields(options)
     if device:
         client, secret = _create_device_client(name, trusted, fields), None
-        registry().audit.record(
-            "client.created", actor=actor(), subject=client.client_id, name=client.name,
-            public=client.public, redirect_uris=client.redirect_uris,
-            grant_types=client.grant_types, scopes=client.scopes,
-            required_roles=client.required_roles, trusted=client.trusted,
-        )
+        registry().admin.record_created(client, actor=actor())
     elif not name:
         raise click.UsageError("give the app's name: --name NAME")
     else:

@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import wait_until
+from tests.support import accepts, wait_until
 
 MODULES = Path("/usr/lib/apache2/modules")
 PASSED = ("OIDC_CLAIM_preferred_username", "OIDC_CLAIM_roles",
@@ -118,14 +117,6 @@ def echo_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return [body]
 
 
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 @contextmanager
 def running_apache(port: int, issuer: str, client_id: str, secret: str,
                    app_port: int) -> Iterator[ApacheRP]:
@@ -143,7 +134,7 @@ def running_apache(port: int, issuer: str, client_id: str, secret: str,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
-        wait_until(lambda: proc.poll() is not None or _accepts(port), timeout=15)
+        wait_until(lambda: proc.poll() is not None or accepts(port), timeout=15)
         if proc.poll() is not None:
             stderr = proc.stderr.read().decode() if proc.stderr else ""
             raise AssertionError(f"apache2 did not start: {stderr}")
