@@ -19,8 +19,9 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 from bench import ops
 from bench.run import Bench, parse
 
-OPS = ("signin", "client_credentials", "introspection", "userinfo", "jwks", "forward_auth_session",
-       "forward_auth_bearer")
+OPS = ("signin", "code_exchange", "refresh", "client_credentials", "introspection",
+       "introspection_refresh", "userinfo", "jwks", "forward_auth_session", "forward_auth_bearer")
+POOLED = ("code_exchange", "refresh")  # each request spends a code or a refresh token
 
 
 def environ_for(url: str, spec: dict[str, Any]) -> Callable[[], dict[str, Any]]:
@@ -58,6 +59,25 @@ def run(app: Any, make: Callable[[], dict[str, Any]], n: int) -> tuple[float, st
         for _chunk in app(make(), start_response):
             pass
     return (time.process_time() - started) / n, status[0]
+
+
+def pooled(app: Any, url: str, spec: ops.Spec, pool: list[str]) -> Callable[[Any, Any], Any]:
+    """A target for :func:`run` that sends one request of a pooled operation: the next code
+    of the pool, or the refresh token the previous answer of its chain carried."""
+    import orjson
+
+    values = iter(pool)
+    chained = spec([])["chain"]
+    current = [next(values)]
+
+    def call(_: Any, start_response: Any) -> list[bytes]:
+        make = environ_for(url, spec([current[0]]) | {
+            "body": spec([current[0]])["body"].replace("{v}", current[0])})
+        body = b"".join(app(make(), start_response))
+        current[0] = orjson.loads(body)[chained] if chained else next(values)
+        return []
+
+    return call
 
 
 def signin_journey(app: Any, keycard: str, upstream: str, rp: ops.Client) -> None:
@@ -103,13 +123,28 @@ def main(argv: list[str] | None = None) -> int:
         kc = bench.keycard.url
         spec = bench.single_specs()
         app = bench.app
+        signed_in: list[Any] = []
+
+        def browsers() -> list[Any]:
+            if not signed_in:
+                signed_in.append(ops.sign_in(kc, bench.upstream.url, bench.rp)[0])
+            return signed_in
         print(f"{'operation':24} {'µs/request':>11}  status")
         for op in args.ops or OPS:
+            target: Callable[[Any, Any], Any]
+            make: Callable[[], dict[str, Any]]
             if op == "signin":  # a journey, not one request: run() calls journey() n times
                 def journey(_: Any, __: Any) -> list[bytes]:
                     signin_journey(app, kc, bench.upstream.url, bench.rp)
                     return []
                 target, make, args.n = journey, dict, min(args.n, 200)
+            elif op in POOLED:  # codes or chain heads made now, through the real server
+                count = args.n * (2 if args.profile else 1) + max(args.n // 10, 10) + 2
+                if op == "code_exchange":
+                    pool = ops.make_codes(kc, bench.rp, browsers(), count)
+                else:
+                    pool = ops.refresh_chains(kc, bench.rp, browsers(), 1)
+                target, make = pooled(app, kc, spec[op], pool), dict
             else:
                 target, make = app, environ_for(kc, spec[op]([]))
             run(target, make, max(args.n // 10, 10))  # warm caches

@@ -24,6 +24,7 @@ from sso.device import views as device
 from sso.hooks import views as hooks
 from sso.login import users
 from sso.login import views as auth
+from sso.oidc import lean
 from sso.oidc import views as oidc_views
 from sso.sessions import RedisSessionInterface
 from sso.upstream.base import Connector
@@ -84,6 +85,7 @@ def create_app(
                      name="keycard-redis-check", daemon=True).start()
     app.session_interface = RedisSessionInterface(reg.sessions, cookie_name=_cookie_name(settings))
 
+    lean.install(app, reg)  # innermost: the headers, metrics and ids below wrap it too
     web.init_app(app)
     users.init_app(app)
     for module in (auth, portal, health, admin, admin_api, forward_auth, device, oidc_views,

@@ -60,6 +60,7 @@ BACKCHANNEL_LOGOUT = Counter(
 )
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+ROUTE = "keycard.route"  # set by a WSGI layer that answers without Flask (sso/oidc/lean.py)
 UNMATCHED = "<unmatched>"  # 404s and anything no route claims: one label, not one per path
 
 
@@ -76,7 +77,7 @@ class RequestMetrics:
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             request = environ.get("werkzeug.request")  # Werkzeug's request puts itself here
             rule = getattr(request, "url_rule", None)
-            route = rule.rule if rule is not None else UNMATCHED
+            route = rule.rule if rule is not None else environ.get(ROUTE, UNMATCHED)
             method = environ.get("REQUEST_METHOD", "")
             REQUESTS.labels(route, method if method in METHODS else "other",
                             status[:3]).inc()

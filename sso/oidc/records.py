@@ -90,6 +90,22 @@ redis.call('SET', KEYS[1], cjson.encode(rec), 'EX', ttl)
 return {1, v}
 """
 
+# The same for the lean token path (sso/oidc/lean.py), which claims only what it can finish:
+# KEYS rt; ARGV client_id → {1, record} claimed now; {2} reused, {3} another client's or
+# addressed to RFC 8707 resources, {0} unknown: nothing changed, the full path decides
+_CLAIM_OWN_REFRESH = """
+local v = redis.call('GET', KEYS[1])
+if not v then return {0} end
+local rec = cjson.decode(v)
+if rec['c'] ~= ARGV[1] or rec['a'] then return {3} end
+if rec['r'] == 1 then return {2} end
+rec['r'] = 1
+local ttl = redis.call('TTL', KEYS[1])
+if ttl < 1 then ttl = 1 end
+redis.call('SET', KEYS[1], cjson.encode(rec), 'EX', ttl)
+return {1, v}
+"""
+
 
 @dataclass(frozen=True)
 class Grant:
@@ -119,6 +135,7 @@ class Records:
         self._consume_code = redis.register_script(_CONSUME_CODE)
         self._create_grant = redis.register_script(_CREATE_GRANT)
         self._claim_refresh = redis.register_script(_CLAIM_REFRESH)
+        self._claim_own_refresh = redis.register_script(_CLAIM_OWN_REFRESH)
         self._alive = redis.register_script(_ALIVE)
         self._alive_without_grant = redis.register_script(_ALIVE_WITHOUT_GRANT)
 
@@ -267,6 +284,16 @@ class Records:
         answer = self._claim_refresh(keys=[self.keys.refresh_token(hash_secret(token))])
         status = {1: "fresh", 2: "reused"}.get(int(answer[0]), "unknown")
         return status, (json.loads(answer[1]) if len(answer) > 1 else None)
+
+    @guard
+    def claim_own_refresh_token(self, token: str, client_id: str) -> dict[str, Any] | None:
+        """Claim a refresh token of ``client_id`` that names no RFC 8707 resources, in one
+        round trip; None, with nothing changed, for every other case (unknown, reused,
+        another client's, with resources), which :meth:`claim_refresh_token`'s caller
+        then answers."""
+        answer = self._claim_own_refresh(keys=[self.keys.refresh_token(hash_secret(token))],
+                                         args=[client_id])
+        return json.loads(answer[1]) if int(answer[0]) == 1 else None
 
     # -- access tokens ----------------------------------------------------------------
 

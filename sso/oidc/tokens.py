@@ -108,7 +108,11 @@ class TokenIssuer(JWTBearerTokenGenerator):  # type: ignore[misc]
     def get_audiences(self, client: Any, user: Any, scope: str) -> str | list[str]:
         from flask import g
 
-        audiences = g.get("token_audience")  # RFC 8707 resources, checked by the grant
+        return self.audience_of(client, g.get("token_audience"))  # RFC 8707, checked
+
+    @staticmethod
+    def audience_of(client: Any, audiences: list[str] | None) -> str | list[str]:
+        """``aud``: the RFC 8707 resources the grant checked, else the client itself."""
         if not audiences:
             return str(client.get_client_id())
         return audiences[0] if len(audiences) == 1 else list(audiences)
@@ -125,13 +129,20 @@ class TokenIssuer(JWTBearerTokenGenerator):  # type: ignore[misc]
         return {"roles": list(getattr(client, "roles", []) or [])}
 
     def access_token_generator(self, client: Any, grant_type: str, user: Any, scope: str) -> str:
+        return self.sign_access_token(client, grant_type, user, scope,
+                                      self.get_audiences(client, user, scope))
+
+    def sign_access_token(self, client: Any, grant_type: str, user: Any, scope: str,
+                          audience: str | list[str]) -> str:
+        """The RFC 9068 access token; the audience is given, so no request context is
+        needed (the lean token path, sso/oidc/lean.py, has none)."""
         now = int(time.time())
         alg = getattr(client, "id_token_alg", "RS256")
         alg = alg if alg in SIGNING_ALGS else "RS256"
         claims: dict[str, Any] = {
             "iss": self.issuer,
             "exp": now + self._get_expires_in(client, grant_type),
-            "aud": self.get_audiences(client, user, scope),
+            "aud": audience,
             "sub": user.sub if isinstance(user, Subject) else client_subject(
                 client.get_client_id()),
             "client_id": client.get_client_id(),

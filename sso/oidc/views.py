@@ -277,11 +277,24 @@ def _no_store(response: Response) -> Response:
     return response
 
 
+def _repeated_parameter() -> Response | None:
+    """RFC 6749 §3.1: a parameter sent twice is refused (Authlib would take the first);
+    ``resource`` may repeat (RFC 8707 §2)."""
+    for name, values in request.values.lists():
+        if len(values) > 1 and name != "resource":
+            response = jsonify(error="invalid_request",
+                               error_description=f"The parameter {name!r} was sent twice.")
+            response.status_code = 400
+            return _no_store(response)
+    return None
+
+
 @bp.post("/token")
 @origin_exempt
 @csrf.exempt
 def token() -> Response:
-    return _malformed_basic() or _no_store(server().create_token_response())
+    return (_malformed_basic() or _repeated_parameter()
+            or _no_store(server().create_token_response()))
 
 
 @bp.post("/device_authorization")

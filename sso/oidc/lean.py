@@ -1,0 +1,250 @@
+"""The token endpoint's everyday requests, answered without Flask's or Authlib's machinery.
+
+A token request is an OpenID provider's hottest path. The profile (docs/benchmarks.md)
+put Flask's per-request work and Authlib's grant objects at over half the CPU of a
+client-credentials request, more than the signature. This WSGI layer answers the ordinary
+requests of two grants itself, client credentials and refresh, through the same policy
+objects the full path uses (the client registry, :class:`~sso.oidc.records.Records`,
+:meth:`Provider.subject <sso.oidc.server.Provider.subject>`,
+:class:`~sso.oidc.tokens.TokenIssuer`).
+
+Everything else goes to Flask and Authlib unchanged, so every refusal, the rate limit on
+failed client authentication and every audit record still come from one implementation:
+other grants, a query string, a repeated, empty or unknown parameter, a ``scope`` on a
+refresh, any request that fails before something is written (client authentication, a
+grant type the client may not use, a scope or resource it may not ask for), and a refresh
+token that is unknown, reused, another client's or bound to RFC 8707 resources, which the
+claim script leaves untouched. Only after a refresh token is claimed does this layer
+answer an error itself (the grant ended, access ended), with the same words.
+tests/oidc/test_lean_token.py sends the same requests both ways and compares the answers.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote
+
+import orjson
+from authlib.oauth2.rfc6749.util import scope_to_list
+
+from sso.crypto import new_secret
+from sso.metrics import ROUTE, TOKENS
+from sso.oidc.tokens import TokenIssuer
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from flask import Flask
+
+    from sso.oidc.clients import Client
+    from sso.registry import Registry
+
+FORM = "application/x-www-form-urlencoded"
+HEADERS = (("Content-Type", "application/json"), ("Cache-Control", "no-store"),
+           ("Pragma", "no-cache"))
+# The parameters each grant's ordinary request may carry; any other means the full path.
+PARAMETERS = {
+    "client_credentials": frozenset({"grant_type", "scope", "resource", "client_id",
+                                     "client_secret"}),
+    "refresh_token": frozenset({"grant_type", "refresh_token", "client_id",
+                                "client_secret"}),
+}
+MAX_FIELDS = 16
+
+Answer = tuple[int, dict[str, Any]]
+
+
+class Decline(Exception):
+    """Not an ordinary request: Flask and Authlib answer it, as it came."""
+
+
+class Refused(Exception):
+    """An OAuth error answered here: only after a refresh token was claimed."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error, self.description = error, description
+
+
+class LeanTokenEndpoint:
+    """WSGI layer just outside Flask's app for ``POST /token`` (see the module docstring).
+
+    ``enabled`` off sends every request the full way (the tests compare both)."""
+
+    def __init__(self, app: WSGIApplication, flask_app: Flask, reg: Registry) -> None:
+        self.app = app
+        self.flask = flask_app
+        self.enabled = True
+        self.max_length = int(flask_app.config["MAX_CONTENT_LENGTH"])
+        self.clients = reg.clients
+        self.records = reg.records
+        self.provider = reg.provider
+        self.tokens = TokenIssuer(reg.provider.issuer, reg.provider.keys)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse
+                 ) -> Iterable[bytes]:
+        if (environ.get("PATH_INFO") != "/token" or environ.get("REQUEST_METHOD") != "POST"
+                or not self.enabled):
+            return self.app(environ, start_response)
+        body = self._body(environ)
+        if body is None:
+            return self.app(environ, start_response)
+        environ["wsgi.input"] = io.BytesIO(body)  # as it came, should Flask read it
+        try:
+            issue = self._prepare(environ, body)
+            answer = issue()
+        except Decline:
+            return self.app(environ, start_response)
+        except Refused as refused:
+            answer = 400, {"error": refused.error, "error_description": refused.description}
+        except Exception as exc:  # noqa: BLE001 - after a write: Flask's handlers answer it
+            return self._flask_error(environ, start_response, exc)
+        environ[ROUTE] = "/token"
+        status, payload = answer
+        data = orjson.dumps(payload)
+        start_response("200 OK" if status == 200 else "400 BAD REQUEST",
+                       [*HEADERS, ("Content-Length", str(len(data)))])
+        return [data]
+
+    def _body(self, environ: WSGIEnvironment) -> bytes | None:
+        """A url-encoded body of known length within the limit, else None (Flask reads)."""
+        length = environ.get("CONTENT_LENGTH", "")
+        if (environ.get("CONTENT_TYPE") != FORM or not (length.isascii() and length.isdigit())
+                or int(length) > self.max_length or "HTTP_TRANSFER_ENCODING" in environ
+                or environ.get("QUERY_STRING")):
+            return None
+        body: bytes = environ["wsgi.input"].read(int(length))
+        if len(body) != int(length):
+            environ["wsgi.input"] = io.BytesIO(body)  # Flask answers the short body
+            return None
+        return body
+
+    def _prepare(self, environ: WSGIEnvironment, body: bytes) -> Callable[[], Answer]:
+        """Every check that needs no write, or :class:`Decline`; then what issues."""
+        try:
+            pairs = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=True,
+                              max_num_fields=MAX_FIELDS)
+        except ValueError:  # not UTF-8, malformed, too many fields
+            raise Decline from None
+        form: dict[str, str] = {}
+        resources: list[str] = []
+        for name, value in pairs:
+            if not value or (name in form and name != "resource"):
+                raise Decline  # RFC 6749 §3.1: empty means omitted; repeated is refused
+            if name == "resource":
+                resources.append(value)
+            form[name] = value
+        allowed = PARAMETERS.get(form.get("grant_type", ""))
+        if allowed is None or not form.keys() <= allowed:
+            raise Decline
+        if form["grant_type"] == "client_credentials":
+            return self._client_credentials(self._client(environ, form), form, resources)
+        return self._refresh(self._client(environ, form), form)
+
+    def _client(self, environ: WSGIEnvironment, form: dict[str, str]) -> Client:
+        """RFC 6749 §2.3.1 client authentication, one method, as Authlib does it."""
+        header = environ.get("HTTP_AUTHORIZATION")
+        secret: str | None
+        if header is not None:
+            scheme, _, credentials = header.partition(" ")
+            if scheme.lower() != "basic" or "client_secret" in form or "client_id" in form:
+                raise Decline
+            try:
+                decoded = base64.b64decode(credentials).decode()
+            except ValueError:  # binascii.Error and UnicodeDecodeError included
+                raise Decline from None
+            client_id, colon, secret = decoded.partition(":")
+            client_id, secret = unquote(client_id), unquote(secret)
+            if not (colon and client_id and secret):
+                raise Decline
+        else:
+            client_id, secret = form.get("client_id", ""), form.get("client_secret")
+        client = self.clients.shared(client_id)
+        if client is None:
+            raise Decline
+        if secret is None:  # "none": public clients only, and PKCE bound their codes
+            if not client.public:
+                raise Decline
+        elif client.public or not client.check_client_secret(secret):
+            raise Decline
+        if not client.check_grant_type(form["grant_type"]):
+            raise Decline
+        return client
+
+    def _client_credentials(self, client: Client, form: dict[str, str], resources: list[str]
+                            ) -> Callable[[], Answer]:
+        # RFC 6749 §4.4: confidential clients only; scopes and resources it registered.
+        requested = form.get("scope")
+        if client.public or not set(scope_to_list(requested) or []) <= set(client.scopes):
+            raise Decline
+        if any(resource not in (client.audiences or []) for resource in resources):
+            raise Decline
+
+        def issue() -> Answer:
+            scope = client.get_allowed_scope(requested)
+            token = self._token(client, "client_credentials", None, scope, resources, None)
+            TOKENS.labels("client_credentials").inc()
+            return 200, token
+
+        return issue
+
+    def _refresh(self, client: Client, form: dict[str, str]) -> Callable[[], Answer]:
+        presented = form.get("refresh_token")
+        if not presented:
+            raise Decline
+
+        def issue() -> Answer:
+            # RFC 9700 §4.14.2: claimed (rotated) before anything is issued; a token this
+            # script leaves alone (reused, unknown, ...) goes the full way, which decides.
+            record = self.records.claim_own_refresh_token(presented, client.client_id)
+            if record is None:
+                raise Decline
+            grant = self.records.get_grant(str(record["g"]))
+            if grant is None or grant.expires_at < time.time():
+                raise Refused("invalid_grant", "The grant behind this refresh token has ended.")
+            subject = self.provider.subject(grant.user_id, auth_time=grant.auth_time,
+                                            sid=grant.sid, client=client)
+            if subject is None:
+                raise Refused("invalid_grant", "Your access has ended; sign in again.")
+            subject.grant_id = grant.grant_id
+            scope = client.get_allowed_scope(str(record["s"]))
+            refresh = new_secret(32)
+            token = self._token(client, "refresh_token", subject, scope, [], refresh)
+            TOKENS.labels("refresh_token").inc()
+            if "offline_access" in scope.split():
+                self.records.save_refresh_token(refresh, grant.grant_id, client.client_id,
+                                                scope, int(client.refresh_idle_ttl))
+            else:
+                del token["refresh_token"]
+            return 200, token
+
+        return issue
+
+    def _token(self, client: Client, grant_type: str, user: Any, scope: str,
+               resources: list[str], refresh: str | None) -> dict[str, Any]:
+        """The token response, as Authlib's BearerTokenGenerator lays it out."""
+        access = self.tokens.sign_access_token(client, grant_type, user, scope,
+                                               TokenIssuer.audience_of(client, resources))
+        token: dict[str, Any] = {"token_type": "Bearer", "access_token": access}
+        if client.access_token_ttl:
+            token["expires_in"] = int(client.access_token_ttl)
+        if refresh:
+            token["refresh_token"] = refresh
+        if scope:
+            token["scope"] = scope
+        return token
+
+    def _flask_error(self, environ: WSGIEnvironment, start_response: StartResponse,
+                     exc: Exception) -> Iterable[bytes]:
+        """An outage (or a bug) after a write: the answer Flask's error handlers give."""
+        with self.flask.request_context(environ):
+            response = self.flask.make_response(self.flask.handle_user_exception(exc))
+        return response(environ, start_response)
+
+
+def install(flask_app: Flask, reg: Registry) -> None:
+    flask_app.wsgi_app = LeanTokenEndpoint(  # type: ignore[method-assign]
+        flask_app.wsgi_app, flask_app, reg)

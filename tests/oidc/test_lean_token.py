@@ -1,0 +1,320 @@
+"""The lean token path (sso/oidc/lean.py, issue #15) answers ordinary token requests
+exactly as the full Flask/Authlib path does, and hands every other request to it unchanged.
+
+Each comparison sends the same kind of request once through the lean layer and once with
+it switched off, and compares status, headers, body fields and the access token's header
+and claims (all but the per-token ``iat``, ``exp`` and ``jti``)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import requests
+from prometheus_client import REGISTRY
+
+from sso.oidc.lean import LeanTokenEndpoint
+from sso.storage import StorageUnavailable
+from tests.oidc.conftest import RP, active, refresh, tokens_for
+
+API = "https://deploy-api.acme.test"
+PER_TOKEN = {"iat", "exp", "jti"}
+PER_RESPONSE = {"Date", "Content-Length", "X-Request-Id", "Server"}
+
+
+@dataclass
+class Lean:
+    layer: LeanTokenEndpoint
+    reached: list[str] = field(default_factory=list)  # bodies that went the full way
+
+    def both_ways(self, send: Callable[[], requests.Response]
+                  ) -> tuple[requests.Response, requests.Response]:
+        """(lean answer, full answer) of two calls of ``send``."""
+        self.reached.clear()
+        lean = send()
+        self.layer.enabled = False
+        try:
+            full = send()
+        finally:
+            self.layer.enabled = True
+        return lean, full
+
+
+@pytest.fixture
+def lean(keycard: Any) -> Iterator[Lean]:
+    layer = keycard.app.wsgi_app
+    while not isinstance(layer, LeanTokenEndpoint):
+        layer = layer.app
+    full = layer.app
+    spy = Lean(layer)
+
+    def counting(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ["PATH_INFO"] == "/token" and layer.enabled:
+            stream = environ["wsgi.input"]  # the lean layer's copy, or the server's stream
+            body = stream.getvalue() if hasattr(stream, "getvalue") else b"(unread)"
+            spy.reached.append(body.decode("latin-1"))
+        return full(environ, start_response)
+
+    layer.app = counting
+    yield spy
+    layer.app, layer.enabled = full, True
+
+
+def jwt_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    header, claims, _ = token.split(".")
+    return tuple(json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+                 for part in (header, claims))  # type: ignore[return-value]
+
+
+def assert_same_answer(lean: requests.Response, full: requests.Response) -> None:
+    assert lean.status_code == full.status_code, (lean.text, full.text)
+    lean_headers = {k: v for k, v in lean.headers.items() if k not in PER_RESPONSE}
+    full_headers = {k: v for k, v in full.headers.items() if k not in PER_RESPONSE}
+    assert lean_headers == full_headers
+    a, b = lean.json(), full.json()
+    assert list(a) == list(b)  # the same fields, in the same order
+    for name in a:
+        if name == "access_token":
+            (ha, ca), (hb, cb) = jwt_parts(a[name]), jwt_parts(b[name])
+            assert ha == hb
+            assert {k: v for k, v in ca.items() if k not in PER_TOKEN} == {
+                k: v for k, v in cb.items() if k not in PER_TOKEN}
+            assert list(ca) == list(cb)
+            assert ("." in ca["jti"]) == ("." in cb["jti"])  # grant-bound or not, alike
+        elif name != "refresh_token":
+            assert a[name] == b[name], name
+
+
+@pytest.fixture
+def service(keycard: Any) -> tuple[Any, str]:
+    found: tuple[Any, str] = keycard.services.clients.create(
+        name="Deploy bot", grant_types=["client_credentials"], scopes=["roles", "groups"],
+        roles=["deployer"], audiences=[API, "https://other.acme.test"], id_token_alg="ES256")
+    return found
+
+
+def token(keycard: Any, data: dict[str, str], **kwargs: Any) -> requests.Response:
+    return requests.post(keycard.url + "/token", data=data, timeout=10, **kwargs)
+
+
+@pytest.mark.parametrize("body", [
+    {},
+    {"scope": "roles"},
+    {"scope": "roles groups", "resource": API},
+    {"resource": [API, "https://other.acme.test"]},
+], ids=["bare", "scope", "scope-and-resource", "two-resources"])
+@pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
+def test_client_credentials_answered_here_as_the_full_path_answers(keycard, service, lean,
+                                                                   body, method):
+    client, secret = service
+    data: dict[str, Any] = {"grant_type": "client_credentials", **body}
+    auth: Any = (client.client_id, secret)
+    if method == "client_secret_post":
+        data |= {"client_id": client.client_id, "client_secret": secret}
+        auth = None
+    answers = lean.both_ways(lambda: token(keycard, data, auth=auth))
+    assert answers[0].status_code == 200, answers[0].text
+    assert lean.reached == []  # the lean layer answered it, Flask never saw it
+    assert_same_answer(*answers)
+    assert active(RP(client, secret, keycard.url), answers[0].json()["access_token"])
+
+
+def chain(rp: RP, first: str) -> Callable[[], requests.Response]:
+    """A send() that refreshes along one rotation chain."""
+    holder = {"rt": first}
+
+    def send() -> requests.Response:
+        answer = refresh(rp, holder["rt"])
+        if answer.status_code == 200:
+            holder["rt"] = answer.json().get("refresh_token", holder["rt"])
+        return answer
+
+    return send
+
+
+def test_refresh_answered_here_as_the_full_path_answers_and_reuse_still_kills_the_family(
+        bob, make_client, lean, keycard):
+    rp = make_client(name="Lean app", id_token_alg="ES256")
+    first = tokens_for(bob, rp, scope="openid profile email groups roles offline_access")
+    by_lean, by_full = lean.both_ways(chain(rp, first["refresh_token"]))
+    assert by_lean.status_code == 200 and lean.reached == []
+    assert_same_answer(by_lean, by_full)
+    grant = jwt_parts(first["access_token"])[1]["jti"].split(".")[0]
+    for answer in (by_lean, by_full):  # the same grant: its revocation reaches them
+        assert jwt_parts(answer.json()["access_token"])[1]["jti"].startswith(grant + ".")
+    assert active(rp, by_full.json()["refresh_token"])
+
+    # The token the lean path rotated away is reused: the full path revokes the family.
+    reused = refresh(rp, first["refresh_token"])
+    assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
+    assert len(lean.reached) == 1
+    assert not active(rp, by_full.json()["refresh_token"])
+    assert not active(rp, by_full.json()["access_token"])
+
+
+def test_public_client_refreshes_here_with_its_client_id(bob, make_client, lean):
+    rp = make_client(name="CLI", public=True)
+    first = tokens_for(bob, rp, scope="openid offline_access")
+    by_lean, by_full = lean.both_ways(chain(rp, first["refresh_token"]))
+    assert by_lean.status_code == 200 and lean.reached == []
+    assert_same_answer(by_lean, by_full)
+
+
+def test_refresh_without_offline_access_in_the_grant_issues_no_new_refresh_token(
+        bob, make_client, lean, keycard):
+    """A grant whose scope lost offline_access (the client no longer registers it): the
+    token is still rotated away, and no new one is issued, as on the full path."""
+    rp = make_client(name="Shrinking app")
+    first = tokens_for(bob, rp, scope="openid profile offline_access")
+    second = tokens_for(bob, rp, scope="openid profile offline_access")
+    keycard.services.clients.update(rp.client_id, scopes=["openid", "profile"])
+    keycard.services.clients.clear_cache()
+    lean.reached.clear()
+    by_lean = refresh(rp, first["refresh_token"])
+    assert lean.reached == []
+    lean.layer.enabled = False
+    by_full = refresh(rp, second["refresh_token"])
+    lean.layer.enabled = True
+    assert by_lean.status_code == 200 and "refresh_token" not in by_lean.json()
+    assert by_lean.json()["scope"] == "openid profile"
+    assert_same_answer(by_lean, by_full)
+
+
+def test_refresh_of_an_ended_grant_is_refused_here_in_the_full_paths_words(
+        bob, make_client, lean, keycard):
+    rp = make_client(name="Ended app")
+    tokens = [tokens_for(bob, rp, scope="openid offline_access") for _ in range(2)]
+    records = keycard.services.records
+    for t in tokens:
+        records.revoke_grant(jwt_parts(t["access_token"])[1]["jti"].split(".")[0])
+    lean.reached.clear()
+    by_lean = refresh(rp, tokens[0]["refresh_token"])
+    assert lean.reached == []  # claimed here, so answered here
+    lean.layer.enabled = False
+    by_full = refresh(rp, tokens[1]["refresh_token"])
+    lean.layer.enabled = True
+    assert by_lean.status_code == 400
+    assert by_lean.json() == by_full.json() == {
+        "error": "invalid_grant",
+        "error_description": "The grant behind this refresh token has ended."}
+    assert_same_answer(by_lean, by_full)
+
+
+def test_refresh_for_someone_whose_access_ended_is_refused_here_in_the_same_words(
+        bob, make_client, lean, keycard, rdb):
+    rp = make_client(name="Forgotten app")
+    tokens = [tokens_for(bob, rp, scope="openid offline_access") for _ in range(2)]
+    user_id = keycard.services.accounts.find_by_login("bob").user_id
+    rdb.hdel(keycard.services.store.keys.user(user_id), "profile")  # forgotten since
+    lean.reached.clear()
+    by_lean = refresh(rp, tokens[0]["refresh_token"])
+    assert lean.reached == []
+    lean.layer.enabled = False
+    by_full = refresh(rp, tokens[1]["refresh_token"])
+    lean.layer.enabled = True
+    assert by_lean.json() == by_full.json() == {
+        "error": "invalid_grant", "error_description": "Your access has ended; sign in again."}
+    assert_same_answer(by_lean, by_full)
+
+
+def test_an_outage_after_the_claim_is_a_503_and_the_token_stays_spent(
+        bob, make_client, lean, keycard, monkeypatch):
+    rp = make_client(name="Outage app")
+    first = tokens_for(bob, rp, scope="openid offline_access")
+    records = lean.layer.records
+
+    def down(grant_id: str) -> None:
+        raise StorageUnavailable("connection refused")
+
+    monkeypatch.setattr(records, "get_grant", down)
+    answer = refresh(rp, first["refresh_token"])
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"] == "temporarily_unavailable"
+    assert answer.headers["Retry-After"] == "5" and answer.headers["Cache-Control"] == "no-store"
+    monkeypatch.undo()
+    # Claimed before the outage: using it again is reuse, and ends the family (fail closed).
+    again = refresh(rp, first["refresh_token"])
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    assert not active(rp, first["access_token"])
+
+
+def basic(client_id: str, secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+
+
+def test_everything_else_goes_the_full_way_unchanged(bob, make_client, lean, keycard,
+                                                     service):
+    client, secret = service
+    rp = make_client(name="Other app")
+    public = make_client(name="Public app", public=True)
+    third = make_client(name="Third app")
+    rt = tokens_for(bob, rp, scope="openid offline_access")["refresh_token"]
+    cc = "grant_type=client_credentials"
+    cases: list[tuple[str, dict[str, str], str, int]] = [
+        # (body, headers, why the lean path leaves it alone, the full path's status)
+        (cc, {"Authorization": basic(client.client_id, "wrong")}, "wrong secret", 401),
+        (cc + "&scope=email", {"Authorization": basic(client.client_id, secret)},
+         "scope not registered", 400),
+        (cc + "&resource=https://payroll.acme.test",
+         {"Authorization": basic(client.client_id, secret)}, "resource not registered", 400),
+        (cc + f"&client_id={public.client_id}", {}, "a public client", 401),
+        (cc + "&grant_type=client_credentials",
+         {"Authorization": basic(client.client_id, secret)}, "a repeated parameter", 400),
+        (cc + "&scope=", {"Authorization": basic(client.client_id, secret)}, "empty value",
+         200),
+        (cc + "&foo=bar", {"Authorization": basic(client.client_id, secret)},
+         "unknown parameter", 200),
+        (cc + f"&client_secret={secret}", {"Authorization": basic(client.client_id, secret)},
+         "two authentication methods", 400),
+        (cc, {"Authorization": "Basic %%%"}, "malformed Basic", 401),
+        (cc, {"Authorization": f"Bearer {secret}"}, "not Basic", 401),
+        (cc, {}, "no client authentication", 401),
+        ("grant_type=refresh_token&refresh_token=" + rt + "&scope=openid+email",
+         {"Authorization": basic(rp.client_id, rp.secret or "")}, "a scope on a refresh", 400),
+        ("grant_type=refresh_token&refresh_token=" + rt,
+         {"Authorization": basic(third.client_id, third.secret or "")},
+         "another client's token", 400),
+        ("grant_type=refresh_token&refresh_token=unknown",
+         {"Authorization": basic(rp.client_id, rp.secret or "")}, "an unknown token", 400),
+        ("grant_type=password&username=a&password=b",
+         {"Authorization": basic(rp.client_id, rp.secret or "")}, "another grant", 400),
+    ]
+    for body, headers, why, status in cases:
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **headers}
+        answers = lean.both_ways(lambda body=body, headers=headers: requests.post(
+            keycard.url + "/token", data=body, headers=headers, timeout=10))
+        assert lean.reached == [body], why
+        assert answers[0].status_code == status, (why, answers[0].text)
+        assert_same_answer(*answers)
+    # A query string, a body that is not UTF-8, a multipart body: Flask parses those.
+    for send in (
+        lambda: token(keycard, {"grant_type": "client_credentials"}, params={"x": "1"},
+                      auth=(client.client_id, secret)),
+        lambda: requests.post(keycard.url + "/token", data=b"grant_type=\xff", timeout=10,
+                              headers={"Content-Type": "application/x-www-form-urlencoded"}),
+        lambda: token(keycard, {"grant_type": "client_credentials"},
+                      files={"f": ("a", b"b")}, auth=(client.client_id, secret)),
+    ):
+        lean.reached.clear()
+        answer = send()
+        assert answer.status_code < 500 and lean.reached, answer.text
+    # The refresh token nobody could use here was not spent by the refusals.
+    assert refresh(rp, rt).status_code == 200
+
+
+def test_lean_answers_are_counted_under_the_token_route(keycard, service, lean):
+    client, secret = service
+
+    def count() -> float:
+        return REGISTRY.get_sample_value("keycard_http_requests_total", {
+            "route": "/token", "method": "POST", "status": "200"}) or 0.0
+
+    before = count()
+    answer = token(keycard, {"grant_type": "client_credentials"},
+                   auth=(client.client_id, secret))
+    assert answer.status_code == 200 and lean.reached == []
+    assert count() == before + 1
