@@ -197,7 +197,11 @@ class Accounts:
 
     @guard
     def get(self, user_id: str) -> Profile | None:
-        raw = self.store.redis.hget(self.store.keys.user(user_id), "profile")
+        return self.parse(self.store.redis.hget(self.store.keys.user(user_id), "profile"))
+
+    @staticmethod
+    def parse(raw: str | None) -> Profile | None:
+        """A stored profile (the ``profile`` field of ``Keys.user``), read by the caller."""
         return Profile.from_dict(json.loads(raw)) if raw else None
 
     @guard

@@ -266,12 +266,47 @@ class Records:
 
     @guard
     def save_refresh_token(self, token: str, grant_id: str, client_id: str, scope: str,
-                           ttl: int, resources: list[str] | None = None) -> None:
+                           ttl: int, resources: list[str] | None = None, user_id: str = ""
+                           ) -> None:
+        self.store.redis.set(*self._refresh_record(token, grant_id, client_id, scope, ttl,
+                                                   resources, user_id))
+
+    def _refresh_record(self, token: str, grant_id: str, client_id: str, scope: str, ttl: int,
+                        resources: list[str] | None, user_id: str
+                        ) -> tuple[str, str, int]:
+        """(key, value, ttl) of a new refresh token. ``u``, the person (immutable for the
+        grant's life), lets a refresh read the grant and the profile in one round trip."""
         record: dict[str, Any] = {"g": grant_id, "c": client_id, "s": scope, "r": 0}
         if resources:
             record["a"] = resources
-        self.store.redis.set(self.keys.refresh_token(hash_secret(token)), json.dumps(record),
-                             ex=max(1, ttl))
+        if user_id:
+            record["u"] = user_id
+        return self.keys.refresh_token(hash_secret(token)), json.dumps(record), max(1, ttl)
+
+    @guard
+    def grant_and_profile(self, grant_id: str, user_id: str,
+                          rotated: tuple[str, str, str, int] | None
+                          ) -> tuple[Grant | None, str | None]:
+        """One round trip for a refresh: the grant, the person's stored profile (raw JSON)
+        and, when ``rotated`` = (new token, client id, scope, idle ttl), the new refresh
+        token written. Written before the caller's checks so that it costs no round trip
+        of its own: if they fail, the token was never disclosed and is deleted
+        (:meth:`forget_refresh_token`); it is bound to this grant, so it could never
+        outlive it either."""
+        pipe = self.store.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.grant(grant_id))
+        pipe.hget(self.keys.user(user_id), "profile")
+        if rotated is not None:
+            token, client_id, scope, ttl = rotated
+            key, value, ex = self._refresh_record(token, grant_id, client_id, scope, ttl, None,
+                                                  user_id)
+            pipe.set(key, value, ex=ex)
+        data, profile = pipe.execute()[:2]
+        return (Grant.from_hash(grant_id, data) if data else None), profile
+
+    @guard
+    def forget_refresh_token(self, token: str) -> None:
+        self.store.redis.delete(self.keys.refresh_token(hash_secret(token)))
 
     @guard
     def peek_refresh_token(self, token: str) -> dict[str, Any] | None:

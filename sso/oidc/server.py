@@ -8,6 +8,7 @@ subject, may this person use this client); Authlib's server dispatches.
 from __future__ import annotations
 
 import time
+from types import EllipsisType
 from typing import Any
 
 import orjson
@@ -73,14 +74,16 @@ class Provider:
         required = set(getattr(client, "required_roles", []) or [])
         return not required or bool(required & set(profile.roles))
 
-    def subject(self, user_id: str, *, auth_time: int, sid: str, client: Any
-                ) -> Subject | None:
+    def subject(self, user_id: str, *, auth_time: int, sid: str, client: Any,
+                profile: Profile | None | EllipsisType = ...) -> Subject | None:
         """The person behind a grant, re-checked upstream when their membership is stale.
 
         Every grant re-checks (code, refresh, device): a code or an approved device request
         outliving the end of the person's access (lost membership, or a profile GitHub
-        could not confirm for ``SSO_MEMBERSHIP_MAX_STALE``) must not mint tokens."""
-        profile = self.accounts.get(user_id)
+        could not confirm for ``SSO_MEMBERSHIP_MAX_STALE``) must not mint tokens.
+        ``profile``: the stored profile when the caller read it already (in a pipeline)."""
+        if profile is ...:
+            profile = self.accounts.get(user_id)
         if profile is None:
             return None
         if self.accounts.is_stale(profile.as_dict()):
@@ -230,7 +233,7 @@ class KeycardServer(AuthorizationServer):  # type: ignore[misc]
             records.save_refresh_token(refresh, user.grant_id, client.get_client_id(),
                                        str(token.get("scope", "")),
                                        int(getattr(client, "refresh_idle_ttl", 14 * 86400)),
-                                       g.get("grant_resources") or None)
+                                       g.get("grant_resources") or None, user.profile.user_id)
         else:
             token.pop("refresh_token", None)
 

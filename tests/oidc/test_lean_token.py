@@ -17,6 +17,7 @@ import pytest
 import requests
 from prometheus_client import REGISTRY
 
+from sso.crypto import hash_secret
 from sso.oidc.lean import LeanTokenEndpoint
 from sso.storage import StorageUnavailable
 from tests.oidc.conftest import RP, active, refresh, tokens_for
@@ -185,15 +186,22 @@ def test_refresh_without_offline_access_in_the_grant_issues_no_new_refresh_token
 
 
 def test_refresh_of_an_ended_grant_is_refused_here_in_the_full_paths_words(
-        bob, make_client, lean, keycard):
+        bob, make_client, lean, keycard, rdb):
     rp = make_client(name="Ended app")
     tokens = [tokens_for(bob, rp, scope="openid offline_access") for _ in range(2)]
     records = keycard.services.records
     for t in tokens:
         records.revoke_grant(jwt_parts(t["access_token"])[1]["jti"].split(".")[0])
+    pattern = keycard.services.store.keys.refresh_token("*")
+
+    def stored() -> int:
+        return sum(1 for _ in rdb.scan_iter(match=pattern))
+
+    before = stored()
     lean.reached.clear()
     by_lean = refresh(rp, tokens[0]["refresh_token"])
     assert lean.reached == []  # claimed here, so answered here
+    assert stored() == before  # the rotated token written beside the reads is gone again
     lean.layer.enabled = False
     by_full = refresh(rp, tokens[1]["refresh_token"])
     lean.layer.enabled = True
@@ -227,10 +235,10 @@ def test_an_outage_after_the_claim_is_a_503_and_the_token_stays_spent(
     first = tokens_for(bob, rp, scope="openid offline_access")
     records = lean.layer.records
 
-    def down(grant_id: str) -> None:
+    def down(*args: Any) -> None:
         raise StorageUnavailable("connection refused")
 
-    monkeypatch.setattr(records, "get_grant", down)
+    monkeypatch.setattr(records, "grant_and_profile", down)
     answer = refresh(rp, first["refresh_token"])
     assert answer.status_code == 503, answer.text
     assert answer.json()["error"] == "temporarily_unavailable"
@@ -318,3 +326,26 @@ def test_lean_answers_are_counted_under_the_token_route(keycard, service, lean):
                    auth=(client.client_id, secret))
     assert answer.status_code == 200 and lean.reached == []
     assert count() == before + 1
+
+
+def test_a_refresh_token_stored_before_records_named_their_person_still_refreshes(
+        bob, make_client, lean, keycard, rdb):
+    """Records written before 2026-11-28 carry no ``u``: the grant is read first."""
+    rp = make_client(name="Old app")
+    tokens = [tokens_for(bob, rp, scope="openid offline_access") for _ in range(2)]
+    for t in tokens:
+        key = keycard.services.store.keys.refresh_token(hash_secret(t["refresh_token"]))
+        record = json.loads(rdb.get(key))
+        assert record.pop("u") == keycard.services.accounts.find_by_login("bob").user_id
+        rdb.set(key, json.dumps(record), keepttl=True)
+    lean.reached.clear()
+    by_lean = refresh(rp, tokens[0]["refresh_token"])
+    assert lean.reached == []
+    lean.layer.enabled = False
+    by_full = refresh(rp, tokens[1]["refresh_token"])
+    lean.layer.enabled = True
+    assert by_lean.status_code == 200
+    assert_same_answer(by_lean, by_full)
+    for answer in (by_lean, by_full):  # the rotated tokens name their person again
+        assert active(rp, answer.json()["refresh_token"])
+        assert refresh(rp, answer.json()["refresh_token"]).status_code == 200
