@@ -107,10 +107,12 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
 
     def authenticate_user(self, authorization_code: AuthorizationCode) -> Subject | None:
         data = authorization_code.data
-        if data["sid"] and not provider(self).sessions.is_live(data["sid"]):
+        p = provider(self)
+        live, raw = p.records.session_and_profile(data["sid"], data["u"])  # one round trip
+        if not live:
             return None  # signed out (or deprovisioned) since the code was issued
-        subject = provider(self).subject(data["u"], auth_time=int(data["at"]), sid=data["sid"],
-                                         client=self.request.client)
+        subject = p.subject(data["u"], auth_time=int(data["at"]), sid=data["sid"],
+                            client=self.request.client, profile=p.accounts.parse(raw))
         if subject is None:
             return None
         subject.grant_id = data["g"]

@@ -22,6 +22,7 @@ tests/oidc/test_lean_token.py sends the same requests both ways and compares the
 from __future__ import annotations
 
 import base64
+import hmac
 import io
 import time
 from collections.abc import Callable, Iterable
@@ -31,10 +32,15 @@ from urllib.parse import parse_qsl, unquote
 
 import orjson
 from authlib.oauth2.rfc6749.util import scope_to_list
+from authlib.oauth2.rfc7636.challenge import CODE_VERIFIER_PATTERN, create_s256_code_challenge
+from authlib.oidc.core.util import create_half_hash
+from joserfc import jwt
 
 from sso.crypto import new_secret
 from sso.metrics import ROUTE, TOKENS
-from sso.oidc.tokens import TokenIssuer
+from sso.oidc.grants import AuthorizationCode, OpenIDCode
+from sso.oidc.records import Grant
+from sso.oidc.tokens import Subject, TokenIssuer
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -42,8 +48,6 @@ if TYPE_CHECKING:
 
     from sso.accounts import Profile
     from sso.oidc.clients import Client
-    from sso.oidc.records import Grant
-    from sso.oidc.tokens import Subject
     from sso.registry import Registry
 
 FORM = "application/x-www-form-urlencoded"
@@ -55,6 +59,8 @@ PARAMETERS = {
                                      "client_secret"}),
     "refresh_token": frozenset({"grant_type", "refresh_token", "client_id",
                                 "client_secret"}),
+    "authorization_code": frozenset({"grant_type", "code", "redirect_uri", "code_verifier",
+                                     "client_id", "client_secret"}),
 }
 MAX_FIELDS = 16
 
@@ -87,6 +93,7 @@ class LeanTokenEndpoint:
         self.records = reg.records
         self.provider = reg.provider
         self.tokens = TokenIssuer(reg.provider.issuer, reg.provider.keys)
+        self.openid = OpenIDCode(reg.provider.issuer, reg.provider.keys)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse
                  ) -> Iterable[bytes]:
@@ -144,9 +151,12 @@ class LeanTokenEndpoint:
         allowed = PARAMETERS.get(form.get("grant_type", ""))
         if allowed is None or not form.keys() <= allowed:
             raise Decline
+        client = self._client(environ, form)
         if form["grant_type"] == "client_credentials":
-            return self._client_credentials(self._client(environ, form), form, resources)
-        return self._refresh(self._client(environ, form), form)
+            return self._client_credentials(client, form, resources)
+        if form["grant_type"] == "refresh_token":
+            return self._refresh(client, form)
+        return self._code(client, form)
 
     def _client(self, environ: WSGIEnvironment, form: dict[str, str]) -> Client:
         """RFC 6749 §2.3.1 client authentication, one method, as Authlib does it."""
@@ -220,6 +230,86 @@ class LeanTokenEndpoint:
             return 200, token
 
         return issue
+
+    def _code(self, client: Client, form: dict[str, str]) -> Callable[[], Answer]:
+        """RFC 6749 §4.1.3 with PKCE (RFC 7636 §4.6) and an ID token (OIDC Core §3.1.3),
+        checked in Authlib's order and answered in its words."""
+        code, redirect_uri = form.get("code"), form.get("redirect_uri")
+        if not code or not redirect_uri:
+            raise Decline
+        verifier = form.get("code_verifier")
+
+        def issue() -> Answer:
+            status, data = self.records.consume_code(code)
+            if status != "fresh" or data is None:
+                raise Decline  # unknown, or a replay: the full path answers (and revokes)
+            if data["c"] != client.client_id:
+                raise Refused("invalid_grant", "Invalid 'code' in request.")
+            if data["ru"] and redirect_uri != data["ru"]:
+                raise Refused("invalid_grant", "Invalid 'redirect_uri' in request.")
+            self._check_verifier(client, data.get("cc"), verifier)
+            live, raw = self.records.session_and_profile(data["sid"], data["u"])
+            subject = self.provider.subject(
+                data["u"], auth_time=int(data["at"]), sid=data["sid"], client=client,
+                profile=self.provider.accounts.parse(raw)) if live else None
+            if subject is None:
+                raise Refused("invalid_grant", "There is no 'user' for this code.")
+            subject.grant_id = data["g"]
+            resources = list(data.get("res") or [])
+            for resource in resources:  # RFC 8707: still registered for this client
+                if resource not in (client.audiences or []):
+                    raise Refused("invalid_target", f"The resource {resource!r} is not "
+                                  "registered for this client.")
+            scope = client.get_allowed_scope(str(data["s"]))
+            refreshable = client.check_grant_type("refresh_token")
+            refresh = new_secret(32) if refreshable else None
+            token = self._token(client, "authorization_code", subject, scope, resources,
+                                refresh)
+            TOKENS.labels("authorization_code").inc()
+            kept = None
+            if refresh is not None and "offline_access" in scope.split():
+                kept = (refresh, int(client.refresh_idle_ttl), resources or None)
+            else:
+                token.pop("refresh_token", None)
+            grant = Grant(subject.grant_id, data["u"], client.client_id, scope, data["sid"],
+                          subject.auth_time, int(time.time()) + int(client.refresh_absolute_ttl))
+            self.records.create_grant(grant, kept)  # False (born dead): answered all the same
+            if "openid" in scope.split():
+                token["id_token"] = self._id_token(client, subject, data, token)
+            return 200, token
+
+        return issue
+
+    @staticmethod
+    def _check_verifier(client: Client, challenge: str | None, verifier: str | None) -> None:
+        """Authlib's CodeChallenge.validate_code_verifier, S256 only, in its words."""
+        if client.public and not verifier:
+            raise Refused("invalid_request", "Missing 'code_verifier'")
+        if not challenge and not verifier:
+            return
+        if not challenge:
+            raise Refused("invalid_request", "The authorization request had no "
+                          "'code_challenge', but a 'code_verifier' was provided.")
+        if not verifier:
+            raise Refused("invalid_request", "Missing 'code_verifier'")
+        if not CODE_VERIFIER_PATTERN.match(verifier):
+            raise Refused("invalid_request", "Invalid 'code_verifier'")
+        if not hmac.compare_digest(create_s256_code_challenge(verifier), challenge):
+            raise Refused("invalid_grant", "Code challenge failed.")
+
+    def _id_token(self, client: Client, subject: Subject, data: dict[str, Any],
+                  token: dict[str, Any]) -> str:
+        """The ID token as Authlib's OpenIDToken.encode_id_token builds it, from the same
+        :class:`~sso.oidc.grants.OpenIDCode` parts."""
+        openid = self.openid
+        alg = openid.get_client_algorithm(client)
+        key = self.provider.keys.signing_key(alg)
+        claims = openid.get_client_claims(client)
+        claims.setdefault("auth_time", claims["iat"])
+        claims.update(openid.get_authorization_code_claims(AuthorizationCode(data)))
+        claims["at_hash"] = create_half_hash(token["access_token"], alg).decode()
+        claims.update(openid.generate_user_info(subject, token["scope"]))
+        return jwt.encode({"alg": alg, "kid": key.kid, "typ": "JWT"}, claims, key, [alg])
 
     def _grant_and_subject(self, client: Client, record: dict[str, Any], scope: str,
                            refresh: str | None) -> tuple[Grant | None, Subject | None]:

@@ -133,7 +133,6 @@ class Records:
         self.keys = store.keys
         redis = store.redis
         self._consume_code = redis.register_script(_CONSUME_CODE)
-        self._create_grant = redis.register_script(_CREATE_GRANT)
         self._claim_refresh = redis.register_script(_CLAIM_REFRESH)
         self._claim_own_refresh = redis.register_script(_CLAIM_OWN_REFRESH)
         self._alive = redis.register_script(_ALIVE)
@@ -162,7 +161,8 @@ class Records:
         return new_secret(12)
 
     @guard
-    def create_grant(self, grant: Grant) -> bool:
+    def create_grant(self, grant: Grant, refresh: tuple[str, int, list[str] | None] | None = None
+                     ) -> bool:
         """False when the grant was revoked meanwhile (e.g. its code was replayed).
 
         Two steps, each in one hash slot (a cluster spreads people, sessions, clients and
@@ -170,7 +170,9 @@ class Records:
         and the client's indexes, then the grant is created unless tombstoned. In that
         order every live grant is listed wherever a revocation looks for it; a failure in
         between only leaves an index naming a grant that never came to be (harmless: ending
-        it tombstones an id no token carries)."""
+        it tombstones an id no token carries). ``refresh`` = (token, idle ttl, resources):
+        its first refresh token, written with the grant. Outside a cluster all of it is one
+        pipeline on one connection, which Redis runs in order: one round trip."""
         ttl = max(1, grant.expires_at - int(time.time()))
         indexes = [self.keys.user_grants(grant.user_id), self.keys.client_grants(grant.client_id)]
         if grant.sid:
@@ -178,12 +180,31 @@ class Records:
         pipe = self.store.redis.pipeline(transaction=False)
         for index in indexes:  # EVAL, not EVALSHA: a cluster pipeline cannot load scripts
             pipe.execute_command("EVAL", _INDEX_GRANT, 1, index, ttl, grant.grant_id)
-        pipe.execute()
+        if self.keys.cluster:  # no order across nodes: the indexes first, on their own
+            pipe.execute()
+            pipe = self.store.redis.pipeline(transaction=False)
         fields = {"u": grant.user_id, "c": grant.client_id, "s": grant.scope, "sid": grant.sid,
                   "at": str(grant.auth_time), "exp": str(grant.expires_at)}
         flat = [item for pair in fields.items() for item in pair]
-        keys = [self.keys.grant(grant.grant_id), self.keys.grant_tombstone(grant.grant_id)]
-        return bool(self._create_grant(keys=keys, args=[ttl, *flat]))
+        pipe.execute_command("EVAL", _CREATE_GRANT, 2, self.keys.grant(grant.grant_id),
+                             self.keys.grant_tombstone(grant.grant_id), ttl, *flat)
+        if refresh is not None:
+            token, idle, resources = refresh
+            key, value, ex = self._refresh_record(token, grant.grant_id, grant.client_id,
+                                                  grant.scope, idle, resources, grant.user_id)
+            pipe.set(key, value, ex=ex)
+        return bool(pipe.execute()[len(indexes) if not self.keys.cluster else 0])
+
+    @guard
+    def session_and_profile(self, sid_hash: str, user_id: str) -> tuple[bool, str | None]:
+        """One round trip for a code exchange: whether the browser session the code came
+        from is still live ("" : none to check), and the person's stored profile (raw)."""
+        pipe = self.store.redis.pipeline(transaction=False)
+        if sid_hash:
+            pipe.exists(self.keys.session(sid_hash))
+        pipe.hget(self.keys.user(user_id), "profile")
+        answers = pipe.execute()
+        return (bool(answers[0]) if sid_hash else True), answers[-1]
 
     @guard
     def get_grant(self, grant_id: str) -> Grant | None:

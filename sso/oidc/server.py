@@ -215,8 +215,17 @@ class KeycardServer(AuthorizationServer):  # type: ignore[misc]
         if not isinstance(user, Subject):
             return  # client credentials: stateless access token, nothing to store
         scopes = set(str(token.get("scope", "")).split())
+        from flask import g
+
         records = self.provider.records
         grant_type = request.payload.grant_type
+        refresh = token.get("refresh_token")
+        kept = None
+        if refresh and "offline_access" in scopes and client.check_grant_type("refresh_token"):
+            kept = (refresh, int(getattr(client, "refresh_idle_ttl", 14 * 86400)),
+                    g.get("grant_resources") or None)
+        else:
+            token.pop("refresh_token", None)
         if grant_type == "authorization_code" or grant_type.endswith("device_code"):
             lifetime = int(getattr(client, "refresh_absolute_ttl", 90 * 86400))
             grant = Grant(user.grant_id, user.profile.user_id, client.get_client_id(),
@@ -225,17 +234,11 @@ class KeycardServer(AuthorizationServer):  # type: ignore[misc]
             # False: a replay of this code revoked the grant while this (first) redemption
             # was under way. It still answers like the first use always does (a code
             # redeemed twice gives exactly one success), but everything it issues is born dead.
-            records.create_grant(grant)
-        refresh = token.get("refresh_token")
-        if refresh and "offline_access" in scopes and client.check_grant_type("refresh_token"):
-            from flask import g
-
-            records.save_refresh_token(refresh, user.grant_id, client.get_client_id(),
-                                       str(token.get("scope", "")),
-                                       int(getattr(client, "refresh_idle_ttl", 14 * 86400)),
-                                       g.get("grant_resources") or None, user.profile.user_id)
-        else:
-            token.pop("refresh_token", None)
+            records.create_grant(grant, kept)
+        elif kept is not None:
+            records.save_refresh_token(kept[0], user.grant_id, client.get_client_id(),
+                                       str(token.get("scope", "")), kept[1], kept[2],
+                                       user.profile.user_id)
 
 
 class Issuer(IssuerParameter):  # type: ignore[misc]

@@ -20,10 +20,10 @@ from prometheus_client import REGISTRY
 from sso.crypto import hash_secret
 from sso.oidc.lean import LeanTokenEndpoint
 from sso.storage import StorageUnavailable
-from tests.oidc.conftest import RP, active, refresh, tokens_for
+from tests.oidc.conftest import RP, active, get_code, redeem, refresh, tokens_for
 
 API = "https://deploy-api.acme.test"
-PER_TOKEN = {"iat", "exp", "jti"}
+PER_TOKEN = {"iat", "exp", "jti", "at_hash"}
 PER_RESPONSE = {"Date", "Content-Length", "X-Request-Id", "Server"}
 
 
@@ -79,13 +79,14 @@ def assert_same_answer(lean: requests.Response, full: requests.Response) -> None
     a, b = lean.json(), full.json()
     assert list(a) == list(b)  # the same fields, in the same order
     for name in a:
-        if name == "access_token":
+        if name in ("access_token", "id_token"):
             (ha, ca), (hb, cb) = jwt_parts(a[name]), jwt_parts(b[name])
             assert ha == hb
             assert {k: v for k, v in ca.items() if k not in PER_TOKEN} == {
                 k: v for k, v in cb.items() if k not in PER_TOKEN}
             assert list(ca) == list(cb)
-            assert ("." in ca["jti"]) == ("." in cb["jti"])  # grant-bound or not, alike
+            if name == "access_token":  # grant-bound or not, alike
+                assert ("." in ca["jti"]) == ("." in cb["jti"])
         elif name != "refresh_token":
             assert a[name] == b[name], name
 
@@ -349,3 +350,93 @@ def test_a_refresh_token_stored_before_records_named_their_person_still_refreshe
     for answer in (by_lean, by_full):  # the rotated tokens name their person again
         assert active(rp, answer.json()["refresh_token"])
         assert refresh(rp, answer.json()["refresh_token"]).status_code == 200
+
+
+def two_codes(http: requests.Session, rp: RP, **params: Any) -> list[tuple[str, str | None]]:
+    return [get_code(http, rp, **params) for _ in range(2)]
+
+
+def exchange_both_ways(lean: Lean, rp: RP, codes: list[tuple[str, str | None]],
+                       **extra: Any) -> tuple[requests.Response, requests.Response]:
+    pending = iter(codes)
+    rest = {k: v for k, v in extra.items() if k != "verifier"}
+
+    def send() -> requests.Response:
+        code, verifier = next(pending)
+        return redeem(rp, code, extra.get("verifier", verifier), **rest)
+
+    return lean.both_ways(send)
+
+
+@pytest.mark.parametrize("params", [
+    {"scope": "openid profile email groups roles offline_access", "nonce": "n-0S6_WzA2Mj"},
+    {"scope": "openid"},
+    {"scope": "profile offline_access"},
+], ids=["everything", "openid-only", "no-openid"])
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+def test_code_exchange_answered_here_as_the_full_path_answers(bob, make_client, lean, params,
+                                                              alg):
+    rp = make_client(name="Code app", id_token_alg=alg)
+    by_lean, by_full = exchange_both_ways(lean, rp, two_codes(bob, rp, **params))
+    assert by_lean.status_code == 200, by_lean.text
+    assert lean.reached == []
+    assert_same_answer(by_lean, by_full)
+    assert ("id_token" in by_lean.json()) == ("openid" in params["scope"].split())
+    tokens = by_lean.json()
+    if "id_token" in tokens:
+        header, claims = jwt_parts(tokens["id_token"])
+        assert header["alg"] == alg and claims.get("nonce") == params.get("nonce")
+    if "offline_access" in params["scope"]:  # its first refresh token works, here too
+        assert refresh(rp, tokens["refresh_token"]).status_code == 200
+
+
+def test_a_public_client_exchanges_here_with_pkce(bob, make_client, lean):
+    rp = make_client(name="Public code app", public=True)
+    by_lean, by_full = exchange_both_ways(lean, rp, two_codes(bob, rp, scope="openid"))
+    assert by_lean.status_code == 200 and lean.reached == []
+    assert_same_answer(by_lean, by_full)
+
+
+@pytest.mark.parametrize("case", [
+    "redirect_uri", "verifier", "no-verifier-public", "another-client", "signed-out"])
+def test_refusals_after_the_code_is_spent_are_the_full_paths(bob, make_client, lean, keycard,
+                                                            case):
+    rp = make_client(name="Refusing app", redirect_uris=["http://127.0.0.1:9/cb",
+                                                         "http://127.0.0.1:9/other"])
+    extra: dict[str, Any] = {}
+    if case == "redirect_uri":
+        extra["redirect_uri"] = "http://127.0.0.1:9/other"
+    elif case == "verifier":
+        extra["verifier"] = "x" * 43
+    elif case == "no-verifier-public":
+        rp = make_client(name="Refusing public app", public=True)
+        extra["verifier"] = None
+    codes = two_codes(bob, rp, scope="openid")
+    if case == "another-client":
+        thief = make_client(name="Thief app")
+        rp = RP(thief.client, thief.secret, rp.issuer)
+    if case == "signed-out":
+        keycard.services.sessions.end_user_sessions(
+            keycard.services.accounts.find_by_login("bob").user_id)
+    by_lean, by_full = exchange_both_ways(lean, rp, codes, **extra)
+    assert lean.reached == [], case  # the code was spent here, so answered here
+    assert by_lean.status_code == 400, by_lean.text
+    assert_same_answer(by_lean, by_full)
+    expected = {"redirect_uri": "Invalid 'redirect_uri' in request.",
+                "verifier": "Code challenge failed.",
+                "no-verifier-public": "Missing 'code_verifier'",
+                "another-client": "Invalid 'code' in request.",
+                "signed-out": "There is no 'user' for this code."}[case]
+    assert by_lean.json()["error_description"] == expected
+
+
+def test_a_replayed_code_goes_the_full_way_and_revokes_what_it_gave(bob, make_client, lean):
+    rp = make_client(name="Replay app")
+    code, verifier = get_code(bob, rp, scope="openid offline_access")
+    first = redeem(rp, code, verifier)
+    assert first.status_code == 200 and lean.reached == []
+    again = redeem(rp, code, verifier)
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    assert len(lean.reached) == 1  # declined here: the full path revokes and audits
+    assert not active(rp, first.json()["access_token"])
+    assert not active(rp, first.json()["refresh_token"])
