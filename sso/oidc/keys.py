@@ -42,6 +42,7 @@ from redis.exceptions import LockError
 from sso.audit import Audit
 from sso.crypto import SIGNING_ALGS, DecryptionError, Sealer
 from sso.epoch import DataLossWatch
+from sso.oidc.jws import Signer
 from sso.storage import OUTAGE_ERRORS, StorageUnavailable, Store, guard
 
 log = logging.getLogger("keycard.keys")
@@ -198,6 +199,7 @@ class KeyRing:
         self._view: _View | None = None
         self._next_check = 0.0
         self._lock = threading.Lock()
+        self._signers: dict[str, Signer] = {}  # by kid; a race only makes one twice
         self._reported_missing = False  # logged and audited once per episode, not per request
         if watch is not None:
             watch.on_loss(self._forget)
@@ -222,6 +224,15 @@ class KeyRing:
                 "Restore it, or run `sso keys rotate` to make new keys."
             )
         return entry.private
+
+    def signer(self, alg: str = "RS256") -> Signer:
+        """A :class:`~sso.oidc.jws.Signer` for the active ``alg`` key (same checks and
+        errors as :meth:`signing_key`), made once per key."""
+        key = self.signing_key(alg)
+        signer = self._signers.get(key.kid or "")
+        if signer is None or signer.key is not key:
+            signer = self._signers[key.kid or ""] = Signer(key)
+        return signer
 
     def jwks(self) -> dict[str, builtins.list[dict[str, Any]]]:
         """The public JWK Set: active, next and retired-but-not-expired keys (shared: do

@@ -34,7 +34,6 @@ import orjson
 from authlib.oauth2.rfc6749.util import scope_to_list
 from authlib.oauth2.rfc7636.challenge import CODE_VERIFIER_PATTERN, create_s256_code_challenge
 from authlib.oidc.core.util import create_half_hash
-from joserfc import jwt
 
 from sso.crypto import new_secret
 from sso.metrics import ROUTE, TOKENS
@@ -303,13 +302,12 @@ class LeanTokenEndpoint:
         :class:`~sso.oidc.grants.OpenIDCode` parts."""
         openid = self.openid
         alg = openid.get_client_algorithm(client)
-        key = self.provider.keys.signing_key(alg)
         claims = openid.get_client_claims(client)
         claims.setdefault("auth_time", claims["iat"])
         claims.update(openid.get_authorization_code_claims(AuthorizationCode(data)))
         claims["at_hash"] = create_half_hash(token["access_token"], alg).decode()
         claims.update(openid.generate_user_info(subject, token["scope"]))
-        return jwt.encode({"alg": alg, "kid": key.kid, "typ": "JWT"}, claims, key, [alg])
+        return self.provider.keys.signer(alg).sign(claims, "JWT")
 
     def _grant_and_subject(self, client: Client, record: dict[str, Any], scope: str,
                            refresh: str | None) -> tuple[Grant | None, Subject | None]:

@@ -106,6 +106,37 @@ redis.call('SET', KEYS[1], cjson.encode(rec), 'EX', ttl)
 return {1, v}
 """
 
+# KEYS grant, user, new rt (or none); ARGV new record, ttl → {grant fields, profile}: a
+# refresh's second round trip in one command outside a cluster (a pipeline object cost more
+# CPU than the round trip it saves; in a cluster the three keys live in different slots).
+_GRANT_AND_PROFILE = """
+if KEYS[3] then redis.call('SET', KEYS[3], ARGV[1], 'EX', tonumber(ARGV[2])) end
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGET', KEYS[2], 'profile')}
+"""
+
+# KEYS user, session (or none) → {profile, session live}: a code exchange's reads, outside a
+# cluster (the same reason as above)
+_SESSION_AND_PROFILE = """
+local live = 1
+if KEYS[2] then live = redis.call('EXISTS', KEYS[2]) end
+return {redis.call('HGET', KEYS[1], 'profile'), live}
+"""
+
+# KEYS grant, tombstone, rt (or ''), indexes...; ARGV ttl, rt record, rt ttl, grant id,
+# fields... → what _CREATE_GRANT returns, after the indexes (outside a cluster: one round trip)
+_CREATE_GRANT_INDEXED = """
+local ttl = tonumber(ARGV[1])
+for i = 4, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[4])
+  if redis.call('TTL', KEYS[i]) < ttl then redis.call('EXPIRE', KEYS[i], ttl) end
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[1], ttl)
+if KEYS[3] ~= '' then redis.call('SET', KEYS[3], ARGV[2], 'EX', tonumber(ARGV[3])) end
+return 1
+"""
+
 
 @dataclass(frozen=True)
 class Grant:
@@ -135,6 +166,9 @@ class Records:
         self._consume_code = redis.register_script(_CONSUME_CODE)
         self._claim_refresh = redis.register_script(_CLAIM_REFRESH)
         self._claim_own_refresh = redis.register_script(_CLAIM_OWN_REFRESH)
+        self._grant_and_profile = redis.register_script(_GRANT_AND_PROFILE)
+        self._session_and_profile = redis.register_script(_SESSION_AND_PROFILE)
+        self._create_grant_indexed = redis.register_script(_CREATE_GRANT_INDEXED)
         self._alive = redis.register_script(_ALIVE)
         self._alive_without_grant = redis.register_script(_ALIVE_WITHOUT_GRANT)
 
@@ -177,34 +211,43 @@ class Records:
         indexes = [self.keys.user_grants(grant.user_id), self.keys.client_grants(grant.client_id)]
         if grant.sid:
             indexes.append(self.keys.session_grants(grant.sid))
-        pipe = self.store.redis.pipeline(transaction=False)
-        for index in indexes:  # EVAL, not EVALSHA: a cluster pipeline cannot load scripts
-            pipe.execute_command("EVAL", _INDEX_GRANT, 1, index, ttl, grant.grant_id)
-        if self.keys.cluster:  # no order across nodes: the indexes first, on their own
-            pipe.execute()
-            pipe = self.store.redis.pipeline(transaction=False)
         fields = {"u": grant.user_id, "c": grant.client_id, "s": grant.scope, "sid": grant.sid,
                   "at": str(grant.auth_time), "exp": str(grant.expires_at)}
         flat = [item for pair in fields.items() for item in pair]
-        pipe.execute_command("EVAL", _CREATE_GRANT, 2, self.keys.grant(grant.grant_id),
-                             self.keys.grant_tombstone(grant.grant_id), ttl, *flat)
+        new = None
         if refresh is not None:
             token, idle, resources = refresh
-            key, value, ex = self._refresh_record(token, grant.grant_id, grant.client_id,
-                                                  grant.scope, idle, resources, grant.user_id)
-            pipe.set(key, value, ex=ex)
-        return bool(pipe.execute()[len(indexes) if not self.keys.cluster else 0])
+            new = self._refresh_record(token, grant.grant_id, grant.client_id, grant.scope,
+                                       idle, resources, grant.user_id)
+        if not self.keys.cluster:
+            keys = [self.keys.grant(grant.grant_id), self.keys.grant_tombstone(grant.grant_id),
+                    new[0] if new else "", *indexes]
+            args = [ttl, new[1] if new else "", new[2] if new else 0, grant.grant_id, *flat]
+            return bool(self._create_grant_indexed(keys=keys, args=args))
+        pipe = self.store.redis.pipeline(transaction=False)
+        for index in indexes:  # EVAL, not EVALSHA: a cluster pipeline cannot load scripts
+            pipe.execute_command("EVAL", _INDEX_GRANT, 1, index, ttl, grant.grant_id)
+        pipe.execute()  # no order across nodes: the indexes first, on their own
+        pipe = self.store.redis.pipeline(transaction=False)
+        pipe.execute_command("EVAL", _CREATE_GRANT, 2, self.keys.grant(grant.grant_id),
+                             self.keys.grant_tombstone(grant.grant_id), ttl, *flat)
+        if new is not None:
+            pipe.set(new[0], new[1], ex=new[2])
+        return bool(pipe.execute()[0])
 
     @guard
     def session_and_profile(self, sid_hash: str, user_id: str) -> tuple[bool, str | None]:
         """One round trip for a code exchange: whether the browser session the code came
         from is still live ("" : none to check), and the person's stored profile (raw)."""
+        keys = [self.keys.user(user_id)] + ([self.keys.session(sid_hash)] if sid_hash else [])
+        if not self.keys.cluster:
+            profile, live = self._session_and_profile(keys=keys)
+            return bool(live), profile
         pipe = self.store.redis.pipeline(transaction=False)
-        if sid_hash:
-            pipe.exists(self.keys.session(sid_hash))
-        pipe.hget(self.keys.user(user_id), "profile")
+        for key in keys:
+            pipe.hget(key, "profile") if key == keys[0] else pipe.exists(key)
         answers = pipe.execute()
-        return (bool(answers[0]) if sid_hash else True), answers[-1]
+        return (bool(answers[1]) if sid_hash else True), answers[0]
 
     @guard
     def get_grant(self, grant_id: str) -> Grant | None:
@@ -314,15 +357,25 @@ class Records:
         of its own: if they fail, the token was never disclosed and is deleted
         (:meth:`forget_refresh_token`); it is bound to this grant, so it could never
         outlive it either."""
-        pipe = self.store.redis.pipeline(transaction=False)
-        pipe.hgetall(self.keys.grant(grant_id))
-        pipe.hget(self.keys.user(user_id), "profile")
+        grant_key, user_key = self.keys.grant(grant_id), self.keys.user(user_id)
+        new = None
         if rotated is not None:
             token, client_id, scope, ttl = rotated
-            key, value, ex = self._refresh_record(token, grant_id, client_id, scope, ttl, None,
-                                                  user_id)
-            pipe.set(key, value, ex=ex)
-        data, profile = pipe.execute()[:2]
+            new = self._refresh_record(token, grant_id, client_id, scope, ttl, None, user_id)
+        if not self.keys.cluster:
+            keys, args = [grant_key, user_key], []
+            if new is not None:
+                keys.append(new[0])
+                args = [new[1], new[2]]
+            flat, profile = self._grant_and_profile(keys=keys, args=args)
+            data = dict(zip(flat[::2], flat[1::2], strict=True))
+        else:
+            pipe = self.store.redis.pipeline(transaction=False)
+            pipe.hgetall(grant_key)
+            pipe.hget(user_key, "profile")
+            if new is not None:
+                pipe.set(new[0], new[1], ex=new[2])
+            data, profile = pipe.execute()[:2]
         return (Grant.from_hash(grant_id, data) if data else None), profile
 
     @guard

@@ -22,12 +22,14 @@ from joserfc.jwk import Key, KeySet
 from sso.accounts import Profile
 from sso.cache import ExpiringCache
 from sso.crypto import SIGNING_ALGS, new_secret
+from sso.oidc.jws import Signer
 
 ID_TOKEN_TTL = 3600
 
 
 class KeySource(Protocol):
     def signing_key(self, alg: str = "RS256") -> Key: ...
+    def signer(self, alg: str = "RS256") -> Signer: ...
     def public_keyset(self) -> KeySet: ...
 
 
@@ -153,9 +155,7 @@ class TokenIssuer(JWTBearerTokenGenerator):  # type: ignore[misc]
         if isinstance(user, Subject):
             claims["auth_time"] = user.auth_time
         claims.update(self.get_extra_claims(client, grant_type, user, scope))
-        key = self.keys.signing_key(alg)
-        header = {"alg": alg, "typ": "at+jwt", "kid": key.kid}
-        return jwt.encode(header, claims, key, algorithms=[alg])
+        return self.keys.signer(alg).sign(claims, "at+jwt")
 
 
 class VerifiedTokens:
