@@ -34,15 +34,14 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import certifi
 import orjson
 import requests
 import urllib3
-from authlib.integrations.base_client.errors import OAuthError
-from authlib.integrations.requests_client import OAuth2Session
-from requests.adapters import HTTPAdapter
+from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from sso.cache import ExpiringCache
 from sso.config import ConfigError
@@ -87,37 +86,18 @@ class GitHubConnector:
 
     def __init__(self, config: GitHubConfig) -> None:
         self.config = config
-        # Keep-alive toward the upstream, pooled for the process: the token exchange goes
-        # through Authlib's requests-based client on one shared adapter; the REST calls (four
-        # or more per sign-in) straight through urllib3, which requests wraps at about half
-        # again the CPU per call.
-        self._adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
+        # Keep-alive toward the upstream, pooled for the process, straight through urllib3
+        # (requests wraps it at about half again the CPU per call; a requests session per
+        # token exchange, as Authlib's client is, cost a tenth of a sign-in): one pool for
+        # the web host (the token exchange), one for the API host (four or more calls per
+        # sign-in). On GitHub Enterprise Server both are the same host.
         self._environment = _environment((config.web_url, config.api_url))
         self._api_pool = _pool_for(config.api_url, *self._environment, timeout=config.timeout)
+        self._web_pool = _pool_for(config.web_url, *self._environment, timeout=config.timeout)
         # "org/slug" -> (expires, parent "org/slug" or None): the ancestors GitHub does not
         # list, learned once per few minutes per process instead of at every sign-in.
         # ("" when the team has none: the cache answers None for "not known").
         self._parents: ExpiringCache[str, str] = ExpiringCache(10_000, PARENT_CACHE_SECONDS)
-
-    def _mount(self, session: requests.Session) -> None:
-        session.mount("https://", self._adapter)
-        session.mount("http://", self._adapter)
-        # Proxies and CA bundle as the environment said at start: requests would otherwise
-        # re-read every environment variable on every call (a tenth of a sign-in's CPU).
-        session.trust_env = False
-        session.proxies, session.verify = self._environment
-
-    def _oauth(self, redirect_uri: str) -> OAuth2Session:
-        client = OAuth2Session(
-            self.config.client_id,
-            self.config.client_secret,
-            scope=SCOPES,
-            redirect_uri=redirect_uri,
-            code_challenge_method="S256",
-            token_endpoint_auth_method="client_secret_post",
-        )
-        self._mount(client)
-        return client
 
     # -- the three verbs -------------------------------------------------------------
 
@@ -128,14 +108,14 @@ class GitHubConnector:
         extra = {"login": login_hint} if login_hint and valid_login(login_hint) else {}
         if select_account:
             extra["prompt"] = "select_account"  # GitHub's multi-account picker
-        uri, _ = self._oauth(redirect_uri).create_authorization_url(
-            f"{self.config.web_url}/login/oauth/authorize",
-            state=state,
-            code_verifier=code_verifier,
-            allow_signup="false",
+        # Authlib's request encoding, without a client session (a requests session each).
+        return str(prepare_grant_uri(
+            f"{self.config.web_url}/login/oauth/authorize", self.config.client_id, "code",
+            redirect_uri=redirect_uri, scope=SCOPES, state=state,
+            code_challenge=create_s256_code_challenge(code_verifier),
+            code_challenge_method="S256", allow_signup="false",
             **extra,  # GitHub's own "suggest this account" parameter
-        )
-        return str(uri)
+        ))
 
     def handle_callback(
         self, *, code: str, redirect_uri: str, code_verifier: str
@@ -207,50 +187,50 @@ class GitHubConnector:
     # -- token exchange --------------------------------------------------------------
 
     def _exchange(self, code: str, redirect_uri: str, code_verifier: str) -> UpstreamToken:
-        client = self._oauth(redirect_uri)
-        deadline = time.monotonic() + self.config.timeout
+        """RFC 6749 §4.1.3 with PKCE and ``client_secret_post``, as GitHub takes it: one POST
+        within the deadline and the size cap. GitHub answers errors with HTTP 200 and an
+        ``error`` member (RFC 6749 §5.2 shape)."""
         url = f"{self.config.web_url}/login/oauth/access_token"
-
-        def bounded(response: requests.Response, **_: Any) -> requests.Response:
-            # stream=True leaves the body unread; read it here, before Authlib parses it,
-            # against the call's deadline and the size cap (requests' private _content is
-            # where Response.content keeps what it read: tests/test_private_apis.py).
-            try:
-                response._content = _read_capped(response.raw, deadline, url)
-                response._content_consumed = True  # type: ignore[attr-defined]  # reusable
-            finally:
-                response.close()  # closes the connection instead when the read failed
-            return response
-
+        deadline = time.monotonic() + self.config.timeout
+        body = urlencode({
+            "grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
+            "code_verifier": code_verifier, "client_id": self.config.client_id,
+            "client_secret": self.config.client_secret})
         try:
-            # Authlib sends Accept: application/json and raises on an "error" member,
-            # which GitHub returns with HTTP 200.
-            data = client.fetch_token(
-                url,
-                code=code,
-                code_verifier=code_verifier,
-                timeout=self.config.timeout,
-                stream=True,
-                hooks={"response": [bounded]},
-            )
-        except OAuthError as exc:
-            raise BadCredentials(
-                "GitHub did not accept the sign-in code. It may have expired: please try again.",
-                detail=f"token endpoint error: {exc.error}: {exc.description}",
-            ) from exc
-        except (requests.Timeout, requests.ConnectionError) as exc:
+            answer = self._web_pool.request(
+                "POST", url, body=body, redirect=False, preload_content=False,
+                headers={"Accept": "application/json", "User-Agent": "Keycard-SSO",
+                         "Content-Type": "application/x-www-form-urlencoded"},
+                timeout=urllib3.Timeout(total=self.config.timeout))
+        except urllib3.exceptions.HTTPError as exc:  # timeouts, refused, reset, TLS
             raise UpstreamUnavailable(
                 "GitHub did not answer in time. Please try again in a minute.", detail=repr(exc)
             ) from exc
-        except (requests.HTTPError, requests.RequestException, ValueError) as exc:
+        try:
+            raw = _read_capped(answer, deadline, url)
+        except UpstreamError:
+            answer.close()  # half read: the connection cannot be reused
+            raise
+        finally:
+            answer.release_conn()
+        try:
+            if answer.status >= 500:
+                raise ValueError(answer.status)
+            data = orjson.loads(raw)
+        except ValueError:
             raise UpstreamUnavailable(
-                "GitHub answered with an error. Please try again in a minute.", detail=repr(exc)
-            ) from exc
+                "GitHub answered with an error. Please try again in a minute.",
+                detail=f"token endpoint answered {answer.status}: {raw[:200]!r}",
+            ) from None
         if not isinstance(data, dict):
             raise UpstreamMalformed("GitHub answered in an unexpected way.",
                                     detail=f"token endpoint answered a {type(data).__name__}")
-        # Not client.close(): it would close the shared adapter, and with it the pool of
-        # keep-alive connections every sign-in reuses.
+        if "error" in data:
+            raise BadCredentials(
+                "GitHub did not accept the sign-in code. It may have expired: please try again.",
+                detail=f"token endpoint error: {data.get('error')}: "
+                       f"{data.get('error_description')}",
+            )
         access_token = data.get("access_token")
         if not isinstance(access_token, str) or not access_token:
             raise BadCredentials("GitHub returned no access token.", detail=str(sorted(data)))

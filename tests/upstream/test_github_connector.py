@@ -322,7 +322,7 @@ def test_sign_ins_reuse_the_pooled_keep_alive_connections(keepalive_upstream):
         return identity
 
     assert sign_in("bob").login == "bob"
-    token_pools, api_pools = connector._adapter.poolmanager.pools, connector._api_pool.pools
+    token_pools, api_pools = connector._web_pool.pools, connector._api_pool.pools
     (token_key,), (api_key,) = token_pools.keys(), api_pools.keys()
     token_pool, api_pool = token_pools[token_key], api_pools[api_key]
     (token_conn,) = [c for c in token_pool.pool.queue if c is not None]  # idle, pooled
@@ -375,11 +375,10 @@ def test_proxy_and_ca_bundle_are_read_from_the_environment_once_at_start(monkeyp
 
     direct, proxied = build("https://ghe.corp.test/api/v3"), build("https://api.github.com")
     monkeypatch.setenv("HTTPS_PROXY", "http://changed.test:1")  # read at start, not per call
-    session = requests.Session()
-    direct._mount(session)  # what every token-exchange session gets
-    assert session.trust_env is False
-    assert session.proxies == {"https://github.com": "http://proxy.corp.test:3128"}
-    assert session.verify == str(bundle)
+    # The token exchange goes to github.com, which NO_PROXY does not name: via the proxy.
+    assert isinstance(direct._web_pool, urllib3.ProxyManager)
+    assert direct._web_pool.proxy.host == "proxy.corp.test"
+    assert direct._web_pool.connection_pool_kw["ca_certs"] == str(bundle)
     # NO_PROXY names the Enterprise API host: straight there; api.github.com: via the proxy.
     assert not isinstance(direct._api_pool, urllib3.ProxyManager)
     assert isinstance(proxied._api_pool, urllib3.ProxyManager)

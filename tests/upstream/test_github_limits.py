@@ -16,7 +16,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from sso.upstream.base import UpstreamMalformed, UpstreamToken, UpstreamUnavailable
+from sso.upstream.base import (
+    BadCredentials,
+    UpstreamMalformed,
+    UpstreamToken,
+    UpstreamUnavailable,
+)
 from sso.upstream.github import MAX_BODY_BYTES, GitHubConfig, GitHubConnector
 from tests.support import sign_in
 
@@ -202,6 +207,22 @@ def test_ordinary_answers_still_arrive_whole(bad_github):
     identity, token = connector_for(bad_github).handle_callback(
         code="c", redirect_uri="http://127.0.0.1:9/cb", code_verifier="v" * 43)
     assert (identity.user_id, identity.login, token.access_token) == ("7", "kim", "gho_x")
+
+
+@pytest.mark.parametrize(("status", "body", "error"), [
+    (200, b"<html>unicorn</html>", UpstreamUnavailable),
+    (502, b'{"access_token": "gho_x"}', UpstreamUnavailable),
+    (302, b"", UpstreamUnavailable),  # not followed: the code goes to GitHub only
+    (200, b'["gho_x"]', UpstreamMalformed),
+    (200, b'{"token_type": "bearer"}', BadCredentials),
+    (400, b'{"error": "bad_verification_code", "error_description": "gone"}', BadCredentials),
+], ids=["not-json", "5xx", "redirect", "list", "no-token", "error-4xx"])
+def test_every_odd_token_answer_is_a_clear_upstream_error(bad_github, status, body, error):
+    bad_github.routes["/login/oauth/access_token"] = answer(status, body)
+    connector = connector_for(bad_github)
+    caught, _ = timed(lambda: connector.handle_callback(
+        code="c", redirect_uri="http://127.0.0.1:9/cb", code_verifier="v" * 43))
+    assert type(caught) is error, repr(caught)
 
 
 # -- finding 1: malformed answers are upstream errors, never 500s ---------------------------
