@@ -94,28 +94,37 @@ class Introspection(_HintTolerant, IntrospectionEndpoint):  # type: ignore[misc]
         return lookup_token(self.provider, token_string, live_only=True)
 
     def check_permission(self, token: TokenRef, client: Any, request: Any) -> bool:
-        # a token issued to another client (and not addressed to this one)
-        # is reported exactly as an unknown one.
-        if token.check_client(client):
-            return True
-        aud = token.claims.get("aud")
-        audiences = [aud] if isinstance(aud, str) else list(aud or [])
-        return client.get_client_id() in audiences
+        return may_introspect(token, client)
 
     def introspect_token(self, token: TokenRef) -> dict[str, Any]:
-        if token.kind == "refresh_token":
-            grant = self.provider.records.get_grant(token.refresh["g"])
-            return {"active": True, "token_type": "refresh_token", "client_id": token.client_id,
-                    "scope": token.refresh.get("s", ""), "iss": self.provider.issuer,
-                    "exp": grant.expires_at if grant else None}
-        claims = token.claims
-        payload: dict[str, Any] = {key: claims[key] for key in (
-            "scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "auth_time",
-            "roles", "groups", "preferred_username") if key in claims}
-        payload.update(active=True, token_type="Bearer")
-        if "preferred_username" in claims:
-            payload["username"] = claims["preferred_username"]
-        return payload
+        return introspection(self.provider, token)
+
+
+def may_introspect(token: TokenRef, client: Any) -> bool:
+    """A token issued to another client (and not addressed to this one) is reported
+    exactly as an unknown one."""
+    if token.check_client(client):
+        return True
+    aud = token.claims.get("aud")
+    audiences = [aud] if isinstance(aud, str) else list(aud or [])
+    return client.get_client_id() in audiences
+
+
+def introspection(provider: Provider, token: TokenRef) -> dict[str, Any]:
+    """RFC 7662 §2.2: what an active token's introspection says (sso/oidc/lean.py too)."""
+    if token.kind == "refresh_token":
+        grant = provider.records.get_grant(token.refresh["g"])
+        return {"active": True, "token_type": "refresh_token", "client_id": token.client_id,
+                "scope": token.refresh.get("s", ""), "iss": provider.issuer,
+                "exp": grant.expires_at if grant else None}
+    claims = token.claims
+    payload: dict[str, Any] = {key: claims[key] for key in (
+        "scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "auth_time",
+        "roles", "groups", "preferred_username") if key in claims}
+    payload.update(active=True, token_type="Bearer")
+    if "preferred_username" in claims:
+        payload["username"] = claims["preferred_username"]
+    return payload
 
 
 class Revocation(_HintTolerant, RevocationEndpoint):  # type: ignore[misc]

@@ -1,22 +1,24 @@
-"""The token endpoint's everyday requests, answered without Flask's or Authlib's machinery.
+"""The machine endpoints' everyday requests, answered without Flask's or Authlib's machinery.
 
-A token request is an OpenID provider's hottest path. The profile (docs/benchmarks.md)
-put Flask's per-request work and Authlib's grant objects at over half the CPU of a
-client-credentials request, more than the signature. This WSGI layer answers the ordinary
-requests of two grants itself, client credentials and refresh, through the same policy
+Token requests and introspection are an OpenID provider's hottest paths. The profile
+(docs/benchmarks.md) put Flask's per-request work and Authlib's grant and endpoint objects
+at over half the CPU of a client-credentials request, more than the signature. This WSGI
+layer answers the ordinary requests of ``POST /token`` (client credentials, refresh and
+the authorization-code exchange) and ``POST /introspect`` itself, through the same policy
 objects the full path uses (the client registry, :class:`~sso.oidc.records.Records`,
 :meth:`Provider.subject <sso.oidc.server.Provider.subject>`,
-:class:`~sso.oidc.tokens.TokenIssuer`).
+:class:`~sso.oidc.tokens.TokenIssuer`, :func:`~sso.oidc.endpoints.lookup_token`).
 
 Everything else goes to Flask and Authlib unchanged, so every refusal, the rate limit on
 failed client authentication and every audit record still come from one implementation:
 other grants, a query string, a repeated, empty or unknown parameter, a ``scope`` on a
-refresh, any request that fails before something is written (client authentication, a
-grant type the client may not use, a scope or resource it may not ask for), and a refresh
-token that is unknown, reused, another client's or bound to RFC 8707 resources, which the
-claim script leaves untouched. Only after a refresh token is claimed does this layer
-answer an error itself (the grant ended, access ended), with the same words.
-tests/oidc/test_lean_token.py sends the same requests both ways and compares the answers.
+refresh, RFC 8707 ``resource`` outside client credentials, any request that fails before
+something is written (client authentication, a grant type the client may not use, a scope
+or resource it may not ask for), a refresh token that is unknown, reused, another client's
+or bound to resources (the claim script leaves those untouched), and a code that is unknown
+or replayed (the full path revokes what a replayed code gave). Only after a refresh token
+or a code is spent does this layer answer an error itself, in the full path's words.
+tests/oidc/test_lean_endpoints.py sends the same requests both ways and compares the answers.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from authlib.oidc.core.util import create_half_hash
 
 from sso.crypto import new_secret
 from sso.metrics import ROUTE, TOKENS
+from sso.oidc.endpoints import introspection, lookup_token, may_introspect
 from sso.oidc.grants import AuthorizationCode, OpenIDCode
 from sso.oidc.records import Grant
 from sso.oidc.tokens import Subject, TokenIssuer
@@ -61,6 +64,8 @@ PARAMETERS = {
     "authorization_code": frozenset({"grant_type", "code", "redirect_uri", "code_verifier",
                                      "client_id", "client_secret"}),
 }
+INTROSPECTION = frozenset({"token", "token_type_hint", "client_id", "client_secret"})
+PATHS = frozenset({"/token", "/introspect"})
 MAX_FIELDS = 16
 
 Answer = tuple[int, dict[str, Any]]
@@ -78,8 +83,8 @@ class Refused(Exception):
         self.error, self.description = error, description
 
 
-class LeanTokenEndpoint:
-    """WSGI layer just outside Flask's app for ``POST /token`` (see the module docstring).
+class LeanEndpoints:
+    """WSGI layer just outside Flask's app for ``POST /token`` and ``POST /introspect``.
 
     ``enabled`` off sends every request the full way (the tests compare both)."""
 
@@ -96,8 +101,8 @@ class LeanTokenEndpoint:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse
                  ) -> Iterable[bytes]:
-        if (environ.get("PATH_INFO") != "/token" or environ.get("REQUEST_METHOD") != "POST"
-                or not self.enabled):
+        path = environ.get("PATH_INFO")
+        if path not in PATHS or environ.get("REQUEST_METHOD") != "POST" or not self.enabled:
             return self.app(environ, start_response)
         body = self._body(environ)
         if body is None:
@@ -112,7 +117,7 @@ class LeanTokenEndpoint:
             answer = 400, {"error": refused.error, "error_description": refused.description}
         except Exception as exc:  # noqa: BLE001 - after a write: Flask's handlers answer it
             return self._flask_error(environ, start_response, exc)
-        environ[ROUTE] = "/token"
+        environ[ROUTE] = path
         status, payload = answer
         data = orjson.dumps(payload)
         start_response("200 OK" if status == 200 else "400 BAD REQUEST",
@@ -147,10 +152,14 @@ class LeanTokenEndpoint:
             if name == "resource":
                 resources.append(value)
             form[name] = value
+        if environ["PATH_INFO"] == "/introspect":
+            return self._introspect(environ, form)
         allowed = PARAMETERS.get(form.get("grant_type", ""))
         if allowed is None or not form.keys() <= allowed:
             raise Decline
         client = self._client(environ, form)
+        if not client.check_grant_type(form["grant_type"]):
+            raise Decline
         if form["grant_type"] == "client_credentials":
             return self._client_credentials(client, form, resources)
         if form["grant_type"] == "refresh_token":
@@ -183,9 +192,26 @@ class LeanTokenEndpoint:
                 raise Decline
         elif client.public or not client.check_client_secret(secret):
             raise Decline
-        if not client.check_grant_type(form["grant_type"]):
-            raise Decline
         return client
+
+    def _introspect(self, environ: WSGIEnvironment, form: dict[str, str]
+                    ) -> Callable[[], Answer]:
+        """RFC 7662: confidential clients only (RFC 7662 §2.1), any hint (ignored, as on the
+        full path); nothing is written, so nothing needs answering here but the result."""
+        if not form.keys() <= INTROSPECTION or "token" not in form:
+            raise Decline
+        client = self._client(environ, form)
+        if client.public:
+            raise Decline
+        presented = form["token"]
+
+        def issue() -> Answer:
+            token = lookup_token(self.provider, presented, live_only=True)
+            if token is None or not may_introspect(token, client):
+                return 200, {"active": False}
+            return 200, introspection(self.provider, token)
+
+        return issue
 
     def _client_credentials(self, client: Client, form: dict[str, str], resources: list[str]
                             ) -> Callable[[], Answer]:
@@ -354,5 +380,5 @@ class LeanTokenEndpoint:
 
 
 def install(flask_app: Flask, reg: Registry) -> None:
-    flask_app.wsgi_app = LeanTokenEndpoint(  # type: ignore[method-assign]
+    flask_app.wsgi_app = LeanEndpoints(  # type: ignore[method-assign]
         flask_app.wsgi_app, flask_app, reg)

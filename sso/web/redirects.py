@@ -6,12 +6,17 @@ import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+# Control characters and backslashes (and, in a URL, spaces and DEL): one C-level scan, where
+# a character-by-character check was a twentieth of a sign-in's CPU (long ``next`` URLs).
+_UNSAFE_IN_PATH = re.compile(r"[\x00-\x1f\\]")
+_UNSAFE_IN_URL = re.compile(r"[\x00-\x20\\\x7f]")
+
 
 def safe_next(value: str | None, default: str = "/") -> str:
     """Only same-site paths: ``/x`` yes; ``//evil``, ``/\\evil``, ``https://evil`` no."""
     if not value or not value.startswith("/") or value.startswith(("//", "/\\")):
         return default
-    if any(ord(c) < 0x20 or c == "\\" for c in value):
+    if _UNSAFE_IN_PATH.search(value):
         return default
     parts = urlsplit(value)
     if parts.scheme or parts.netloc:
@@ -30,7 +35,7 @@ def safe_return_url(url: str | None, allowed_domains: Iterable[str]) -> str | No
     characters, percent-encoded or trailing-dot host names that browsers and parsers
     could read differently.
     """
-    if not url or len(url) > 4096 or any(ord(c) <= 0x20 or c in "\\\x7f" for c in url):
+    if not url or len(url) > 4096 or _UNSAFE_IN_URL.search(url):
         return None
     try:
         # A bad IPv6 literal (``https://[x/``) or a host that NFKC-normalises into a

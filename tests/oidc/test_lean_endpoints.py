@@ -1,5 +1,6 @@
-"""The lean token path (sso/oidc/lean.py, issue #15) answers ordinary token requests
-exactly as the full Flask/Authlib path does, and hands every other request to it unchanged.
+"""The lean path (sso/oidc/lean.py, issue #15) answers ordinary token and introspection
+requests exactly as the full Flask/Authlib path does, and hands every other request to it
+unchanged.
 
 Each comparison sends the same kind of request once through the lean layer and once with
 it switched off, and compares status, headers, body fields and the access token's header
@@ -18,7 +19,7 @@ import requests
 from prometheus_client import REGISTRY
 
 from sso.crypto import hash_secret
-from sso.oidc.lean import LeanTokenEndpoint
+from sso.oidc.lean import LeanEndpoints
 from sso.storage import StorageUnavailable
 from tests.oidc.conftest import RP, active, get_code, redeem, refresh, tokens_for
 
@@ -29,7 +30,7 @@ PER_RESPONSE = {"Date", "Content-Length", "X-Request-Id", "Server"}
 
 @dataclass
 class Lean:
-    layer: LeanTokenEndpoint
+    layer: LeanEndpoints
     reached: list[str] = field(default_factory=list)  # bodies that went the full way
 
     def both_ways(self, send: Callable[[], requests.Response]
@@ -48,13 +49,13 @@ class Lean:
 @pytest.fixture
 def lean(keycard: Any) -> Iterator[Lean]:
     layer = keycard.app.wsgi_app
-    while not isinstance(layer, LeanTokenEndpoint):
+    while not isinstance(layer, LeanEndpoints):
         layer = layer.app
     full = layer.app
     spy = Lean(layer)
 
     def counting(environ: dict[str, Any], start_response: Any) -> Any:
-        if environ["PATH_INFO"] == "/token" and layer.enabled:
+        if environ["PATH_INFO"] in ("/token", "/introspect") and layer.enabled:
             stream = environ["wsgi.input"]  # the lean layer's copy, or the server's stream
             body = stream.getvalue() if hasattr(stream, "getvalue") else b"(unread)"
             spy.reached.append(body.decode("latin-1"))
@@ -440,3 +441,55 @@ def test_a_replayed_code_goes_the_full_way_and_revokes_what_it_gave(bob, make_cl
     assert len(lean.reached) == 1  # declined here: the full path revokes and audits
     assert not active(rp, first.json()["access_token"])
     assert not active(rp, first.json()["refresh_token"])
+
+
+def test_introspection_answered_here_as_the_full_path_answers(bob, make_client, lean, keycard,
+                                                              service):
+    client, secret = service
+    rp = make_client(name="Introspected app", audiences=[API])
+    other = make_client(name="Other introspector")
+    user = tokens_for(bob, rp, scope="openid profile groups roles offline_access")
+    own_cc = token(keycard, {"grant_type": "client_credentials"},
+                   auth=(client.client_id, secret)).json()["access_token"]
+    for_api = token(keycard, {"grant_type": "client_credentials", "resource": API},
+                  auth=(client.client_id, secret)).json()["access_token"]
+    revoked = tokens_for(bob, rp, scope="openid")["access_token"]
+    assert rp.post("/revoke", {"token": revoked}).status_code == 200
+    cases = [
+        (rp, user["access_token"], True, "a person's token, by its client"),
+        (rp, user["refresh_token"], True, "a refresh token, by its client"),
+        (other, user["access_token"], False, "another client's token"),
+        (other, user["refresh_token"], False, "another client's refresh token"),
+        (RP(client, secret, keycard.url), own_cc, True, "a service's own token"),
+        (rp, for_api, False, "another client's token for a resource (RFC 8707)"),
+        (rp, revoked, False, "a revoked token"),
+        (rp, "not-a-token", False, "garbage"),
+        (rp, own_cc[:-4] + "AAAA", False, "a bad signature"),
+    ]
+    for who, presented, is_active, why in cases:
+        for hint in ({}, {"token_type_hint": "refresh_token"}, {"token_type_hint": "bogus"}):
+            answers = lean.both_ways(
+                lambda who=who, presented=presented, hint=hint: who.post(
+                    "/introspect", {"token": presented, **hint}))
+            assert lean.reached == [], why
+            assert answers[0].status_code == 200 and answers[0].json()["active"] is is_active, why
+            assert_same_answer(*answers)
+            assert answers[0].json() == answers[1].json(), why
+
+
+def test_introspection_refusals_go_the_full_way(make_client, lean, keycard, service):
+    client, secret = service
+    public = make_client(name="Public introspector", public=True)
+    cases = [
+        ({"token": "x"}, (client.client_id, "wrong"), 401, "wrong secret"),
+        ({"token": "x", "client_id": public.client_id}, None, 401, "a public client"),
+        ({}, (client.client_id, secret), 400, "no token"),
+        ({"token": "x", "extra": "1"}, (client.client_id, secret), 200, "unknown parameter"),
+        ({"token": "x"}, None, 401, "no client authentication"),
+    ]
+    for data, auth, status, why in cases:
+        answers = lean.both_ways(lambda data=data, auth=auth: requests.post(
+            keycard.url + "/introspect", data=data, auth=auth, timeout=10))
+        assert len(lean.reached) == 1, why
+        assert answers[0].status_code == status, (why, answers[0].text)
+        assert_same_answer(*answers)
