@@ -16,6 +16,7 @@ from flask_login import current_user, login_required, login_user
 from werkzeug.wrappers import Response
 
 from sso.login.flow import SignInRefused
+from sso.login.start import begin_sign_in, binding_cookie
 from sso.login.users import User
 from sso.metrics import SIGNIN_REFUSED_ANONYMOUS
 from sso.registry import registry
@@ -26,10 +27,6 @@ from sso.web.ratelimit import limited
 from sso.web.redirects import safe_next
 
 bp = Blueprint("auth", __name__)
-
-
-def _binding_cookie() -> str:
-    return "__Host-keycard-login" if registry().settings.secure_cookies else "keycard_login"
 
 
 def _client() -> dict[str, str]:
@@ -45,19 +42,8 @@ def login() -> Response:
         return redirect(next_url)
     # "Use a different GitHub account": GitHub shows its account picker instead of going on
     # with the account this browser is signed in to there.
-    started = registry().signin.begin(next_url, request.args.get("login_hint"),
-                                      select_account=prompt == "select_account")
-    response = redirect(started.redirect_url)
-    response.set_cookie(
-        _binding_cookie(),
-        started.binding,
-        max_age=registry().settings.login_state_seconds,
-        path="/",
-        secure=registry().settings.secure_cookies,
-        httponly=True,
-        samesite="Lax",  # Strict would drop the cookie on the cross-site return from GitHub
-    )
-    return response
+    return begin_sign_in(next_url, request.args.get("login_hint"),
+                         select_account=prompt == "select_account")
 
 
 @bp.get("/auth/github/callback")
@@ -69,7 +55,7 @@ def callback() -> Response:
     after_this_request(_clear_binding)
     try:
         pending = svc.signin.consume(
-            request.args.get("state"), request.cookies.get(_binding_cookie())
+            request.args.get("state"), request.cookies.get(binding_cookie())
         )
     except SignInRefused as exc:
         SIGNIN_REFUSED_ANONYMOUS.labels(exc.reason).inc()
@@ -140,7 +126,7 @@ def _outsider_page(exc: NotAMember, next_url: str) -> Response:
 
 
 def _clear_binding(response: Response) -> Response:
-    response.delete_cookie(_binding_cookie(), path="/", secure=registry().settings.secure_cookies,
+    response.delete_cookie(binding_cookie(), path="/", secure=registry().settings.secure_cookies,
                            httponly=True, samesite="Lax")
     return response
 

@@ -29,6 +29,7 @@ from flask_login import current_user
 from werkzeug.wrappers import Response
 
 from sso.crypto import hash_secret
+from sso.login.start import begin_sign_in
 from sso.oidc.scopes import scope_words
 from sso.oidc.server import KeycardServer, Provider
 from sso.oidc.tokens import Subject, is_client_subject, subject_for
@@ -131,18 +132,16 @@ def _subject() -> Subject | None:
                    int(session.get("auth_time", 0)), sid)
 
 
-def _relogin(params: dict[str, str], *, force: bool) -> Response:
+def _relogin(params: dict[str, str]) -> Response:
     """Send the browser through sign-in and back to this request (minus what forced it)."""
     again = {k: v for k, v in params.items() if k not in ("max_age",)}
     prompts = [p for p in again.pop("prompt", "").split() if p != "login"]
     if prompts:
         again["prompt"] = " ".join(prompts)
     next_url = url_for("oidc.authorize") + "?" + urlencode(again)
-    extra: dict[str, Any] = {"prompt": "login"} if force else {}
-    if params.get("login_hint"):
-        extra["login_hint"] = params["login_hint"]
-    target = url_for("auth.login", next=next_url, **extra)
-    return redirect(target, code=303 if request.method == "POST" else 302)
+    # Straight to GitHub, not through a /login redirect (which would do exactly this).
+    return begin_sign_in(next_url, params.get("login_hint") or None,
+                         code=303 if request.method == "POST" else 302)
 
 
 @bp.route("/authorize", methods=["GET", "POST"])
@@ -187,9 +186,9 @@ def authorize() -> Response:
             if "none" in prompts:
                 return _redirect_error(redirect_uri, "login_required", "Sign-in is too old.",
                                        state, status)
-            return _relogin(params, force=True)
+            return _relogin(params)
     if subject is None or "login" in prompts:
-        return _relogin(params, force=subject is not None)
+        return _relogin(params)
 
     p = provider()
     if not p.may_use(subject.profile, client):
@@ -245,8 +244,7 @@ def decision() -> Response:
     if refused is not None:
         return refused
     if subject is None:
-        return _relogin({k: v for k, v in values.items() if k not in ("csrf_token", "decision")},
-                        force=False)
+        return _relogin({k: v for k, v in values.items() if k not in ("csrf_token", "decision")})
     try:
         grant = server().get_consent_grant(end_user=subject)
     except OAuth2Error as error:

@@ -234,7 +234,7 @@ def get_code(http: requests.Session, rp: RP, login: str | None = "bob",
     first = authorize(http, rp, **params)
     response = first
     if login is not None and response.is_redirect and urlsplit(
-            response.headers["Location"]).path == "/login":
+            response.headers["Location"]).path == "/login/oauth/authorize":  # to sign in
         response = through_upstream(http, response, login, rp.redirect_uri)
     response = follow(http, response, rp.redirect_uri)
     query = sent_back(response, rp.redirect_uri)

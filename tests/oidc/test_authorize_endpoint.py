@@ -4,6 +4,8 @@ the client's callback is never contacted, we read ``Location`` headers."""
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs, urlsplit
+
 import pytest
 
 from sso.oidc.clients import ClientError
@@ -14,6 +16,7 @@ from tests.oidc.conftest import (
     code_from,
     redeem,
     sent_back,
+    through_upstream,
 )
 
 BAD_REDIRECTS = [
@@ -263,3 +266,21 @@ def test_authorization_request_by_post_issues_a_redeemable_code(bob, rp, discove
     token = redeem(rp, query["code"], response.code_verifier)
     assert token.status_code == 200, token.text
     assert "id_token" in token.json()
+
+
+def test_a_signed_out_browser_goes_straight_to_github_and_comes_back_with_a_code(rp, http,
+                                                                              keycard):
+    """Issue #15: no /login hop between /authorize and the upstream (one request less per
+    sign-in); the state, PKCE and the binding cookie are the ones /login would have set."""
+    response = authorize(http, rp)
+    assert response.status_code == 302
+    location = urlsplit(response.headers["Location"])
+    assert location.path == "/login/oauth/authorize"
+    assert keycard.env["SSO_GITHUB_URL"].endswith(location.netloc)
+    query = parse_qs(location.query)
+    assert query["code_challenge_method"] == ["S256"] and query["state"][0]
+    cookie = response.headers["Set-Cookie"]
+    assert cookie.startswith("keycard_login=") and "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie
+    back = through_upstream(http, response, "bob", rp.redirect_uri)
+    assert sent_back(back, rp.redirect_uri)["code"]

@@ -67,11 +67,12 @@ def at_hash(access_token: str) -> str:
 
 
 def sent_to_sign_in(response: requests.Response) -> bool:
-    """Keycard's answer sends the browser to its own /login, asking for a fresh sign-in."""
+    """Keycard's answer sends the browser straight to the upstream's sign-in, whatever
+    session it has (issue #15: no /login hop, which could bounce back on a session)."""
     assert response.status_code == 302, (response.status_code, response.text[:300])
     location = urlsplit(urljoin(response.url, response.headers["Location"]))
-    assert location.path == "/login", location
-    return parse_qs(location.query).get("prompt") == ["login"]
+    assert location.path == "/login/oauth/authorize", location
+    return parse_qs(location.query).get("response_type") == ["code"]
 
 
 def claims_of(token: str) -> dict[str, Any]:
