@@ -69,6 +69,9 @@ class RequestMetrics:
 
     def __init__(self, app: WSGIApplication) -> None:
         self.app = app
+        # (route, method, status) -> the two metric children: ``labels()`` hashes and locks
+        # on every call; routes, methods and statuses are few, so the lookups are kept.
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse
                  ) -> Iterable[bytes]:
@@ -79,9 +82,12 @@ class RequestMetrics:
             rule = getattr(request, "url_rule", None)
             route = rule.rule if rule is not None else environ.get(ROUTE, UNMATCHED)
             method = environ.get("REQUEST_METHOD", "")
-            REQUESTS.labels(route, method if method in METHODS else "other",
-                            status[:3]).inc()
-            LATENCY.labels(route).observe(time.perf_counter() - started)
+            key = (route, method if method in METHODS else "other", status[:3])
+            children = self._children.get(key)
+            if children is None:
+                children = self._children[key] = (REQUESTS.labels(*key), LATENCY.labels(route))
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
             return start_response(status, headers, exc_info)
 
         return self.app(environ, start)
