@@ -84,7 +84,7 @@ def pooled(app: Any, url: str, spec: ops.Spec, pool: list[str]) -> Callable[[Any
 
 def signin_journey(app: Any, keycard: str, upstream: str, rp: ops.Client) -> None:
     """One browser sign-in through Flask's test client (the upstream over HTTP, as in
-    production): authorize → /login → upstream → callback → authorize → token."""
+    production): authorize → upstream → callback → authorize → token."""
     import requests
 
     browser = app.test_client()

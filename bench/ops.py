@@ -182,7 +182,7 @@ def exchange(http: requests.Session, base: str, rp: Client, code: str,
 
 def sign_in(keycard: str, upstream: str, rp: Client) -> tuple[requests.Session, dict[str, Any],
                                                                int]:
-    """authorize → /login → upstream → callback → authorize → code → token, as a new browser.
+    """authorize → upstream → callback → authorize → code → token, as a new browser.
     Returns the browser, the tokens and how many requests Keycard served."""
     http = requests.Session()
     served = 1

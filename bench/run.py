@@ -36,7 +36,7 @@ OPERATIONS = {  # key: label, in the order they run
     "forward_auth_bearer": "forward auth, bearer token",
 }
 NOTES = {
-    "signin": "one op = authorize → /login → upstream → callback → authorize → token "
+    "signin": "one op = authorize → upstream → callback → authorize → token "
               "({n:.0f} Keycard requests); the upstream's CPU is not counted",
     "code_exchange": "pool of codes made just before by GET /authorize; the run ends when "
                      "the pool is empty",

@@ -115,6 +115,7 @@ def test_defect_4_killing_a_granian_worker_does_not_take_the_instance_down(
     workers = wait_until(lambda: len(children(main)) == 2 and children(main), timeout=15)
 
     outcomes: list[tuple[float, bool]] = []
+    errors: list[str] = []
     stop = threading.Event()
 
     def client() -> None:
@@ -124,9 +125,10 @@ def test_defect_4_killing_a_granian_worker_does_not_take_the_instance_down(
             while not stop.is_set() and n < 5000:
                 try:
                     ok = http.get(server.url + paths[n % 2], timeout=5).status_code == 200
-                except requests.RequestException:
+                except requests.RequestException as exc:
                     ok = False
                     http.close()
+                    errors.append(repr(exc)[:200])
                 outcomes.append((time.monotonic(), ok))
                 n += 1
 
@@ -150,7 +152,7 @@ def test_defect_4_killing_a_granian_worker_does_not_take_the_instance_down(
         loop.join(10)
     assert server.proc.poll() is None, "granian shut the instance down"
     after = [ok for t, ok in outcomes if t > settled]
-    assert all(after), f"{after.count(False)} failures after the respawn"
+    assert all(after), f"{after.count(False)} failures after the respawn: {errors[-3:]}"
     failed_during = sum(1 for t, ok in outcomes if killed_at <= t <= settled and not ok)
     print(f"requests failed while the worker died and respawned: {failed_during} "
           f"of {sum(1 for t, _ in outcomes if killed_at <= t <= settled)}")
