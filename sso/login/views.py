@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import (
     Blueprint,
     after_this_request,
+    current_app,
     make_response,
     redirect,
     render_template,
@@ -12,6 +13,7 @@ from flask import (
     session,
     url_for,
 )
+from flask.ctx import RequestContext
 from flask_login import current_user, login_required, login_user
 from werkzeug.wrappers import Response
 
@@ -107,10 +109,37 @@ def callback() -> Response:
     session.pop("_id", None)
     svc.audit.record("signin.success", actor=profile.login, subject=profile.login,
                      user_id=profile.user_id, roles=profile.roles, **_client())
-    response = redirect(safe_next(pending.next_url))
+    response = _continue(safe_next(pending.next_url))
     # Once an hour per deployment, after the answer is sent: forget people who stopped
     # signing in (SSO_FORGET_AFTER_DAYS). A sign-in is when someone is around to pay for it.
     response.call_on_close(svc.forgetting.maybe_run)
+    return response
+
+
+def _continue(next_url: str) -> Response:
+    """Where the browser goes after signing in. An authorization request that sent it to
+    sign in is answered here and now (the code, or the consent page), as ``/authorize``
+    answers it, instead of one more redirect: issue #15, one request less per sign-in.
+    The view runs in a request context of its own with this request's session and user."""
+    path, _, query = next_url.partition("?")
+    if path != url_for("oidc.authorize"):
+        return redirect(next_url)
+    environ = {k: v for k, v in request.environ.items() if k != "werkzeug.request"}
+    environ.update(PATH_INFO=path, QUERY_STRING=query, REQUEST_METHOD="GET")
+    environ.pop("CONTENT_TYPE", None)
+    environ.pop("CONTENT_LENGTH", None)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    signed_in = session._get_current_object()  # type: ignore[attr-defined]
+    # Saved first: the new session's id exists only once it is written, and the code must
+    # be bound to it (signing out ends what the session's codes would give).
+    cookies = app.response_class()
+    app.session_interface.save_session(app, signed_in, cookies)
+    signed_in.modified = False  # written; the end of this request saves only later changes
+    with RequestContext(app, environ, session=signed_in):
+        response: Response = app.make_response(app.view_functions["oidc.authorize"]())
+    for cookie in cookies.headers.getlist("Set-Cookie"):
+        response.headers.add("Set-Cookie", cookie)
+    response.vary.add("Cookie")
     return response
 
 

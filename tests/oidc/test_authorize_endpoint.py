@@ -16,8 +16,8 @@ from tests.oidc.conftest import (
     code_from,
     redeem,
     sent_back,
-    through_upstream,
 )
+from tests.support import pick_upstream_user
 
 BAD_REDIRECTS = [
     pytest.param(CB + "/", id="trailing-slash"),
@@ -270,8 +270,9 @@ def test_authorization_request_by_post_issues_a_redeemable_code(bob, rp, discove
 
 def test_a_signed_out_browser_goes_straight_to_github_and_comes_back_with_a_code(rp, http,
                                                                               keycard):
-    """Issue #15: no /login hop between /authorize and the upstream (one request less per
-    sign-in); the state, PKCE and the binding cookie are the ones /login would have set."""
+    """Issue #15: no /login hop between /authorize and the upstream, and none between the
+    callback and the code (two requests less per sign-in); the state, PKCE and the binding
+    cookie are the ones /login would have set."""
     response = authorize(http, rp)
     assert response.status_code == 302
     location = urlsplit(response.headers["Location"])
@@ -282,5 +283,14 @@ def test_a_signed_out_browser_goes_straight_to_github_and_comes_back_with_a_code
     cookie = response.headers["Set-Cookie"]
     assert cookie.startswith("keycard_login=") and "HttpOnly" in cookie
     assert "SameSite=Lax" in cookie
-    back = through_upstream(http, response, "bob", rp.redirect_uri)
-    assert sent_back(back, rp.redirect_uri)["code"]
+    page = http.get(response.headers["Location"], timeout=10)
+    to_callback = pick_upstream_user(http, page, "bob", allow_redirects=False)
+    assert urlsplit(to_callback.headers["Location"]).path == "/auth/github/callback"
+    # The callback answers the authorization request itself: straight back to the app with
+    # the code, the new session's cookie on the same answer (no second /authorize hop).
+    callback = http.get(to_callback.headers["Location"], allow_redirects=False, timeout=10)
+    assert callback.status_code == 302
+    assert callback.headers["Location"].startswith(rp.redirect_uri + "?")
+    assert sent_back(callback, rp.redirect_uri)["code"]
+    assert "keycard_session=" in callback.headers["Set-Cookie"]
+    assert http.get(keycard.url + "/", allow_redirects=False, timeout=10).status_code == 200
