@@ -105,10 +105,16 @@ def used_memory(client: redis.Redis) -> int:
 
 def session_memory(sessions: Any, client: redis.Redis, prefix: str, count: int) -> dict[str, Any]:
     """Redis memory per active session: ``count`` sessions written exactly as Keycard writes
-    them (``SessionStore.save``), copied from a real signed-in session's dict and profile."""
+    them (``SessionStore.save``), copied from a real signed-in session's dict and profile.
+
+    They go into database 1 of the bench's own Redis, empty, through a ``SessionStore`` like
+    Keycard's: in database 0, after the other rows, Redis's key table could double in the
+    middle of the probe (1 MiB and more for the tens of thousands of codes and tokens the
+    run left), and the figure was then that table's, not the sessions'."""
     import json
 
-    from sso.sessions import DATA, PROFILE, SEP, UA, ServerSession
+    from sso.sessions import DATA, PROFILE, SEP, UA, ServerSession, SessionStore
+    from sso.storage import Store
 
     template = None
     for key in client.scan_iter(match=f"{prefix}*", count=1000):  # prefix: "<p>sess:"
@@ -123,6 +129,12 @@ def session_memory(sessions: Any, client: redis.Redis, prefix: str, count: int) 
     if template is None:
         raise RuntimeError("no signed-in session to copy: run the sign-in operation first")
     data, profile, agent = json.loads(template[DATA]), json.loads(template[PROFILE]), template[UA]
+    pool = client.connection_pool.connection_kwargs
+    client = redis.Redis(host=pool.get("host", "127.0.0.1"), port=pool.get("port", 6379), db=1,
+                         decode_responses=True)
+    client.flushdb()
+    sessions = SessionStore(Store(client, sessions.store.keys.prefix), idle=sessions.idle,
+                            absolute=sessions.absolute)
     before = used_memory(client)
     sid = ""
     for i in range(count):

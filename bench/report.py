@@ -107,7 +107,8 @@ def memory_lines(memory: dict[str, Any] | None) -> str:
         return ""
     return (f"Redis memory per active session: **{memory['bytes_per_session']:,.0f} bytes** "
             f"(`INFO memory` used_memory grew by {memory['used_memory_delta']:,} bytes for "
-            f"{memory['sessions']:,} sessions written through `SessionStore.save`); "
+            f"{memory['sessions']:,} sessions written through `SessionStore.save` into an empty "
+            f"database); "
             f"`MEMORY USAGE` of one session record: {memory['memory_usage_session_key']:,} bytes, "
             f"of a person's session index (2 sessions): "
             f"{memory['memory_usage_user_index']:,} bytes.")
