@@ -110,6 +110,9 @@ class LeanEndpoints:
         environ["wsgi.input"] = io.BytesIO(body)  # as it came, should Flask read it
         try:
             issue = self._prepare(environ, body)
+        except Exception:  # noqa: BLE001 - Decline, or an outage: nothing written, Flask answers
+            return self.app(environ, start_response)
+        try:
             answer = issue()
         except Decline:
             return self.app(environ, start_response)
