@@ -144,8 +144,8 @@ class LeanEndpoints:
         """Every check that needs no write, or :class:`Decline`; then what issues."""
         try:
             pairs = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=True,
-                              max_num_fields=MAX_FIELDS)
-        except ValueError:  # not UTF-8, malformed, too many fields
+                              errors="strict", max_num_fields=MAX_FIELDS)
+        except ValueError:  # not UTF-8 (raw or percent-encoded), malformed, too many fields
             raise Decline from None
         form: dict[str, str] = {}
         resources: list[str] = []

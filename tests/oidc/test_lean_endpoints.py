@@ -306,6 +306,10 @@ def test_everything_else_goes_the_full_way_unchanged(bob, make_client, lean, key
                       auth=(client.client_id, secret)),
         lambda: requests.post(keycard.url + "/token", data=b"grant_type=\xff", timeout=10,
                               headers={"Content-Type": "application/x-www-form-urlencoded"}),
+        lambda: requests.post(keycard.url + "/token", timeout=10,
+                              data=b"grant_type=client_credentials&scope=%FF",
+                              headers={"Content-Type": "application/x-www-form-urlencoded"},
+                              auth=(client.client_id, secret)),
         lambda: token(keycard, {"grant_type": "client_credentials"},
                       files={"f": ("a", b"b")}, auth=(client.client_id, secret)),
     ):
