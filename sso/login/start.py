@@ -10,6 +10,7 @@ from flask import redirect
 from werkzeug.wrappers import Response
 
 from sso.registry import registry
+from sso.web.errors import error_response
 
 
 def binding_cookie() -> str:
@@ -17,8 +18,18 @@ def binding_cookie() -> str:
     return "__Host-keycard-login" if registry().settings.secure_cookies else "keycard_login"
 
 
+# Where to come back to is kept in Redis for the sign-in's life: as long as a URL a browser
+# sends (``/login?next=`` is capped by the server's request line anyway), not a POST body's
+# megabyte, which ``/authorize`` without a session would otherwise store for anyone.
+MAX_NEXT_URL = 4096
+
+
 def begin_sign_in(next_url: str, login_hint: str | None, *, select_account: bool = False,
                   code: int = 302) -> Response:
+    if len(next_url) > MAX_NEXT_URL:
+        return error_response(400, "Sign-in request too long",
+                              "This sign-in request carries more than a browser address can. "
+                              "Go back to the app and start again.", code="invalid_request")
     settings = registry().settings
     started = registry().signin.begin(next_url, login_hint, select_account=select_account)
     response = redirect(started.redirect_url, code=code)

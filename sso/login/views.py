@@ -118,14 +118,18 @@ def callback() -> Response:
 
 def _continue(next_url: str) -> Response:
     """Where the browser goes after signing in. An authorization request that sent it to
-    sign in is answered here and now (the code, or the consent page), as ``/authorize``
-    answers it, instead of one more redirect: issue #15, one request less per sign-in.
+    sign in and now goes straight back to the app (a code, or an OAuth error) is answered
+    here, as ``/authorize`` answers it, instead of one more redirect: issue #15, one request
+    less per sign-in. Anything else ``/authorize`` would answer (a consent page, an error
+    page, a new sign-in) gets the redirect, so that page lives at its own reloadable address
+    and a new sign-in's binding cookie is not cleared with this one's.
     The view runs in a request context of its own with this request's session and user."""
     path, _, query = next_url.partition("?")
     if path != url_for("oidc.authorize"):
         return redirect(next_url)
     environ = {k: v for k, v in request.environ.items() if k != "werkzeug.request"}
-    environ.update(PATH_INFO=path, QUERY_STRING=query, REQUEST_METHOD="GET")
+    environ.update(PATH_INFO=path[len(request.script_root):], QUERY_STRING=query,
+                   REQUEST_METHOD="GET")
     environ.pop("CONTENT_TYPE", None)
     environ.pop("CONTENT_LENGTH", None)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
@@ -135,8 +139,15 @@ def _continue(next_url: str) -> Response:
     cookies = app.response_class()
     app.session_interface.save_session(app, signed_in, cookies)
     signed_in.modified = False  # written; the end of this request saves only later changes
-    with RequestContext(app, environ, session=signed_in):
-        response: Response = app.make_response(app.view_functions["oidc.authorize"]())
+    try:
+        with RequestContext(app, environ, session=signed_in):
+            answer: Response = app.make_response(app.view_functions["oidc.authorize"]())
+    except Exception as exc:  # noqa: BLE001 - answered by the handlers, the cookie kept
+        answer = app.make_response(app.handle_user_exception(exc))
+    starts_sign_in = any(cookie.startswith(binding_cookie() + "=")
+                         for cookie in answer.headers.getlist("Set-Cookie"))
+    back_to_app = answer.status_code in (302, 303) and not starts_sign_in
+    response = answer if back_to_app or answer.status_code >= 500 else redirect(next_url)
     for cookie in cookies.headers.getlist("Set-Cookie"):
         response.headers.add("Set-Cookie", cookie)
     response.vary.add("Cookie")

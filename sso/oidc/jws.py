@@ -33,6 +33,8 @@ class Signer:
     """Signs JWTs with one key (RS256 or ES256, P-256), naming it by ``kid``."""
 
     def __init__(self, key: RSAKey | ECKey) -> None:
+        if not key.kid:
+            raise ValueError("a signing key needs a kid: verifiers pick the key by it")
         self.key = key
         self.kid = str(key.kid)
         private = key.private_key

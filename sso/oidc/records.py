@@ -122,18 +122,20 @@ if KEYS[2] then live = redis.call('EXISTS', KEYS[2]) end
 return {redis.call('HGET', KEYS[1], 'profile'), live}
 """
 
-# KEYS grant, tombstone, rt (or ''), indexes...; ARGV ttl, rt record, rt ttl, grant id,
-# fields... → what _CREATE_GRANT returns, after the indexes (outside a cluster: one round trip)
+# KEYS grant, tombstone, indexes..., rt (when one is kept); ARGV ttl, number of indexes,
+# rt record, rt ttl, grant id, fields... → what _CREATE_GRANT returns, after the indexes
+# (outside a cluster: one round trip). Only real keys are declared: Redis ACLs check them.
 _CREATE_GRANT_INDEXED = """
 local ttl = tonumber(ARGV[1])
-for i = 4, #KEYS do
-  redis.call('SADD', KEYS[i], ARGV[4])
+local last = 2 + tonumber(ARGV[2])
+for i = 3, last do
+  redis.call('SADD', KEYS[i], ARGV[5])
   if redis.call('TTL', KEYS[i]) < ttl then redis.call('EXPIRE', KEYS[i], ttl) end
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ttl)
-if KEYS[3] ~= '' then redis.call('SET', KEYS[3], ARGV[2], 'EX', tonumber(ARGV[3])) end
+if #KEYS > last then redis.call('SET', KEYS[last + 1], ARGV[3], 'EX', tonumber(ARGV[4])) end
 return 1
 """
 
@@ -221,8 +223,9 @@ class Records:
                                        idle, resources, grant.user_id)
         if not self.keys.cluster:
             keys = [self.keys.grant(grant.grant_id), self.keys.grant_tombstone(grant.grant_id),
-                    new[0] if new else "", *indexes]
-            args = [ttl, new[1] if new else "", new[2] if new else 0, grant.grant_id, *flat]
+                    *indexes, *([new[0]] if new else [])]
+            args = [ttl, len(indexes), new[1] if new else "", new[2] if new else 0,
+                    grant.grant_id, *flat]
             return bool(self._create_grant_indexed(keys=keys, args=args))
         pipe = self.store.redis.pipeline(transaction=False)
         for index in indexes:  # EVAL, not EVALSHA: a cluster pipeline cannot load scripts

@@ -220,7 +220,9 @@ class GitHubConnector:
         except ValueError:
             raise UpstreamUnavailable(
                 "GitHub answered with an error. Please try again in a minute.",
-                detail=f"token endpoint answered {answer.status}: {raw[:200]!r}",
+                # Not the body: a malformed answer may still hold a token.
+                detail=f"token endpoint answered {answer.status} "
+                       f"({answer.headers.get('Content-Type', 'no type')}, {len(raw)} bytes)",
             ) from None
         if not isinstance(data, dict):
             raise UpstreamMalformed("GitHub answered in an unexpected way.",

@@ -4,7 +4,7 @@ the client's callback is never contacted, we read ``Location`` headers."""
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urljoin, urlsplit
 
 import pytest
 
@@ -294,3 +294,49 @@ def test_a_signed_out_browser_goes_straight_to_github_and_comes_back_with_a_code
     assert sent_back(callback, rp.redirect_uri)["code"]
     assert "keycard_session=" in callback.headers["Set-Cookie"]
     assert http.get(keycard.url + "/", allow_redirects=False, timeout=10).status_code == 200
+
+
+def _to_callback(http, response):
+    page = http.get(urljoin(response.url, response.headers["Location"]), timeout=10)
+    to_callback = pick_upstream_user(http, page, "bob", allow_redirects=False)
+    return http.get(to_callback.headers["Location"], allow_redirects=False, timeout=10)
+
+
+def test_a_consent_page_after_sign_in_is_served_at_authorize_where_it_can_be_reloaded(
+        make_client, http):
+    rp = make_client(name="Needs consent", trusted=False)
+    callback = _to_callback(http, authorize(http, rp))
+    assert callback.status_code == 302
+    assert urlsplit(callback.headers["Location"]).path == "/authorize"
+    assert "keycard_session=" in callback.headers["Set-Cookie"]
+    page = http.get(urljoin(callback.url, callback.headers["Location"]), timeout=10)
+    assert page.status_code == 200 and "/authorize/decision" in page.text
+
+
+def test_a_second_sign_in_asked_for_after_the_first_keeps_its_binding_cookie(rp, http,
+                                                                           keycard):
+    """A return address that asks for a fresh sign-in (prompt=login) starts a second one:
+    its binding cookie must survive the first callback's clean-up, so it can complete."""
+    asked = urlsplit(authorize(http, rp).request.url)  # the app's own request, then...
+    fresh = f"{asked.path}?{asked.query}&prompt=login"  # ...a return address that asks again
+    first = http.get(keycard.url + "/login?next=" + quote(fresh, safe=""),
+                     allow_redirects=False, timeout=10)
+    callback = _to_callback(http, first)
+    assert callback.status_code == 302
+    assert urlsplit(callback.headers["Location"]).path == "/authorize"
+    again = http.get(urljoin(callback.url, callback.headers["Location"]),
+                     allow_redirects=False, timeout=10)
+    assert urlsplit(again.headers["Location"]).path == "/login/oauth/authorize"
+    done = _to_callback(http, again)
+    assert sent_back(done, rp.redirect_uri)["code"]
+
+
+def test_an_oversized_authorization_request_stores_nothing_and_says_so(rp, http, keycard,
+                                                                      rdb):
+    pattern = keycard.services.store.keys.login_state("*")
+    before = sum(1 for _ in rdb.scan_iter(match=pattern))
+    answer = http.post(keycard.url + "/authorize", allow_redirects=False, timeout=10, data={
+        "response_type": "code", "client_id": rp.client_id, "redirect_uri": rp.redirect_uri,
+        "scope": "openid", "padding": "x" * 200_000})
+    assert answer.status_code == 400 and "too long" in answer.text
+    assert sum(1 for _ in rdb.scan_iter(match=pattern)) == before

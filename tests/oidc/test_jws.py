@@ -38,8 +38,14 @@ def test_a_signature_by_another_key_of_the_same_kid_does_not_verify():
         jwt.decode(Signer(forger).sign(CLAIMS), mine, algorithms=["ES256"])
 
 
-@pytest.mark.parametrize("key", [ECKey.generate_key("P-384"), OKPKey.generate_key("Ed25519")],
+@pytest.mark.parametrize("key", [ECKey.generate_key("P-384", parameters={"kid": "p"}),
+                                 OKPKey.generate_key("Ed25519", parameters={"kid": "o"})],
                          ids=["P-384", "Ed25519"])
 def test_only_rs256_and_es256_keys_are_taken(key):
     with pytest.raises(ValueError, match="RS256 or ES256"):
         Signer(key)
+
+
+def test_a_key_without_a_kid_is_refused():
+    with pytest.raises(ValueError, match="kid"):
+        Signer(ECKey.generate_key("P-256"))

@@ -497,3 +497,33 @@ def test_introspection_refusals_go_the_full_way(make_client, lean, keycard, serv
         assert len(lean.reached) == 1, why
         assert answers[0].status_code == status, (why, answers[0].text)
         assert_same_answer(*answers)
+
+
+def test_grant_writes_declare_only_real_keys_so_a_prefix_limited_redis_user_may_run_them(
+        keycard, rdb, redis_server):
+    """Redis ACLs check every key a script declares: an empty placeholder key (no refresh
+    token kept) was refused to a user limited to Keycard's prefix (NOPERM)."""
+    import time as clock
+
+    import redis as redis_py
+
+    from sso.oidc.records import Grant, Records
+    from sso.storage import Store
+
+    prefix = keycard.services.store.keys.prefix
+    rdb.acl_setuser("keycard-acl", enabled=True, passwords=["+acl-pw"], keys=[f"{prefix}*"],
+                    commands=["+@all"], reset_keys=True)
+    try:
+        kwargs = rdb.connection_pool.connection_kwargs
+        limited = redis_py.Redis(host=kwargs["host"], port=kwargs["port"], username="keycard-acl",
+                                 password="acl-pw", decode_responses=True)
+        records = Records(Store(limited, prefix))
+        for kept in (None, ("rt-" + "x" * 40, 600, None)):
+            grant = Grant(records.new_grant_id(), "4242", "acl-client", "openid", "sid-hash",
+                          int(clock.time()), int(clock.time()) + 600)
+            assert records.create_grant(grant, kept) is True
+            assert records.get_grant(grant.grant_id) == grant
+        with pytest.raises(redis_py.exceptions.NoPermissionError):
+            limited.get("not-keycard:anything")  # the limit is real
+    finally:
+        rdb.acl_deluser("keycard-acl")
