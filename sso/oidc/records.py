@@ -77,28 +77,16 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 return redis.call('EXISTS', KEYS[2])
 """
 
-# KEYS rt → {1, record} claimed now; {2, record} already rotated (reuse); {0} unknown
+# KEYS rt; ARGV (optional) client_id → {1, record} claimed now; {2, record} already rotated
+# (reuse); {0} unknown. With a client_id (the lean token path, sso/oidc/lean.py, which claims
+# only what it can finish): {3} for another client's token or one addressed to RFC 8707
+# resources; then, as for {0} and {2}, nothing changed and the full path decides.
 _CLAIM_REFRESH = """
 local v = redis.call('GET', KEYS[1])
 if not v then return {0} end
 local rec = cjson.decode(v)
+if ARGV[1] and (rec['c'] ~= ARGV[1] or rec['a']) then return {3} end
 if rec['r'] == 1 then return {2, v} end
-rec['r'] = 1
-local ttl = redis.call('TTL', KEYS[1])
-if ttl < 1 then ttl = 1 end
-redis.call('SET', KEYS[1], cjson.encode(rec), 'EX', ttl)
-return {1, v}
-"""
-
-# The same for the lean token path (sso/oidc/lean.py), which claims only what it can finish:
-# KEYS rt; ARGV client_id → {1, record} claimed now; {2} reused, {3} another client's or
-# addressed to RFC 8707 resources, {0} unknown: nothing changed, the full path decides
-_CLAIM_OWN_REFRESH = """
-local v = redis.call('GET', KEYS[1])
-if not v then return {0} end
-local rec = cjson.decode(v)
-if rec['c'] ~= ARGV[1] or rec['a'] then return {3} end
-if rec['r'] == 1 then return {2} end
 rec['r'] = 1
 local ttl = redis.call('TTL', KEYS[1])
 if ttl < 1 then ttl = 1 end
@@ -167,7 +155,6 @@ class Records:
         redis = store.redis
         self._consume_code = redis.register_script(_CONSUME_CODE)
         self._claim_refresh = redis.register_script(_CLAIM_REFRESH)
-        self._claim_own_refresh = redis.register_script(_CLAIM_OWN_REFRESH)
         self._grant_and_profile = redis.register_script(_GRANT_AND_PROFILE)
         self._session_and_profile = redis.register_script(_SESSION_AND_PROFILE)
         self._create_grant_indexed = redis.register_script(_CREATE_GRANT_INDEXED)
@@ -403,8 +390,8 @@ class Records:
         round trip; None, with nothing changed, for every other case (unknown, reused,
         another client's, with resources), which :meth:`claim_refresh_token`'s caller
         then answers."""
-        answer = self._claim_own_refresh(keys=[self.keys.refresh_token(hash_secret(token))],
-                                         args=[client_id])
+        answer = self._claim_refresh(keys=[self.keys.refresh_token(hash_secret(token))],
+                                     args=[client_id])
         return json.loads(answer[1]) if int(answer[0]) == 1 else None
 
     # -- access tokens ----------------------------------------------------------------

@@ -206,13 +206,7 @@ class GitHubConnector:
             raise UpstreamUnavailable(
                 "GitHub did not answer in time. Please try again in a minute.", detail=repr(exc)
             ) from exc
-        try:
-            raw = _read_capped(answer, deadline, url)
-        except UpstreamError:
-            answer.close()  # half read: the connection cannot be reused
-            raise
-        finally:
-            answer.release_conn()
+        raw = _read_whole(answer, deadline, url)
         try:
             if answer.status >= 500:
                 raise ValueError(answer.status)
@@ -400,13 +394,7 @@ class _Api:
                     "GitHub did not answer in time. Please try again in a minute.",
                     detail=repr(exc),
                 ) from exc
-            try:
-                body = _read_capped(answer, deadline, url)
-            except UpstreamError:
-                answer.close()  # half read: the connection cannot be reused
-                raise
-            finally:
-                answer.release_conn()
+            body = _read_whole(answer, deadline, url)
             reply = _Reply("GET", url, answer.status, answer.headers, body)
             target = urljoin(url, reply.headers.get("Location", ""))
             if reply.status in REDIRECTS and target.startswith(self._config.api_url + "/"):
@@ -445,6 +433,18 @@ class _Api:
 def _too_slow(url: str) -> UpstreamUnavailable:
     return UpstreamUnavailable("GitHub did not answer in time. Please try again in a minute.",
                                detail=f"no complete answer from {url} within the deadline")
+
+
+def _read_whole(answer: urllib3.BaseHTTPResponse, deadline: float, url: str) -> bytes:
+    """:func:`_read_capped`, then the connection back to its pool (or closed, when the
+    answer was left half read and so cannot be reused)."""
+    try:
+        return _read_capped(answer, deadline, url)
+    except UpstreamError:
+        answer.close()
+        raise
+    finally:
+        answer.release_conn()
 
 
 def _read_capped(answer: urllib3.BaseHTTPResponse, deadline: float, url: str) -> bytes:
