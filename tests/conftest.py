@@ -295,6 +295,24 @@ def keycard(make_keycard: Callable[..., Keycard]) -> Keycard:
 
 
 @pytest.fixture
+def run(keycard: Keycard) -> Callable[..., Any]:
+    """``sso`` CLI commands against ``keycard``: ``run("roles", "list")``; ``ok=False`` for a
+    command that must fail, cleanly (a non-zero exit, no traceback)."""
+    runner = keycard.app.test_cli_runner()
+
+    def invoke(*args: str, ok: bool = True) -> Any:
+        result = runner.invoke(args=list(args))
+        if ok:
+            assert result.exit_code == 0, result.output
+        else:
+            assert result.exit_code != 0, result.output
+            assert "Traceback" not in result.output
+        return result
+
+    return invoke
+
+
+@pytest.fixture
 def http() -> Iterator[requests.Session]:
     session = requests.Session()
     yield session

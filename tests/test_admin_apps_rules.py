@@ -23,19 +23,6 @@ from tests.test_admin import post_form, signed_in
 from tests.test_admin_api import Api, assert_json_error
 
 
-@pytest.fixture
-def run(keycard):
-    runner = keycard.app.test_cli_runner()
-
-    def invoke(*args: str, ok: bool = True):
-        result = runner.invoke(args=list(args))
-        if ok:
-            assert result.exit_code == 0, result.output
-        return result
-
-    return invoke
-
-
 class _Fields(HTMLParser):
     """What a browser submits for the form posting to ``action``: inputs, checked
     checkboxes (repeated names included) and textareas."""

@@ -9,20 +9,6 @@ import pytest
 CALLBACK = "https://app.example.com/callback"
 
 
-@pytest.fixture
-def run(keycard):
-    runner = keycard.app.test_cli_runner()
-
-    def invoke(*args: str, ok: bool = True):
-        result = runner.invoke(args=list(args))
-        if ok:
-            assert result.exit_code == 0, result.output
-        else:
-            assert result.exit_code != 0, result.output
-            assert "Traceback" not in result.output
-        return result
-
-    return invoke
 
 
 def run_json(run, *args: str):

@@ -10,19 +10,6 @@ import pytest
 from tests.support import sign_in
 
 
-@pytest.fixture
-def run(keycard):
-    runner = keycard.app.test_cli_runner()
-
-    def invoke(*args: str, ok: bool = True):
-        result = runner.invoke(args=list(args))
-        if ok:
-            assert result.exit_code == 0, result.output
-        return result
-
-    return invoke
-
-
 def rules_json(run) -> list[dict]:
     return json.loads(run("roles", "list", "--json").stdout)
 
