@@ -45,6 +45,23 @@ class Lean:
             self.layer.enabled = True
         return lean, full
 
+    def each_way(self, via_lean: Callable[[], requests.Response],
+                 via_full: Callable[[], requests.Response],
+                 between: Callable[[], None] = lambda: None
+                 ) -> tuple[requests.Response, requests.Response]:
+        """One call that the lean path must answer itself, then ``between``, then another
+        call the full way (for requests that each spend their own code or token)."""
+        self.reached.clear()
+        lean = via_lean()
+        assert self.reached == [], "the lean path handed this request on"
+        between()
+        self.layer.enabled = False
+        try:
+            full = via_full()
+        finally:
+            self.layer.enabled = True
+        return lean, full
+
 
 @pytest.fixture
 def lean(keycard: Any) -> Iterator[Lean]:
@@ -176,12 +193,8 @@ def test_refresh_without_offline_access_in_the_grant_issues_no_new_refresh_token
     second = tokens_for(bob, rp, scope="openid profile offline_access")
     keycard.services.clients.update(rp.client_id, scopes=["openid", "profile"])
     keycard.services.clients.clear_cache()
-    lean.reached.clear()
-    by_lean = refresh(rp, first["refresh_token"])
-    assert lean.reached == []
-    lean.layer.enabled = False
-    by_full = refresh(rp, second["refresh_token"])
-    lean.layer.enabled = True
+    by_lean, by_full = lean.each_way(lambda: refresh(rp, first["refresh_token"]),
+                                     lambda: refresh(rp, second["refresh_token"]))
     assert by_lean.status_code == 200 and "refresh_token" not in by_lean.json()
     assert by_lean.json()["scope"] == "openid profile"
     assert_same_answer(by_lean, by_full)
@@ -200,13 +213,13 @@ def test_refresh_of_an_ended_grant_is_refused_here_in_the_full_paths_words(
         return sum(1 for _ in rdb.scan_iter(match=pattern))
 
     before = stored()
-    lean.reached.clear()
-    by_lean = refresh(rp, tokens[0]["refresh_token"])
-    assert lean.reached == []  # claimed here, so answered here
-    assert stored() == before  # the rotated token written beside the reads is gone again
-    lean.layer.enabled = False
-    by_full = refresh(rp, tokens[1]["refresh_token"])
-    lean.layer.enabled = True
+    def gone_again() -> None:  # the rotated token written beside the reads
+        assert stored() == before
+
+    # Claimed here, so answered here.
+    by_lean, by_full = lean.each_way(lambda: refresh(rp, tokens[0]["refresh_token"]),
+                                     lambda: refresh(rp, tokens[1]["refresh_token"]),
+                                     between=gone_again)
     assert by_lean.status_code == 400
     assert by_lean.json() == by_full.json() == {
         "error": "invalid_grant",
@@ -220,12 +233,8 @@ def test_refresh_for_someone_whose_access_ended_is_refused_here_in_the_same_word
     tokens = [tokens_for(bob, rp, scope="openid offline_access") for _ in range(2)]
     user_id = keycard.services.accounts.find_by_login("bob").user_id
     rdb.hdel(keycard.services.store.keys.user(user_id), "profile")  # forgotten since
-    lean.reached.clear()
-    by_lean = refresh(rp, tokens[0]["refresh_token"])
-    assert lean.reached == []
-    lean.layer.enabled = False
-    by_full = refresh(rp, tokens[1]["refresh_token"])
-    lean.layer.enabled = True
+    by_lean, by_full = lean.each_way(lambda: refresh(rp, tokens[0]["refresh_token"]),
+                                     lambda: refresh(rp, tokens[1]["refresh_token"]))
     assert by_lean.json() == by_full.json() == {
         "error": "invalid_grant", "error_description": "Your access has ended; sign in again."}
     assert_same_answer(by_lean, by_full)
@@ -344,12 +353,8 @@ def test_a_refresh_token_stored_before_records_named_their_person_still_refreshe
         record = json.loads(rdb.get(key))
         assert record.pop("u") == keycard.services.accounts.find_by_login("bob").user_id
         rdb.set(key, json.dumps(record), keepttl=True)
-    lean.reached.clear()
-    by_lean = refresh(rp, tokens[0]["refresh_token"])
-    assert lean.reached == []
-    lean.layer.enabled = False
-    by_full = refresh(rp, tokens[1]["refresh_token"])
-    lean.layer.enabled = True
+    by_lean, by_full = lean.each_way(lambda: refresh(rp, tokens[0]["refresh_token"]),
+                                     lambda: refresh(rp, tokens[1]["refresh_token"]))
     assert by_lean.status_code == 200
     assert_same_answer(by_lean, by_full)
     for answer in (by_lean, by_full):  # the rotated tokens name their person again
