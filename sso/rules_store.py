@@ -19,6 +19,7 @@ from sso.cache import ExpiringCache
 from sso.roles import Rule, valid_role
 from sso.storage import Store, guard
 from sso.upstream.base import valid_login
+from sso.yamlfile import compose
 
 KINDS = ("org", "team", "user")
 
@@ -198,12 +199,7 @@ def parse_yaml(text: str, resolve_login: Callable[[str], str | None]) -> list[Ru
 
     ``resolve_login`` maps a login to its numeric id for user rules without ``id``.
     """
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        raise RuleError(f"{where}not valid YAML ({getattr(exc, 'problem', exc)})") from exc
+    root = compose(text, RuleError)
     if root is None:
         return []
     if not isinstance(root, yaml.MappingNode):

@@ -17,6 +17,7 @@ import yaml
 
 from sso.crypto import hash_secret, new_secret
 from sso.oidc.clients import CLIENT_ID, Client, ClientError, new_client_id, validate
+from sso.yamlfile import compose
 
 # In the order a person reads them; ``client_id`` and ``public`` first.
 FIELDS = ("client_id", "name", "public", "redirect_uris", "post_logout_redirect_uris",
@@ -76,12 +77,7 @@ def export_yaml(clients: list[Client]) -> str:
 def plan_import(text: str, current: dict[str, Client]) -> ImportPlan:
     """Every entry of ``text`` checked against ``current`` (client_id → client);
     :class:`ClientError` names the line of the first problem. Nothing is written."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        raise ClientError(f"{where}not valid YAML ({getattr(exc, 'problem', exc)})") from exc
+    root = compose(text, ClientError)
     if root is None:
         return ImportPlan([])
     if not isinstance(root, yaml.MappingNode):
