@@ -252,11 +252,6 @@ class SessionStore:
         return str(login) if login else None
 
     @guard
-    def is_live(self, sid_hash: str) -> bool:
-        """Whether the session with this hash still exists (not ended, not expired)."""
-        return bool(self.store.redis.exists(self.store.keys.session(sid_hash)))
-
-    @guard
     def end_user_sessions(self, user_id: str) -> int:
         """Delete every session of a person (sign out everywhere, deprovisioning).
 

@@ -228,7 +228,9 @@ class Records:
     @guard
     def session_and_profile(self, sid_hash: str, user_id: str) -> tuple[bool, str | None]:
         """One round trip for a code exchange: whether the browser session the code came
-        from is still live ("" : none to check), and the person's stored profile (raw)."""
+        from is still live ("" : none to check), and the person's stored profile (raw).
+        It reads the session's and the person's keys itself (``SessionStore`` and
+        ``Accounts`` own them) only to make the two reads one round trip."""
         keys = [self.keys.user(user_id)] + ([self.keys.session(sid_hash)] if sid_hash else [])
         if not self.keys.cluster:
             profile, live = self._session_and_profile(keys=keys)
