@@ -6,6 +6,7 @@ import re
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -186,3 +187,31 @@ def obtain_tokens(
                                            authorization_response=response.headers["Location"],
                                            code_verifier=verifier)
     return token
+
+
+def redis_commands_during(rdb: Any, prefix: str,
+                          action: Callable[[], Any]) -> list[str]:
+    """The commands Keycard sent to Redis under this test's prefix while ``action`` ran
+    (MONITOR; commands run inside a Lua script and the key ring's cache check excluded)."""
+    marker = f"{prefix}marker:{uuid.uuid4().hex}"
+    seen: list[str] = []
+    with rdb.monitor() as monitor:
+        finished = threading.Event()
+
+        def run() -> None:
+            action()
+            rdb.get(marker)
+            finished.set()
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        for event in monitor.listen():
+            command = str(event.get("command", ""))
+            if marker in command:
+                break
+            if prefix in command and event.get("client_type") != "lua" and (
+                    f"{prefix}keys" not in command):
+                seen.append(command)
+        worker.join(10)
+    wait_until(finished.is_set)
+    return seen

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs, quote, urljoin, urlsplit
 
 import pytest
-import redis
 import requests
 from joserfc import jwt
 from joserfc.jwk import KeySet
@@ -25,6 +22,7 @@ from tests.support import (
     csrf_token,
     obtain_tokens,
     pick_upstream_user,
+    redis_commands_during,
     sign_in,
     wait_until,
 )
@@ -294,34 +292,6 @@ def test_revoked_or_garbage_bearer_is_401(keycard, bob_tokens):
 
 
 # -- the hot path ---------------------------------------------------------------------------
-
-
-def redis_commands_during(rdb: redis.Redis, prefix: str,
-                          action: Callable[[], Any]) -> list[str]:
-    """The commands Keycard sent to Redis under this test's prefix while ``action`` ran
-    (MONITOR; commands run inside a Lua script and the key ring's cache check excluded)."""
-    marker = f"{prefix}marker:{uuid.uuid4().hex}"
-    seen: list[str] = []
-    with rdb.monitor() as monitor:
-        finished = threading.Event()
-
-        def run() -> None:
-            action()
-            rdb.get(marker)
-            finished.set()
-
-        worker = threading.Thread(target=run)
-        worker.start()
-        for event in monitor.listen():
-            command = str(event.get("command", ""))
-            if marker in command:
-                break
-            if prefix in command and event.get("client_type") != "lua" and (
-                    f"{prefix}keys" not in command):
-                seen.append(command)
-        worker.join(10)
-    wait_until(finished.is_set)
-    return seen
 
 
 def test_a_session_check_costs_one_redis_round_trip(keycard, http, rdb, prefix):

@@ -41,7 +41,7 @@ from sso.crypto import new_secret
 from sso.metrics import ROUTE, TOKENS
 from sso.oidc.endpoints import introspection, lookup_token, may_introspect
 from sso.oidc.grants import AuthorizationCode, OpenIDCode
-from sso.oidc.records import Grant
+from sso.oidc.records import Claim, Exchange, Grant
 from sso.oidc.tokens import Subject, TokenIssuer
 
 if TYPE_CHECKING:
@@ -241,12 +241,15 @@ class LeanEndpoints:
         def issue() -> Answer:
             # RFC 9700 §4.14.2: claimed (rotated) before anything is issued; a token this
             # script leaves alone (reused, unknown, ...) goes the full way, which decides.
-            record = self.records.claim_own_refresh_token(presented, client.client_id)
-            if record is None:
+            # The new token is drawn first, so that the claim can write it: one round trip.
+            new = new_secret(32)
+            claim = self.records.claim_own_refresh_token(
+                presented, client.client_id, (client.scopes, new, int(client.refresh_idle_ttl)))
+            if claim is None:
                 raise Decline
-            scope = client.get_allowed_scope(str(record["s"]))
-            refresh = new_secret(32) if "offline_access" in scope.split() else None
-            grant, subject = self._grant_and_subject(client, record, scope, refresh)
+            scope = client.get_allowed_scope(str(claim.record["s"]))
+            refresh = new if "offline_access" in scope.split() else None
+            grant, subject = self._grant_and_subject(client, claim, scope, refresh)
             if grant is None or subject is None:
                 if refresh is not None:
                     self.records.forget_refresh_token(refresh)
@@ -268,45 +271,78 @@ class LeanEndpoints:
         verifier = form.get("code_verifier")
 
         def issue() -> Answer:
-            status, data = self.records.consume_code(code)
-            if status != "fresh" or data is None:
-                raise Decline  # unknown, or a replay: the full path answers (and revokes)
-            if data["c"] != client.client_id:
-                raise Refused("invalid_grant", "Invalid 'code' in request.")
-            if data["ru"] and redirect_uri != data["ru"]:
-                raise Refused("invalid_grant", "Invalid 'redirect_uri' in request.")
-            self._check_verifier(client, data.get("cc"), verifier)
-            live, raw = self.records.session_and_profile(data["sid"], data["u"])
-            subject = self.provider.subject(
-                data["u"], auth_time=int(data["at"]), sid=data["sid"], client=client,
-                profile=self.provider.accounts.parse(raw)) if live else None
-            if subject is None:
-                raise Refused("invalid_grant", "There is no 'user' for this code.")
-            subject.grant_id = data["g"]
-            resources = list(data.get("res") or [])
-            for resource in resources:  # RFC 8707: still registered for this client
-                if resource not in (client.audiences or []):
-                    raise Refused("invalid_target", f"The resource {resource!r} is not "
-                                  "registered for this client.")
-            scope = client.get_allowed_scope(str(data["s"]))
             refreshable = client.check_grant_type("refresh_token")
             refresh = new_secret(32) if refreshable else None
-            token = self._token(client, "authorization_code", subject, scope, resources,
-                                refresh)
+            done = self.records.exchange_code(
+                code, client_id=client.client_id, redirect_uri=redirect_uri,
+                challenge=self._challenge(client, verifier), scopes=client.scopes,
+                grant_ttl=int(client.refresh_absolute_ttl),
+                refresh=(refresh, int(client.refresh_idle_ttl)) if refresh else None)
+            data = done.data
+            if done.status != "fresh" or data is None:
+                raise Decline  # unknown, or a replay: the full path answers (and revokes)
+            try:
+                token = self._exchange(client, data, done, redirect_uri, verifier, refresh)
+            except Refused:
+                if done.created:  # the script wrote the grant before a check failed here
+                    self.records.revoke_grant(str(data["g"]))
+                    if done.kept and refresh:
+                        self.records.forget_refresh_token(refresh)
+                raise
             TOKENS.labels("authorization_code").inc()
-            kept = None
-            if refresh is not None and "offline_access" in scope.split():
-                kept = (refresh, int(client.refresh_idle_ttl), resources or None)
-            else:
-                token.pop("refresh_token", None)
-            grant = Grant(subject.grant_id, data["u"], client.client_id, scope, data["sid"],
-                          subject.auth_time, int(time.time()) + int(client.refresh_absolute_ttl))
-            self.records.create_grant(grant, kept)  # False (born dead): answered all the same
-            if "openid" in scope.split():
-                token["id_token"] = self._id_token(client, subject, data, token)
             return 200, token
 
         return issue
+
+    def _exchange(self, client: Client, data: dict[str, Any], done: Exchange,
+                  redirect_uri: str, verifier: str | None, refresh: str | None
+                  ) -> dict[str, Any]:
+        """The checks and tokens of a redeemed code; the session read and the grant written
+        here unless ``done`` says the redemption's round trip did both."""
+        if data["c"] != client.client_id:
+            raise Refused("invalid_grant", "Invalid 'code' in request.")
+        if data["ru"] and redirect_uri != data["ru"]:
+            raise Refused("invalid_grant", "Invalid 'redirect_uri' in request.")
+        self._check_verifier(client, data.get("cc"), verifier)
+        live, raw = (done.live, done.profile) if done.live is not None else \
+            self.records.session_and_profile(data["sid"], data["u"])
+        subject = self.provider.subject(
+            data["u"], auth_time=int(data["at"]), sid=data["sid"], client=client,
+            profile=self.provider.accounts.parse(raw)) if live else None
+        if subject is None:
+            raise Refused("invalid_grant", "There is no 'user' for this code.")
+        subject.grant_id = data["g"]
+        resources = list(data.get("res") or [])
+        for resource in resources:  # RFC 8707: still registered for this client
+            if resource not in (client.audiences or []):
+                raise Refused("invalid_target", f"The resource {resource!r} is not "
+                              "registered for this client.")
+        scope = client.get_allowed_scope(str(data["s"]))
+        token = self._token(client, "authorization_code", subject, scope, resources, refresh)
+        keep = refresh is not None and "offline_access" in scope.split()
+        if not keep:
+            token.pop("refresh_token", None)
+        if done.created is None:
+            grant = Grant(subject.grant_id, data["u"], client.client_id, scope, data["sid"],
+                          subject.auth_time, int(time.time()) + int(client.refresh_absolute_ttl))
+            # False (born dead): answered all the same
+            self.records.create_grant(grant, (refresh, int(client.refresh_idle_ttl),
+                                              resources or None) if keep and refresh else None)
+        elif done.kept != keep:  # the script and this check disagree: not worth trusting
+            raise Refused("invalid_grant", "Invalid 'code' in request.")
+        if "openid" in scope.split():
+            token["id_token"] = self._id_token(client, subject, data, token)
+        return token
+
+    @staticmethod
+    def _challenge(client: Client, verifier: str | None) -> str:
+        """What the one-trip redemption compares with the code's challenge: the verifier's
+        S256 challenge, "" for a confidential client without one, "!" (no challenge looks
+        like that) where :meth:`_check_verifier` would refuse whatever the code holds."""
+        if not verifier:
+            return "!" if client.public else ""
+        return create_s256_code_challenge(verifier) if CODE_VERIFIER_PATTERN.match(
+            verifier) else "!"
 
     @staticmethod
     def _check_verifier(client: Client, challenge: str | None, verifier: str | None) -> None:
@@ -338,19 +374,25 @@ class LeanEndpoints:
         claims.update(openid.generate_user_info(subject, token["scope"]))
         return self.provider.keys.signer(alg).sign(claims, "JWT")
 
-    def _grant_and_subject(self, client: Client, record: dict[str, Any], scope: str,
+    def _grant_and_subject(self, client: Client, claim: Claim, scope: str,
                            refresh: str | None) -> tuple[Grant | None, Subject | None]:
         """The claimed token's grant (None: ended) and person (None: access ended), with
-        the rotated token written: one round trip for a record that names its person,
-        three for one written before records did."""
-        records, grant_id = self.records, str(record["g"])
-        ttl = int(client.refresh_idle_ttl)
-        if "u" in record:
+        the rotated token written: read by the claim's own round trip when it could, else
+        one more (three for a record written before records named their person)."""
+        records, record = self.records, claim.record
+        grant_id, ttl = str(record["g"]), int(client.refresh_idle_ttl)
+        profile: Profile | None | EllipsisType = ...
+        if claim.grant is not ...:
+            data, profile = claim.grant, self.provider.accounts.parse(claim.profile)
+            grant = Grant.from_hash(grant_id, data) if data else None
+            if claim.rotated != (refresh is not None):  # never, as the script keeps the scope
+                raise Refused("invalid_grant", "Invalid refresh token.")
+        elif "u" in record:
             rotated = None if refresh is None else (refresh, client.client_id, scope, ttl)
             grant, raw = records.grant_and_profile(grant_id, str(record["u"]), rotated)
-            profile: Profile | None | EllipsisType = self.provider.accounts.parse(raw)
+            profile = self.provider.accounts.parse(raw)
         else:
-            grant, profile = records.get_grant(grant_id), ...
+            grant = records.get_grant(grant_id)
             if grant is not None and refresh is not None:
                 records.save_refresh_token(refresh, grant_id, client.client_id, scope, ttl,
                                            user_id=grant.user_id)

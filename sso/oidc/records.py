@@ -16,116 +16,18 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from types import EllipsisType
 from typing import Any
 
 from sso.crypto import hash_secret, new_secret
+from sso.oidc import record_scripts as lua
 from sso.storage import Store, guard
 
 CODE_TTL = 60  # seconds; RFC 6749 §4.1.2 allows up to 10 minutes, issue #4 asks ≤ 60 s
 USED_CODE_TTL = 600  # remember a redeemed code this long to catch (and punish) replays
 TOMBSTONE_TTL = 86_400
 CONSENT_TTL = 180 * 86_400
-
-# KEYS code, used; ARGV used_ttl → {1, record} first use, {2, record} replay, {0} unknown
-_CONSUME_CODE = """
-local v = redis.call('GETDEL', KEYS[1])
-if v then
-  redis.call('SET', KEYS[2], v, 'EX', tonumber(ARGV[1]))
-  return {1, v}
-end
-local u = redis.call('GET', KEYS[2])
-if u then return {2, u} end
-return {0}
-"""
-
-# KEYS index; ARGV ttl, grant_id. An index must outlive every grant it lists: its TTL
-# only ever grows. The indexes hold grant ids (Keys.grant builds the key from one).
-_INDEX_GRANT = """
-redis.call('SADD', KEYS[1], ARGV[2])
-if redis.call('TTL', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-end
-return 1
-"""
-
-# KEYS grant, tombstone; ARGV ttl, field, value, ... → 0 when the grant was revoked already
-_CREATE_GRANT = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-return 1
-"""
-
-# KEYS grant, tombstone; ARGV tombstone ttl → 1 when the grant existed
-_END_GRANT = """
-redis.call('SET', KEYS[2], '1', 'EX', tonumber(ARGV[1]))
-return redis.call('DEL', KEYS[1])
-"""
-
-# KEYS revoked-jti, grant → 1 when the access token is alive (revoked-jti: written before
-# revoking an access token ended its grant; still honoured until those records expire)
-# KEYS revoked-jti, client's revocation set; ARGV jti → 1 when a client-credentials token
-# (no grant) is alive. Outside a cluster only: in one the two keys live in different slots.
-_ALIVE_WITHOUT_GRANT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
-return 1
-"""
-
-_ALIVE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-return redis.call('EXISTS', KEYS[2])
-"""
-
-# KEYS rt; ARGV (optional) client_id → {1, record} claimed now; {2, record} already rotated
-# (reuse); {0} unknown. With a client_id (the lean token path, sso/oidc/lean.py, which claims
-# only what it can finish): {3} for another client's token or one addressed to RFC 8707
-# resources; then, as for {0} and {2}, nothing changed and the full path decides.
-_CLAIM_REFRESH = """
-local v = redis.call('GET', KEYS[1])
-if not v then return {0} end
-local rec = cjson.decode(v)
-if ARGV[1] and (rec['c'] ~= ARGV[1] or rec['a']) then return {3} end
-if rec['r'] == 1 then return {2, v} end
-rec['r'] = 1
-local ttl = redis.call('TTL', KEYS[1])
-if ttl < 1 then ttl = 1 end
-redis.call('SET', KEYS[1], cjson.encode(rec), 'EX', ttl)
-return {1, v}
-"""
-
-# KEYS grant, user, new rt (or none); ARGV new record, ttl → {grant fields, profile}: a
-# refresh's second round trip in one command outside a cluster (a pipeline object cost more
-# CPU than the round trip it saves; in a cluster the three keys live in different slots).
-_GRANT_AND_PROFILE = """
-if KEYS[3] then redis.call('SET', KEYS[3], ARGV[1], 'EX', tonumber(ARGV[2])) end
-return {redis.call('HGETALL', KEYS[1]), redis.call('HGET', KEYS[2], 'profile')}
-"""
-
-# KEYS user, session (or none) → {profile, session live}: a code exchange's reads, outside a
-# cluster (the same reason as above)
-_SESSION_AND_PROFILE = """
-local live = 1
-if KEYS[2] then live = redis.call('EXISTS', KEYS[2]) end
-return {redis.call('HGET', KEYS[1], 'profile'), live}
-"""
-
-# KEYS grant, tombstone, indexes..., rt (when one is kept); ARGV ttl, number of indexes,
-# rt record, rt ttl, grant id, fields... → what _CREATE_GRANT returns, after the indexes
-# (outside a cluster: one round trip). Only real keys are declared: Redis ACLs check them.
-_CREATE_GRANT_INDEXED = """
-local ttl = tonumber(ARGV[1])
-local last = 2 + tonumber(ARGV[2])
-for i = 3, last do
-  redis.call('SADD', KEYS[i], ARGV[5])
-  if redis.call('TTL', KEYS[i]) < ttl then redis.call('EXPIRE', KEYS[i], ttl) end
-end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-redis.call('EXPIRE', KEYS[1], ttl)
-if #KEYS > last then redis.call('SET', KEYS[last + 1], ARGV[3], 'EX', tonumber(ARGV[4])) end
-return 1
-"""
+_MARK = "\x00"  # the id's place in a key template (no id holds it)
 
 
 @dataclass(frozen=True)
@@ -146,6 +48,32 @@ class Grant:
                    int(data.get("at", 0)), int(data.get("exp", 0)))
 
 
+@dataclass(frozen=True)
+class Exchange:
+    """A code's redemption (:meth:`Records.exchange_code`). ``live`` is None when the
+    session was not read, ``created`` None when no grant was written (the caller reads and
+    writes them), False when the grant had been revoked already (born dead)."""
+
+    status: str  # "fresh", "replayed" or "unknown"
+    data: dict[str, Any] | None
+    live: bool | None = None
+    profile: str | None = None
+    created: bool | None = None
+    kept: bool = False  # the first refresh token was written with the grant
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A refresh token claimed by its own client (:meth:`Records.claim_own_refresh_token`).
+    ``grant`` is ``...`` when the grant and profile were not read (the caller reads them and
+    writes the rotated token), None when the grant has ended."""
+
+    record: dict[str, Any]
+    grant: dict[str, str] | None | EllipsisType = ...
+    profile: str | None = None
+    rotated: bool = False
+
+
 class Records:
     """The storage service behind the OAuth grants and endpoints."""
 
@@ -153,13 +81,21 @@ class Records:
         self.store = store
         self.keys = store.keys
         redis = store.redis
-        self._consume_code = redis.register_script(_CONSUME_CODE)
-        self._claim_refresh = redis.register_script(_CLAIM_REFRESH)
-        self._grant_and_profile = redis.register_script(_GRANT_AND_PROFILE)
-        self._session_and_profile = redis.register_script(_SESSION_AND_PROFILE)
-        self._create_grant_indexed = redis.register_script(_CREATE_GRANT_INDEXED)
-        self._alive = redis.register_script(_ALIVE)
-        self._alive_without_grant = redis.register_script(_ALIVE_WITHOUT_GRANT)
+        self._consume_code = redis.register_script(lua.CONSUME_CODE)
+        self._claim_refresh = redis.register_script(lua.CLAIM_REFRESH)
+        self._grant_and_profile = redis.register_script(lua.GRANT_AND_PROFILE)
+        self._session_and_profile = redis.register_script(lua.SESSION_AND_PROFILE)
+        self._create_grant_indexed = redis.register_script(lua.CREATE_GRANT_INDEXED)
+        self._alive = redis.register_script(lua.ALIVE)
+        self._alive_without_grant = redis.register_script(lua.ALIVE_WITHOUT_GRANT)
+        self._code_one_trip = redis.register_script(lua.CODE_ONE_TRIP)
+        self._refresh_one_trip = redis.register_script(lua.REFRESH_ONE_TRIP)
+        keys = self.keys
+        self._grant_templates = [part for build in (keys.grant, keys.user)
+                                 for part in build(_MARK).split(_MARK)]
+        self._code_templates = [part for build in (
+            keys.user, keys.session, keys.grant, keys.grant_tombstone, keys.user_grants,
+            keys.client_grants, keys.session_grants) for part in build(_MARK).split(_MARK)]
 
     # -- authorization codes ------------------------------------------------------------
 
@@ -176,6 +112,36 @@ class Records:
             args=[USED_CODE_TTL])
         status = {1: "fresh", 2: "replayed"}.get(int(answer[0]), "unknown")
         return status, (json.loads(answer[1]) if len(answer) > 1 else None)
+
+    @guard
+    def exchange_code(self, code: str, *, client_id: str, redirect_uri: str, challenge: str,
+                      scopes: list[str], grant_ttl: int, refresh: tuple[str, int] | None
+                      ) -> Exchange:
+        """Redeem a code and, for the usual request (see ``CODE_ONE_TRIP``), do in the same
+        round trip what :meth:`session_and_profile` and :meth:`create_grant` would: read
+        the session's liveness and the profile, and write the grant, its indexes and
+        ``refresh`` = (token, idle ttl) when its scope holds offline_access. The caller
+        still makes every check; if one fails after ``created``, it ends the grant: nobody
+        ever saw its tokens. In a cluster (keys in other slots), only the redemption.
+        ``challenge``: the verifier's S256 challenge, "" without a verifier, "!" for none
+        the script may accept."""
+        if self.keys.cluster:
+            return Exchange(*self.consume_code(code))
+        code_hash = hash_secret(code)
+        token, idle = refresh if refresh is not None else ("", 0)
+        answer = self._code_one_trip(
+            keys=[self.keys.code(code_hash), self.keys.used_code(code_hash),
+                  self.keys.refresh_token(hash_secret(token))],
+            args=[USED_CODE_TTL, client_id, redirect_uri, challenge, f" {' '.join(scopes)} ",
+                  "1" if refresh is not None else "", max(1, grant_ttl),
+                  int(time.time()) + grant_ttl, max(1, idle), *self._code_templates])
+        status = {1: "fresh", 2: "replayed"}.get(int(answer[0]), "unknown")
+        data = json.loads(answer[1]) if len(answer) > 1 else None
+        if len(answer) < 3:
+            return Exchange(status, data)
+        live, profile, written, kept = answer[2:]
+        return Exchange(status, data, bool(live), profile, {1: True, 2: False}.get(written),
+                        bool(kept))
 
     # -- grants -----------------------------------------------------------------------
 
@@ -216,10 +182,10 @@ class Records:
             return bool(self._create_grant_indexed(keys=keys, args=args))
         pipe = self.store.redis.pipeline(transaction=False)
         for index in indexes:  # EVAL, not EVALSHA: a cluster pipeline cannot load scripts
-            pipe.execute_command("EVAL", _INDEX_GRANT, 1, index, ttl, grant.grant_id)
+            pipe.execute_command("EVAL", lua.INDEX_GRANT, 1, index, ttl, grant.grant_id)
         pipe.execute()  # no order across nodes: the indexes first, on their own
         pipe = self.store.redis.pipeline(transaction=False)
-        pipe.execute_command("EVAL", _CREATE_GRANT, 2, self.keys.grant(grant.grant_id),
+        pipe.execute_command("EVAL", lua.CREATE_GRANT, 2, self.keys.grant(grant.grant_id),
                              self.keys.grant_tombstone(grant.grant_id), ttl, *flat)
         if new is not None:
             pipe.set(new[0], new[1], ex=new[2])
@@ -259,7 +225,7 @@ class Records:
 
         def write(pipe: Any) -> None:
             for grant_id in grant_ids:
-                pipe.execute_command("EVAL", _END_GRANT, 2, self.keys.grant(grant_id),
+                pipe.execute_command("EVAL", lua.END_GRANT, 2, self.keys.grant(grant_id),
                                      self.keys.grant_tombstone(grant_id), TOMBSTONE_TTL)
 
         return int(sum(self.store.confirmed(write)))
@@ -387,14 +353,31 @@ class Records:
         return status, (json.loads(answer[1]) if len(answer) > 1 else None)
 
     @guard
-    def claim_own_refresh_token(self, token: str, client_id: str) -> dict[str, Any] | None:
+    def claim_own_refresh_token(self, token: str, client_id: str,
+                                rotation: tuple[list[str], str, int] | None = None
+                                ) -> Claim | None:
         """Claim a refresh token of ``client_id`` that names no RFC 8707 resources, in one
         round trip; None, with nothing changed, for every other case (unknown, reused,
         another client's, with resources), which :meth:`claim_refresh_token`'s caller
-        then answers."""
-        answer = self._claim_refresh(keys=[self.keys.refresh_token(hash_secret(token))],
-                                     args=[client_id])
-        return json.loads(answer[1]) if int(answer[0]) == 1 else None
+        then answers. Outside a cluster, with ``rotation`` = (the client's scopes, new
+        token, its idle ttl), the same round trip does :meth:`grant_and_profile`'s work for
+        a record that names its person and whose scope is all still allowed."""
+        old = self.keys.refresh_token(hash_secret(token))
+        if rotation is None or self.keys.cluster:
+            answer = self._claim_refresh(keys=[old], args=[client_id])
+        else:
+            scopes, new, ttl = rotation
+            answer = self._refresh_one_trip(
+                keys=[old, self.keys.refresh_token(hash_secret(new))],
+                args=[client_id, f" {' '.join(scopes)} ", max(1, ttl), *self._grant_templates])
+        if int(answer[0]) != 1:
+            return None
+        record = json.loads(answer[1])
+        if len(answer) < 3:
+            return Claim(record)
+        flat, profile, rotated = answer[2:]
+        grant = dict(zip(flat[::2], flat[1::2], strict=True)) or None
+        return Claim(record, grant, profile, bool(rotated))
 
     # -- access tokens ----------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from sso.crypto import hash_secret
 from sso.oidc.lean import LeanEndpoints
 from sso.storage import StorageUnavailable
 from tests.oidc.conftest import RP, active, get_code, redeem, refresh, tokens_for
+from tests.support import redis_commands_during
 
 API = "https://deploy-api.acme.test"
 PER_TOKEN = {"iat", "exp", "jti", "at_hash"}
@@ -244,12 +245,13 @@ def test_an_outage_after_the_claim_is_a_503_and_the_token_stays_spent(
         bob, make_client, lean, keycard, monkeypatch):
     rp = make_client(name="Outage app")
     first = tokens_for(bob, rp, scope="openid offline_access")
-    records = lean.layer.records
+    accounts = lean.layer.provider.accounts
 
     def down(*args: Any) -> None:
         raise StorageUnavailable("connection refused")
 
-    monkeypatch.setattr(records, "grant_and_profile", down)
+    # The claim's round trip has read the grant and profile; the roles' read fails.
+    monkeypatch.setattr(accounts, "with_roles", down)
     answer = refresh(rp, first["refresh_token"])
     assert answer.status_code == 503, answer.text
     assert answer.json()["error"] == "temporarily_unavailable"
@@ -528,7 +530,137 @@ def test_grant_writes_declare_only_real_keys_so_a_prefix_limited_redis_user_may_
                           int(clock.time()), int(clock.time()) + 600)
             assert records.create_grant(grant, kept) is True
             assert records.get_grant(grant.grant_id) == grant
+        # The one-trip scripts touch keys named in the records: ACLs check those too.
+        rdb.hset(records.keys.user("4242"), "profile", "{}")
+        records.save_code("acl-code", {"c": "acl-client", "ru": "", "s": "offline_access",
+                                       "u": "4242", "sid": "", "at": int(clock.time()),
+                                       "cc": "", "g": "acl-grant", "res": []})
+        done = records.exchange_code("acl-code", client_id="acl-client", redirect_uri="",
+                                     challenge="", scopes=["offline_access"], grant_ttl=600,
+                                     refresh=("rt-" + "y" * 40, 600))
+        assert (done.status, done.live, done.created, done.kept) == ("fresh", True, True, True)
+        claim = records.claim_own_refresh_token("rt-" + "y" * 40, "acl-client",
+                                                (["offline_access"], "rt-" + "z" * 40, 600))
+        assert claim is not None and claim.rotated and claim.grant is not None
+        assert claim.grant["u"] == "4242" and claim.profile == "{}"
         with pytest.raises(redis_py.exceptions.NoPermissionError):
             limited.get("not-keycard:anything")  # the limit is real
     finally:
         rdb.acl_deluser("keycard-acl")
+
+
+# -- one round trip (issue #15): the redemption or claim script does the reads and writes -----
+
+
+def grant_state(keycard: Any, rdb: Any, grant_id: str) -> dict[str, Any]:
+    """What Redis holds for a grant, less what differs per grant (the family's end)."""
+    keys = keycard.services.store.keys
+    fields = rdb.hgetall(keys.grant(grant_id))
+    user, sid = fields.get("u", ""), fields.get("sid", "")
+    return {
+        "fields": {k: v for k, v in fields.items() if k != "exp"},
+        "ends_in": int(fields["exp"]) - int(fields["at"]) > 0 if fields else None,
+        "ttl_set": rdb.ttl(keys.grant(grant_id)) > 0,
+        "indexed": [grant_id in rdb.smembers(key) for key in (
+            keys.user_grants(user), keys.client_grants(fields.get("c", "")),
+            keys.session_grants(sid))],
+        "tombstoned": bool(rdb.exists(keys.grant_tombstone(grant_id))),
+    }
+
+
+def code_record(keycard: Any, rdb: Any, code: str) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(
+        rdb.get(keycard.services.store.keys.code(hash_secret(code))))
+    return found
+
+
+def test_a_code_exchange_and_each_refresh_cost_one_redis_round_trip(bob, make_client, lean,
+                                                                     keycard, rdb):
+    rp = make_client(name="One trip app")
+    prefix = keycard.services.store.keys.prefix
+    # the first use of each script loads it into Redis (NOSCRIPT, SCRIPT LOAD, EVALSHA)
+    refresh(rp, tokens_for(bob, rp, scope="openid offline_access")["refresh_token"])
+    code, verifier = get_code(bob, rp, scope="openid offline_access")
+    answers: list[requests.Response] = []
+    commands = redis_commands_during(rdb, prefix, lambda: answers.append(
+        redeem(rp, code, verifier)))
+    assert answers[0].status_code == 200, answers[0].text
+    assert [c.split()[0].upper() for c in commands] == ["EVALSHA"], [c[:160] for c in commands]
+    tokens = answers[0].json()
+    for _ in range(2):  # the first refresh token (written by the script), then a rotated one
+        commands = redis_commands_during(rdb, prefix, lambda rt=tokens["refresh_token"]:
+                                         answers.append(refresh(rp, rt)))
+        assert answers[-1].status_code == 200, answers[-1].text
+        assert [c.split()[0].upper() for c in commands] == ["EVALSHA"], commands
+        tokens = answers[-1].json()
+    assert lean.reached == []
+    assert active(rp, tokens["access_token"]) and active(rp, tokens["refresh_token"])
+
+
+def test_the_one_trip_writes_what_the_full_path_writes(bob, make_client, lean, keycard, rdb):
+    """The redemption script's grant, indexes and first refresh token are those
+    Records.create_grant writes on the full path, field for field."""
+    rp = make_client(name="Same writes app")
+    keys = keycard.services.store.keys
+    codes = two_codes(bob, rp, scope="openid profile offline_access")
+    grants = [code_record(keycard, rdb, code)["g"] for code, _ in codes]
+    by_lean, by_full = exchange_both_ways(lean, rp, codes)
+    assert by_lean.status_code == by_full.status_code == 200
+    states = [grant_state(keycard, rdb, grant) for grant in grants]
+    assert states[0]["fields"]["s"] == "openid profile offline_access"
+    assert states[0] == states[1] and states[0]["indexed"] == [True] * 3
+    records = [json.loads(rdb.get(keys.refresh_token(hash_secret(answer.json()[
+        "refresh_token"])))) for answer in (by_lean, by_full)]
+    assert records[0] == {**records[1], "g": grants[0]} and records[0]["r"] == 0
+    ttls = [rdb.ttl(keys.refresh_token(hash_secret(answer.json()["refresh_token"])))
+            for answer in (by_lean, by_full)]
+    assert abs(ttls[0] - ttls[1]) <= 2 and ttls[0] > 0
+    # and a refresh through the claim script rotates to the same kind of record
+    rotated = refresh(rp, by_lean.json()["refresh_token"]).json()["refresh_token"]
+    assert json.loads(rdb.get(keys.refresh_token(hash_secret(rotated)))) == records[0]
+
+
+def test_a_scope_the_client_no_longer_allows_is_dropped_by_the_longer_way(
+        bob, make_client, lean, keycard, rdb):
+    """The scripts only write a scope that is all still allowed; otherwise the exchange
+    and the refresh read and write in further round trips, still on the lean path, and
+    answer what the full path answers."""
+    rp = make_client(name="Narrowed app", scopes=["openid", "profile", "offline_access"])
+    codes = two_codes(bob, rp, scope="openid profile offline_access")
+    grant = code_record(keycard, rdb, codes[0][0])["g"]
+    keycard.services.clients.update(rp.client.client_id, scopes=["openid", "offline_access"])
+    by_lean, by_full = exchange_both_ways(lean, rp, codes)
+    assert lean.reached == [] and by_lean.status_code == 200, by_lean.text
+    assert_same_answer(by_lean, by_full)
+    assert by_lean.json()["scope"] == "openid offline_access"
+    assert grant_state(keycard, rdb, grant)["fields"]["s"] == "openid offline_access"
+
+    # A refresh token from before the change: the claim script leaves the scope alone.
+    keycard.services.clients.update(rp.client.client_id,
+                                    scopes=["openid", "profile", "offline_access"])
+    old = [tokens_for(bob, rp, scope="openid profile offline_access")["refresh_token"]
+           for _ in range(2)]
+    keycard.services.clients.update(rp.client.client_id, scopes=["openid", "offline_access"])
+    by_lean, by_full = lean.each_way(lambda: refresh(rp, old[0]), lambda: refresh(rp, old[1]))
+    assert by_lean.status_code == 200, by_lean.text
+    assert_same_answer(by_lean, by_full)
+    assert by_lean.json()["scope"] == "openid offline_access"
+
+
+def test_a_check_failing_after_the_one_trip_wrote_the_grant_ends_it(bob, make_client, lean,
+                                                                     keycard, rdb):
+    """The script writes the grant before Provider.subject decides; when it says no (here:
+    the app now requires a role bob lacks), the grant is ended and its refresh token gone."""
+    rp = make_client(name="Now restricted app")
+    code, verifier = get_code(bob, rp, scope="openid offline_access")
+    grant = code_record(keycard, rdb, code)["g"]
+    keycard.services.clients.update(rp.client.client_id, required_roles=["release-manager"])
+    answer = redeem(rp, code, verifier)
+    assert answer.status_code == 400 and lean.reached == []
+    assert answer.json() == {"error": "invalid_grant",
+                             "error_description": "There is no 'user' for this code."}
+    state = grant_state(keycard, rdb, grant)
+    assert state["fields"] == {} and state["tombstoned"]
+    keys = keycard.services.store.keys
+    assert not [k for k in rdb.scan_iter(keys.refresh_token("*"))
+                if json.loads(rdb.get(k) or "{}").get("g") == grant]
