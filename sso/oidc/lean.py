@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import hmac
 import io
+import logging
 import time
 from collections.abc import Callable, Iterable
 from types import EllipsisType
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
     from sso.accounts import Profile
     from sso.oidc.clients import Client
     from sso.registry import Registry
+
+log = logging.getLogger(__name__)
 
 FORM = "application/x-www-form-urlencoded"
 HEADERS = (("Content-Type", "application/json"), ("Cache-Control", "no-store"),
@@ -249,6 +252,10 @@ class LeanEndpoints:
                 raise Decline
             scope = client.get_allowed_scope(str(claim.record["s"]))
             refresh = new if "offline_access" in scope.split() else None
+            if claim.grant is not ... and claim.rotated != (refresh is not None):
+                if claim.rotated:  # never: the script writes only the scope kept here
+                    self.records.forget_refresh_token(new)
+                raise Refused("invalid_grant", "Invalid refresh token.")
             grant, subject = self._grant_and_subject(client, claim, scope, refresh)
             if grant is None or subject is None:
                 if refresh is not None:
@@ -283,11 +290,9 @@ class LeanEndpoints:
                 raise Decline  # unknown, or a replay: the full path answers (and revokes)
             try:
                 token = self._exchange(client, data, done, redirect_uri, verifier, refresh)
-            except Refused:
+            except Exception:
                 if done.created:  # the script wrote the grant before a check failed here
-                    self.records.revoke_grant(str(data["g"]))
-                    if done.kept and refresh:
-                        self.records.forget_refresh_token(refresh)
+                    self._undo(str(data["g"]), refresh if done.kept else None)
                 raise
             TOKENS.labels("authorization_code").inc()
             return 200, token
@@ -328,11 +333,23 @@ class LeanEndpoints:
             # False (born dead): answered all the same
             self.records.create_grant(grant, (refresh, int(client.refresh_idle_ttl),
                                               resources or None) if keep and refresh else None)
-        elif done.kept != keep:  # the script and this check disagree: not worth trusting
+        elif done.created and done.kept != keep:  # never: the script checks the same
             raise Refused("invalid_grant", "Invalid 'code' in request.")
         if "openid" in scope.split():
             token["id_token"] = self._id_token(client, subject, data, token)
         return token
+
+    def _undo(self, grant_id: str, refresh: str | None) -> None:
+        """End a grant the redemption script wrote for a request refused (or failed)
+        afterwards: its tokens were never sent. Best effort: an outage here leaves a grant
+        nobody holds a token of, which expires with its family."""
+        try:
+            self.records.revoke_grant(grant_id)
+            if refresh is not None:
+                self.records.forget_refresh_token(refresh)
+        except Exception:  # noqa: BLE001 - the request's own error is the one to answer
+            log.warning("could not end grant %s after a refused code exchange", grant_id,
+                        exc_info=True)
 
     @staticmethod
     def _challenge(client: Client, verifier: str | None) -> str:
@@ -385,8 +402,6 @@ class LeanEndpoints:
         if claim.grant is not ...:
             data, profile = claim.grant, self.provider.accounts.parse(claim.profile)
             grant = Grant.from_hash(grant_id, data) if data else None
-            if claim.rotated != (refresh is not None):  # never, as the script keeps the scope
-                raise Refused("invalid_grant", "Invalid refresh token.")
         elif "u" in record:
             rotated = None if refresh is None else (refresh, client.client_id, scope, ttl)
             grant, raw = records.grant_and_profile(grant_id, str(record["u"]), rotated)

@@ -172,7 +172,7 @@ end
 redis.call('SET', KEYS[2], v, 'EX', tonumber(ARGV[1]))
 local r = cjson.decode(v)
 if r['c'] ~= ARGV[2] or type(r['u']) ~= 'string' or type(r['g']) ~= 'string'
-    or type(r['at']) ~= 'number' or type(r['res']) ~= 'table' or #r['res'] > 0 then
+    or type(r['at']) ~= 'number' or type(r['res']) ~= 'table' or next(r['res']) ~= nil then
   return {1, v}
 end
 local ru = text(r['ru'])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import EllipsisType
 from typing import Any
@@ -74,6 +75,15 @@ class Claim:
     rotated: bool = False
 
 
+def _templates(*builders: Callable[[str], str]) -> list[str]:
+    """Each key as (text before the id, text after it), flat: the one-trip scripts' ARGV."""
+    parts = []
+    for build in builders:
+        head, tail = build(_MARK).split(_MARK)  # a key names its id once
+        parts += [head, tail]
+    return parts
+
+
 class Records:
     """The storage service behind the OAuth grants and endpoints."""
 
@@ -91,11 +101,10 @@ class Records:
         self._code_one_trip = redis.register_script(lua.CODE_ONE_TRIP)
         self._refresh_one_trip = redis.register_script(lua.REFRESH_ONE_TRIP)
         keys = self.keys
-        self._grant_templates = [part for build in (keys.grant, keys.user)
-                                 for part in build(_MARK).split(_MARK)]
-        self._code_templates = [part for build in (
+        self._grant_templates = _templates(keys.grant, keys.user)
+        self._code_templates = _templates(
             keys.user, keys.session, keys.grant, keys.grant_tombstone, keys.user_grants,
-            keys.client_grants, keys.session_grants) for part in build(_MARK).split(_MARK)]
+            keys.client_grants, keys.session_grants)
 
     # -- authorization codes ------------------------------------------------------------
 
