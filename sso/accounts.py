@@ -173,10 +173,11 @@ class Accounts:
     def save(self, profile: Profile, token: UpstreamToken | None, *, signed_in: bool) -> None:
         """Write the directory and login index, then the user record.
 
-        Two transactions, each within one hash slot (in a cluster the directory is
+        In a cluster, two transactions, each within one hash slot (the directory is
         configuration and the record is the person's). Directory first: a profile that
         exists is always listed (admins see it, rule changes reach it); a failure in between
-        leaves an id with no profile, which the directory skips.
+        leaves an id with no profile, which the directory skips. Elsewhere, one transaction
+        (one round trip, all or nothing).
         """
         keys = self.store.keys
         fields = {"profile": json.dumps(profile.as_dict(), separators=(",", ":"))}
@@ -187,8 +188,9 @@ class Accounts:
         if signed_in:
             directory.zadd(keys.users_index(), {profile.user_id: now})
         directory.hset(keys.login_index(), profile.login.lower(), profile.user_id)
-        directory.execute()
-        record = self.store.redis.pipeline(transaction=True)
+        if keys.cluster:
+            directory.execute()
+        record = self.store.redis.pipeline(transaction=True) if keys.cluster else directory
         record.hset(keys.user(profile.user_id), mapping=fields)
         record.expire(keys.user(profile.user_id), self.store.ttl.user_profile)
         if signed_in:
@@ -387,12 +389,15 @@ class Accounts:
         if login not in self._admin_logins:
             return
         key = self.store.keys.bootstrap_pins()
-        if self.store.redis.hsetnx(key, login, identity.user_id):
+        pipe = self.store.redis.pipeline(transaction=False)  # one round trip, one slot
+        pipe.hsetnx(key, login, identity.user_id)
+        pipe.hget(key, login)
+        created, pinned = pipe.execute()
+        if created:
             self._pins[login] = identity.user_id
             self.audit.record("admin.bootstrap_pinned", actor="system", subject=identity.login,
                               user_id=identity.user_id)
             return
-        pinned = self.store.redis.hget(key, login)
         if pinned:
             self._pins[login] = pinned
         if pinned != identity.user_id:

@@ -170,13 +170,13 @@ class SessionStore:
     def save(self, session: ServerSession, *, ip: str, user_agent: str) -> str | None:
         """Persist; returns the id to put in the cookie (new sessions), else None.
 
-        A new session is written in two steps, each within one hash slot (in a cluster the
-        person's index and each session live on their own master): first the retired id's
-        record goes, the new hash joins the person's index and the old session's grant ids
-        are read; then the new session's grant index and its record are written together.
-        Index before record: a session that exists is always in its person's index, so
-        "sign out everywhere" finds it; a failure in between leaves an index entry naming
-        no session (pruned when listed).
+        Outside a cluster a new session is one transaction (one round trip). In a cluster
+        (the person's index and each session live on their own master) it is two steps,
+        each within one hash slot: first the retired id's record goes, the new hash joins
+        the person's index and the old session's grant ids are read; then the new session's
+        grant index and its record are written together. Index before record: a session
+        that exists is always in its person's index, so "sign out everywhere" finds it; a
+        failure in between leaves an index entry naming no session (pruned when listed).
         """
         keys = self.store.keys
         if session.ended:  # signed out: gone for good, even across a failover
@@ -185,10 +185,10 @@ class SessionStore:
                 self.store.confirmed(lambda pipe: pipe.delete(self.key(retired)))
             session.retired_sid = None
             return None
-        first = self.store.redis.pipeline(transaction=False)
-        if session.retired_sid:
-            first.delete(self.key(session.retired_sid))
-            session.retired_sid = None
+        replaced, session.retired_sid = session.retired_sid, None
+        first = self.store.redis.pipeline(transaction=not keys.cluster)
+        if replaced:
+            first.delete(self.key(replaced))
         data = json.dumps(dict(session), separators=(",", ":"))
         profile = json.dumps(session.profile, separators=(",", ":")) if (
             session.profile is not None) else ""
@@ -209,17 +209,20 @@ class SessionStore:
             first.sadd(index, new_hash)
             first.expire(index, self.absolute)
         carried = session.carry_grants_from
-        if carried:
+        grants = keys.session_grants(new_hash)
+        # Re-sign-in of the same person: the tokens born in the old session now belong to
+        # this one, so signing out here still ends them. (The old session is gone, so no
+        # grant can join its index any more: codes need a live session.)
+        if carried and not keys.cluster:
+            first.sunionstore(grants, [keys.session_grants(carried)])
+            first.expire(grants, self.absolute)
+        elif carried:
             first.smembers(keys.session_grants(carried))
-        read = first.execute()
+        read = first.execute() if keys.cluster else []
         fields = [str(session.absolute), str(now), session.user_id or "", _clean(ip, 45),
                   _clean(user_agent, UA_LIMIT), data, profile]
-        second = self.store.redis.pipeline(transaction=True)
-        if carried and read[-1]:
-            # Re-sign-in of the same person: the tokens born in the old session now
-            # belong to this one, so signing out here still ends them. (The old session is
-            # gone, so no grant can join its index any more: codes need a live session.)
-            grants = keys.session_grants(new_hash)
+        second = self.store.redis.pipeline(transaction=True) if keys.cluster else first
+        if carried and keys.cluster and read[-1]:
             second.sadd(grants, *read[-1])
             second.expire(grants, self.absolute)
         session.carry_grants_from = None

@@ -189,10 +189,11 @@ def obtain_tokens(
     return token
 
 
-def redis_commands_during(rdb: Any, prefix: str,
-                          action: Callable[[], Any]) -> list[str]:
+def redis_commands_during(rdb: Any, prefix: str, action: Callable[[], Any], *,
+                          transactions: bool = False) -> list[str]:
     """The commands Keycard sent to Redis under this test's prefix while ``action`` ran
-    (MONITOR; commands run inside a Lua script and the key ring's cache check excluded)."""
+    (MONITOR; commands run inside a Lua script and the key ring's cache check excluded);
+    with ``transactions``, also the MULTI and EXEC around them."""
     marker = f"{prefix}marker:{uuid.uuid4().hex}"
     seen: list[str] = []
     with rdb.monitor() as monitor:
@@ -209,8 +210,9 @@ def redis_commands_during(rdb: Any, prefix: str,
             command = str(event.get("command", ""))
             if marker in command:
                 break
-            if prefix in command and event.get("client_type") != "lua" and (
-                    f"{prefix}keys" not in command):
+            if event.get("client_type") == "lua" or f"{prefix}keys" in command:
+                continue
+            if prefix in command or (transactions and command in ("MULTI", "EXEC")):
                 seen.append(command)
         worker.join(10)
     wait_until(finished.is_set)

@@ -123,7 +123,8 @@ def _continue(next_url: str) -> Response:
     less per sign-in. Anything else ``/authorize`` would answer (a consent page, an error
     page, a new sign-in) gets the redirect, so that page lives at its own reloadable address
     and a new sign-in's binding cookie is not cleared with this one's.
-    The view runs in a request context of its own with this request's session and user."""
+    The view runs in a request context of its own with this request's session and user,
+    not counted against the rate limit again (one HTTP request, counted at the callback)."""
     path, _, query = next_url.partition("?")
     if path != url_for("oidc.authorize"):
         return redirect(next_url)

@@ -28,6 +28,11 @@ def too_many_requests(seconds: int) -> Response:
     return response
 
 
+# Set in the WSGI environ once an HTTP request has been counted: a view that another runs
+# inside the same request (the sign-in callback answering ``/authorize``) is not counted again.
+COUNTED = "keycard.rate_counted"
+
+
 def limited(name: str, limiter: Callable[[], RateLimiter]) -> Callable[[F], F]:
     """Count each request to the view against limit ``name`` per client IP, each endpoint
     on its own. Never per client_id before the client is authenticated: anyone can name
@@ -36,10 +41,12 @@ def limited(name: str, limiter: Callable[[], RateLimiter]) -> Callable[[F], F]:
     def decorate(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            who = [f"{request.endpoint}|ip|{request.remote_addr or ''}"]
-            over = limiter().hit(name, who)
-            if over is not None:
-                return too_many_requests(over[1])
+            if not request.environ.get(COUNTED):
+                request.environ[COUNTED] = True
+                who = [f"{request.endpoint}|ip|{request.remote_addr or ''}"]
+                over = limiter().hit(name, who)
+                if over is not None:
+                    return too_many_requests(over[1])
             return view(*args, **kwargs)
 
         return cast(F, wrapper)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from urllib.parse import parse_qs, quote, urljoin, urlsplit
 
 import pytest
+import requests
 
 from sso.oidc.clients import ClientError
 from tests.oidc.conftest import (
@@ -14,10 +15,11 @@ from tests.oidc.conftest import (
     approve,
     authorize,
     code_from,
+    get_code,
     redeem,
     sent_back,
 )
-from tests.support import pick_upstream_user
+from tests.support import pick_upstream_user, redis_commands_during
 
 BAD_REDIRECTS = [
     pytest.param(CB + "/", id="trailing-slash"),
@@ -340,3 +342,45 @@ def test_an_oversized_authorization_request_stores_nothing_and_says_so(rp, http,
         "scope": "openid", "padding": "x" * 200_000})
     assert answer.status_code == 400 and "too long" in answer.text
     assert sum(1 for _ in rdb.scan_iter(match=pattern)) == before
+
+
+def round_trips(commands: list[str], prefix: str) -> list[list[tuple[str, str]]]:
+    """MONITOR's commands grouped by round trip as (command, kind of key): a transaction
+    is one, every other command one (a pipeline without MULTI shows as several)."""
+    trips: list[list[tuple[str, str]]] = []
+    open_: list[tuple[str, str]] | None = None
+    for command in commands:
+        name, _, rest = command.partition(" ")
+        if name == "MULTI":
+            open_ = []
+        elif name == "EXEC":
+            trips.append(open_ or [])
+            open_ = None
+        else:
+            key = rest.split(" ", 2)[2 if name == "EVALSHA" else 0]
+            step = (name.upper(), key.removeprefix(prefix).split(":", 1)[0])
+            if open_ is not None:
+                open_.append(step)
+            else:
+                trips.append([step])
+    return trips
+
+
+def test_a_sign_in_writes_the_person_and_the_session_in_one_round_trip_each(
+        keycard, make_client, rdb):
+    """Issue #15: the callback's writes outside a cluster. The person (directory, login
+    index, record) is one transaction, the new session (the person's index and the record)
+    another, and the /authorize the callback answers inline is not counted against the
+    rate limit a second time."""
+    rp = make_client(name="Trips app")
+    prefix = keycard.services.store.keys.prefix
+    get_code(requests.Session(), rp, scope="openid")  # bob's first sign-in, scripts loaded
+    commands = redis_commands_during(rdb, prefix, lambda: get_code(
+        requests.Session(), rp, scope="openid"), transactions=True)
+    trips = round_trips(commands, prefix)
+    assert [("ZADD", "users"), ("HSET", "logins"), ("HSET", "user"), ("EXPIRE", "user"),
+            ("HSET", "user")] in trips, trips
+    assert [("SADD", "user"), ("EXPIRE", "user"), ("SET", "sess")] in trips, trips
+    limits = [trip for trip in trips if trip[0][1] == "rl"]
+    assert len(limits) == 2, trips  # /authorize and the callback: one count per request
+    assert len(trips) <= 9, trips
