@@ -83,9 +83,12 @@ def create_app(
     # slow or unreachable Redis (a hung sentinel) never holds up the start.
     threading.Thread(target=reg.readiness.log_at_start, args=(settings.redis_url,),
                      name="keycard-redis-check", daemon=True).start()
-    app.session_interface = RedisSessionInterface(reg.sessions, cookie_name=_cookie_name(settings))
+    cookie = _cookie_name(settings)
+    app.session_interface = RedisSessionInterface(reg.sessions, cookie_name=cookie)
 
-    lean.install(app, reg)  # innermost: the headers, metrics and ids below wrap it too
+    # Innermost: the headers, metrics and ids below wrap them too.
+    lean.install(app, reg)
+    app.wsgi_app = forward_auth.LeanVerify(app.wsgi_app, reg, cookie)  # type: ignore[method-assign]
     web.init_app(app)
     users.init_app(app)
     for module in (auth, portal, health, admin, admin_api, forward_auth, device, oidc_views,
