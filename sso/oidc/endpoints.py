@@ -16,6 +16,7 @@ from sso.oidc.tokens import InvalidToken
 from sso.sessions import end_browser_session
 
 if TYPE_CHECKING:
+    from sso.oidc.records import Grant
     from sso.oidc.server import KeycardServer, Provider
 
 
@@ -37,12 +38,14 @@ class TokenRef:
     """A token as the introspection/revocation endpoints see it."""
 
     def __init__(self, kind: str, client_id: str, claims: dict[str, Any] | None = None,
-                 refresh: dict[str, Any] | None = None, raw: str = "") -> None:
+                 refresh: dict[str, Any] | None = None, raw: str = "",
+                 grant: Grant | None = None) -> None:
         self.kind = kind
         self.client_id = client_id
         self.claims = claims or {}
         self.refresh = refresh or {}
         self.raw = raw
+        self.grant = grant  # a live refresh token's, read with it
 
     def check_client(self, client: Any) -> bool:
         return bool(self.client_id == client.get_client_id())
@@ -73,12 +76,15 @@ def lookup_token(provider: Provider, token: str, *, live_only: bool) -> TokenRef
                                                                  client_id):
             return None
         return TokenRef("access_token", client_id, claims=claims)
-    record = provider.records.peek_refresh_token(token)
-    if record is None or (live_only and (record.get("r") or
-                                         provider.clients.shared(str(record["c"])) is None or
-                                         provider.records.get_grant(record["g"]) is None)):
+    if not live_only:
+        record = provider.records.peek_refresh_token(token)
+        return None if record is None else TokenRef("refresh_token", str(record["c"]),
+                                                    refresh=record, raw=token)
+    record, grant = provider.records.peek_refresh_token_and_grant(token)
+    if record is None or grant is None or record.get("r") or (
+            provider.clients.shared(str(record["c"])) is None):
         return None
-    return TokenRef("refresh_token", str(record["c"]), refresh=record, raw=token)
+    return TokenRef("refresh_token", str(record["c"]), refresh=record, raw=token, grant=grant)
 
 
 class Introspection(_HintTolerant, IntrospectionEndpoint):  # type: ignore[misc]
@@ -113,7 +119,7 @@ def may_introspect(token: TokenRef, client: Any) -> bool:
 def introspection(provider: Provider, token: TokenRef) -> dict[str, Any]:
     """RFC 7662 §2.2: what an active token's introspection says (sso/oidc/lean.py too)."""
     if token.kind == "refresh_token":
-        grant = provider.records.get_grant(token.refresh["g"])
+        grant = token.grant or provider.records.get_grant(token.refresh["g"])
         return {"active": True, "token_type": "refresh_token", "client_id": token.client_id,
                 "scope": token.refresh.get("s", ""), "iss": provider.issuer,
                 "exp": grant.expires_at if grant else None}

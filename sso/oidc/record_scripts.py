@@ -202,3 +202,13 @@ local rt = {g = r['g'], c = r['c'], s = scope, r = 0, u = r['u']}
 redis.call('SET', KEYS[3], cjson.encode(rt), 'EX', tonumber(ARGV[9]))
 return {1, v, 1, profile, 1, 1}
 """
+
+# KEYS rt; ARGV the grant's template → {} unknown; {record, grant fields} (read only): an
+# introspected refresh token and its grant in one round trip.
+REFRESH_AND_GRANT = _ONE_TRIP + """
+local v = redis.call('GET', KEYS[1])
+if not v then return {} end
+local g = cjson.decode(v)['g']
+if type(g) ~= 'string' then return {v} end
+return {v, redis.call('HGETALL', key(1, g))}
+"""

@@ -100,8 +100,9 @@ class Records:
         self._alive_without_grant = redis.register_script(lua.ALIVE_WITHOUT_GRANT)
         self._code_one_trip = redis.register_script(lua.CODE_ONE_TRIP)
         self._refresh_one_trip = redis.register_script(lua.REFRESH_ONE_TRIP)
+        self._refresh_and_grant = redis.register_script(lua.REFRESH_AND_GRANT)
         keys = self.keys
-        self._grant_templates = _templates(keys.grant, keys.user)
+        self._grant_templates = _templates(keys.grant, keys.user)  # ARGV[1..2]: the grant's
         self._code_templates = _templates(
             keys.user, keys.session, keys.grant, keys.grant_tombstone, keys.user_grants,
             keys.client_grants, keys.session_grants)
@@ -353,6 +354,24 @@ class Records:
     def peek_refresh_token(self, token: str) -> dict[str, Any] | None:
         raw = self.store.redis.get(self.keys.refresh_token(hash_secret(token)))
         return json.loads(raw) if raw else None
+
+    @guard
+    def peek_refresh_token_and_grant(self, token: str
+                                     ) -> tuple[dict[str, Any] | None, Grant | None]:
+        """A refresh token's record, unchanged, and its grant (None: ended): one round trip
+        outside a cluster, two in one."""
+        key = self.keys.refresh_token(hash_secret(token))
+        if self.keys.cluster:
+            raw = self.store.redis.get(key)
+            record = json.loads(raw) if raw else None
+            return record, (self.get_grant(str(record["g"])) if record else None)
+        answer = self._refresh_and_grant(keys=[key], args=self._grant_templates[:2])
+        if not answer:
+            return None, None
+        record = json.loads(answer[0])
+        flat = answer[1] if len(answer) > 1 else []
+        data = dict(zip(flat[::2], flat[1::2], strict=True))
+        return record, (Grant.from_hash(str(record["g"]), data) if data else None)
 
     @guard
     def claim_refresh_token(self, token: str) -> tuple[str, dict[str, Any] | None]:

@@ -706,3 +706,18 @@ def test_an_outage_after_the_one_trip_wrote_the_grant_ends_it_and_answers_503(
     assert answer.status_code == 503 and answer.json()["error"] == "temporarily_unavailable"
     state = grant_state(keycard, rdb, grant)
     assert state["fields"] == {} and state["tombstoned"]
+
+
+def test_introspecting_a_refresh_token_costs_one_round_trip(bob, make_client, lean, keycard,
+                                                            rdb):
+    from tests.oidc.conftest import introspect
+
+    rp = make_client(name="Introspecting app")
+    tokens = [tokens_for(bob, rp, scope="openid offline_access") for _ in range(2)]
+    assert introspect(rp, tokens[0]["refresh_token"]).json()["active"]  # the script loaded
+    answers: list[requests.Response] = []
+    commands = redis_commands_during(rdb, keycard.services.store.keys.prefix, lambda: (
+        answers.append(introspect(rp, tokens[1]["refresh_token"]))))
+    assert answers[0].json()["active"] is True and lean.reached == []
+    assert answers[0].json()["exp"] > time.time()  # the grant's end, read with the token
+    assert data_commands(keycard, commands) == ["EVALSHA"], [c[:160] for c in commands]
