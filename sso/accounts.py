@@ -386,8 +386,8 @@ class Accounts:
         """Bind a bootstrap login entry to the first id GitHub names for it; refuse (and
         record) any other id arriving with that login later (a renamed or freed login)."""
         login = identity.login.lower()
-        if login not in self._admin_logins or self._pins.get(login) == identity.user_id:
-            return  # not an entry, or bound to this id already: a pin never moves
+        if login not in self._admin_logins:
+            return
         key = self.store.keys.bootstrap_pins()
         pipe = self.store.redis.pipeline(transaction=False)  # one round trip, one slot
         pipe.hsetnx(key, login, identity.user_id)

@@ -12,7 +12,7 @@ from typing import Any
 
 import requests
 
-from tests.support import redis_commands_during, sign_in
+from tests.support import sign_in
 
 ALICE, BOB = "1001", "1002"
 
@@ -97,14 +97,3 @@ def test_finding_2_a_user_rule_does_not_follow_a_reused_login(make_keycard, upst
     assert "deployer" not in roles(keycard, "6666")
     person(keycard, "bob-old")
     assert "deployer" in roles(keycard, BOB)
-
-
-def test_a_bound_entry_costs_no_round_trip_at_later_sign_ins(keycard, rdb):
-    """A pin never moves (after a data loss it is written back): once this process knows
-    alice's, her next sign-ins do not ask Redis for it again."""
-    sign_in(requests.Session(), keycard.url, "alice")
-    pins = keycard.services.store.keys.bootstrap_pins()
-    assert rdb.hget(pins, "alice") == "1001"
-    commands = redis_commands_during(rdb, keycard.services.store.keys.prefix, lambda: sign_in(
-        requests.Session(), keycard.url, "alice"))
-    assert commands and not [c for c in commands if pins in c], commands
