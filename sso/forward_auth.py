@@ -306,7 +306,7 @@ class LeanVerify:
     token through :meth:`Provider.token_claims`, the same host, roles and headers. Anything
     else goes to the view as it came: no session, an ended or stale one (the view re-checks
     membership upstream and writes), a refused token or role, a bad ``aud``, ``redirect``,
-    a repeated parameter. tests/test_forward_auth.py sends each kind both ways."""
+    a repeated parameter. tests/test_forward_auth_lean.py sends each kind both ways."""
 
     def __init__(self, app: WSGIApplication, reg: Registry, cookie_name: str) -> None:
         self.app = app
@@ -331,8 +331,11 @@ class LeanVerify:
         return [b""]
 
     def _answer(self, environ: WSGIEnvironment) -> list[tuple[str, str]]:
+        raw = environ.get("QUERY_STRING", "")
+        if not raw.isascii():  # Werkzeug decodes raw bytes as UTF-8, strictly: the view's call
+            raise Decline
         query: dict[str, str] = {}
-        for name, value in parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True):
+        for name, value in parse_qsl(raw, keep_blank_values=True):
             if name not in VERIFY_QUERY or name in query:
                 raise Decline
             query[name] = value
@@ -368,7 +371,7 @@ class LeanVerify:
             raise Decline
         user_id = orjson.loads(record[DATA] or "{}").get("_user_id")
         profile = orjson.loads(record[PROFILE])
-        if not isinstance(user_id, str) or user_id != record[USER] or (
+        if not isinstance(user_id, str) or not user_id or user_id != record[USER] or (
                 self.reg.accounts.is_stale(profile)):
             raise Decline
         return identity_of(Profile.from_dict(profile), self.issuer)

@@ -214,7 +214,9 @@ class SessionStore:
         # this one, so signing out here still ends them. (The old session is gone, so no
         # grant can join its index any more: codes need a live session.)
         if carried and not keys.cluster:
-            first.sunionstore(grants, [keys.session_grants(carried)])
+            # As a raw command: redis-py refuses SUNIONSTORE in a cluster pipeline, which a
+            # hash-tagged prefix on a cluster (one slot, keys.cluster False) still uses.
+            first.execute_command("SUNIONSTORE", grants, keys.session_grants(carried))
             first.expire(grants, self.absolute)
         elif carried:
             first.smembers(keys.session_grants(carried))

@@ -315,3 +315,34 @@ def test_a_cluster_url_may_name_several_nodes_and_the_first_may_be_down(
     keycard = make_keycard(redis_url=f"redis+cluster://127.0.0.1:{dead},{live}")
     assert "Bob Builder" in sign_in(requests.Session(), keycard.url, "bob").text
     assert requests.get(keycard.url + "/readyz", timeout=10).status_code == 200
+
+
+def test_a_hash_tagged_prefix_keeps_the_one_slot_writes_working(make_cluster_keycard):
+    """``SSO_REDIS_PREFIX={tag}:`` on a cluster (the one-slot layout of earlier versions):
+    Keycard takes its single-Redis paths (one round trip each), on a cluster client. A
+    second sign-in of the same person carries the first session's tokens (SUNIONSTORE,
+    which redis-py refuses as a method of a cluster pipeline: a 500 before)."""
+    tag = f"{{kt-tag-{time.time_ns()}}}:"
+    keycard = make_cluster_keycard(SSO_REDIS_PREFIX=tag)
+    try:
+        client, secret = keycard.services.clients.create(name="Wiki", redirect_uris=[CB],
+                                                         trusted=True)
+        rp = RP(client, secret, keycard.url)
+        browser = requests.Session()
+        tokens = tokens_for(browser, rp, "bob")
+        assert refresh(rp, tokens["refresh_token"]).status_code == 200
+        again = browser.get(keycard.url + "/login?prompt=login", timeout=10)
+        assert pick_upstream_user(browser, again, "bob").status_code < 400
+        later = tokens_for(browser, rp, login=None)
+        assert introspect(rp, later["refresh_token"]).json()["active"] is True
+        page = browser.get(keycard.url + "/", timeout=10)
+        browser.post(keycard.url + "/logout", data={"csrf_token": csrf_token(page.text)},
+                     timeout=10)
+        # the first session's grant was carried to the second: it ended with it
+        for token in (tokens["access_token"], later["access_token"], later["refresh_token"]):
+            assert introspect(rp, token).json()["active"] is False
+    finally:
+        node = keycard.services.store.redis
+        leftovers = list(node.scan_iter(match=f"{tag}*", count=1000))
+        if leftovers:
+            node.delete(*leftovers)

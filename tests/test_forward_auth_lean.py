@@ -37,7 +37,8 @@ class Lean:
 
     def both_ways(self, send: Callable[[], requests.Response]
                   ) -> tuple[requests.Response, requests.Response]:
-        """(lean answer, view answer), and whether the lean layer answered the first."""
+        """(lean answer, view answer); ``reached`` then says whether the first went on
+        to the view."""
         self.reached = 0
         lean = send()
         self.layer.enabled = False
