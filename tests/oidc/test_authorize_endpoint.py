@@ -377,10 +377,19 @@ def test_a_sign_in_writes_the_person_and_the_session_in_one_round_trip_each(
     get_code(requests.Session(), rp, scope="openid")  # bob's first sign-in, scripts loaded
     commands = redis_commands_during(rdb, prefix, lambda: get_code(
         requests.Session(), rp, scope="openid"), transactions=True)
-    trips = round_trips(commands, prefix)
+    keys = keycard.services.store.keys
+    # Not the journey's own: configuration reads whose per-process caches expire every few
+    # seconds, and the hourly prune's lock, tried after the callback's answer is sent.
+    others = {key.removeprefix(prefix).split(":", 1)[0] for key in (
+        keys.client("x"), keys.clients_index(), keys.rules(), keys.bootstrap_pins(),
+        keys.instance_epoch(), keys.forget_lock())}
+    trips = [trip for trip in round_trips(commands, prefix)
+             if trip and trip[0][1] not in others]
     assert [("ZADD", "users"), ("HSET", "logins"), ("HSET", "user"), ("EXPIRE", "user"),
             ("HSET", "user")] in trips, trips
     assert [("SADD", "user"), ("EXPIRE", "user"), ("SET", "sess")] in trips, trips
     limits = [trip for trip in trips if trip[0][1] == "rl"]
     assert len(limits) == 2, trips  # /authorize and the callback: one count per request
-    assert len(trips) <= 9, trips
+    # /authorize: the limit, the sign-in state; the callback: the limit, the state, the
+    # person, the audit record, the session, the code
+    assert len(trips) == 8, trips
