@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
@@ -217,3 +219,40 @@ def redis_commands_during(rdb: Any, prefix: str, action: Callable[[], Any], *,
         worker.join(10)
     wait_until(finished.is_set)
     return seen
+
+
+def jwt_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A compact JWS's header and claims, unverified (for comparing two tokens)."""
+    header, claims, _ = token.split(".")
+    return tuple(json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+                 for part in (header, claims))  # type: ignore[return-value]
+
+
+def spy_on_layer(app: Any, layer_class: type, paths: Collection[str],
+                 reached: Callable[[dict[str, Any]], None]) -> tuple[Any, Callable[[], None]]:
+    """The WSGI layer of ``layer_class`` in ``app.wsgi_app``'s chain, with ``reached`` told
+    of each request to ``paths`` it hands on while enabled; and the function undoing it."""
+    layer = app.wsgi_app
+    while not isinstance(layer, layer_class):
+        layer = layer.app
+    inner = layer.app
+
+    def counting(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ["PATH_INFO"] in paths and layer.enabled:
+            reached(environ)
+        return inner(environ, start_response)
+
+    def restore() -> None:
+        layer.app, layer.enabled = inner, True
+
+    layer.app = counting
+    return layer, restore
+
+
+def with_layer_off(layer: Any, send: Callable[[], Any]) -> Any:
+    """``send()`` with a lean layer switched off: the full path answers."""
+    layer.enabled = False
+    try:
+        return send()
+    finally:
+        layer.enabled = True

@@ -7,10 +7,9 @@ but its ``iat`` and ``exp``)."""
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -18,7 +17,14 @@ import requests
 
 from sso.forward_auth import LeanVerify
 from sso.storage import StorageUnavailable
-from tests.support import RP_CALLBACK, obtain_tokens, sign_in
+from tests.support import (
+    RP_CALLBACK,
+    jwt_parts,
+    obtain_tokens,
+    sign_in,
+    spy_on_layer,
+    with_layer_off,
+)
 
 APP_HOST = "app.acme.test"
 PER_RESPONSE = {"Date", "X-Request-Id", "Server"}
@@ -33,38 +39,26 @@ def keycard(make_keycard: Callable[..., Any]) -> Any:
 class Lean:
     layer: LeanVerify
     reached: int = 0  # checks that went on to the view
-    answers: list[requests.Response] = field(default_factory=list)
 
     def both_ways(self, send: Callable[[], requests.Response]
                   ) -> tuple[requests.Response, requests.Response]:
         """(lean answer, view answer); ``reached`` then says whether the first went on
         to the view."""
         self.reached = 0
-        lean = send()
-        self.layer.enabled = False
-        try:
-            full = send()
-        finally:
-            self.layer.enabled = True
-        return lean, full
+        return send(), with_layer_off(self.layer, send)
 
 
 @pytest.fixture
 def lean(keycard: Any) -> Iterator[Lean]:
-    layer = keycard.app.wsgi_app
-    while not isinstance(layer, LeanVerify):
-        layer = layer.app
-    inner = layer.app
-    spy = Lean(layer)
+    spy: list[Lean] = []
 
-    def counting(environ: dict[str, Any], start_response: Any) -> Any:
-        if environ["PATH_INFO"] == "/auth/verify" and layer.enabled:
-            spy.reached += 1
-        return inner(environ, start_response)
+    def reached(environ: dict[str, Any]) -> None:
+        spy[0].reached += 1
 
-    layer.app = counting
-    yield spy
-    layer.app, layer.enabled = inner, True
+    layer, restore = spy_on_layer(keycard.app, LeanVerify, ("/auth/verify",), reached)
+    spy.append(Lean(layer))
+    yield spy[0]
+    restore()
 
 
 def verify(http: requests.Session, keycard: Any, query: str = "", *,
@@ -75,12 +69,6 @@ def verify(http: requests.Session, keycard: Any, query: str = "", *,
                         allow_redirects=False, timeout=10)
 
 
-def claims_of(assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    header, claims, _ = assertion.split(".")
-    return tuple(json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-                 for part in (header, claims))  # type: ignore[return-value]
-
-
 def assert_same_answer(lean: requests.Response, full: requests.Response) -> None:
     assert lean.status_code == full.status_code, (lean.text, full.text)
     a = {k: v for k, v in lean.headers.items() if k not in PER_RESPONSE}
@@ -88,7 +76,7 @@ def assert_same_answer(lean: requests.Response, full: requests.Response) -> None
     assert list(a) == list(b)  # the same headers, in the same order
     for name in a:
         if name == "X-Auth-Request-Assertion":
-            (ha, ca), (hb, cb) = claims_of(a[name]), claims_of(b[name])
+            (ha, ca), (hb, cb) = jwt_parts(a[name]), jwt_parts(b[name])
             assert ha == hb
             assert {k: v for k, v in ca.items() if k not in ("iat", "exp")} == {
                 k: v for k, v in cb.items() if k not in ("iat", "exp")}

@@ -23,7 +23,7 @@ from sso.crypto import hash_secret
 from sso.oidc.lean import LeanEndpoints
 from sso.storage import StorageUnavailable
 from tests.oidc.conftest import RP, active, get_code, redeem, refresh, tokens_for
-from tests.support import redis_commands_during
+from tests.support import jwt_parts, redis_commands_during, spy_on_layer, with_layer_off
 
 API = "https://deploy-api.acme.test"
 PER_TOKEN = {"iat", "exp", "jti", "at_hash"}
@@ -39,13 +39,7 @@ class Lean:
                   ) -> tuple[requests.Response, requests.Response]:
         """(lean answer, full answer) of two calls of ``send``."""
         self.reached.clear()
-        lean = send()
-        self.layer.enabled = False
-        try:
-            full = send()
-        finally:
-            self.layer.enabled = True
-        return lean, full
+        return send(), with_layer_off(self.layer, send)
 
     def each_way(self, via_lean: Callable[[], requests.Response],
                  via_full: Callable[[], requests.Response],
@@ -57,38 +51,23 @@ class Lean:
         lean = via_lean()
         assert self.reached == [], "the lean path handed this request on"
         between()
-        self.layer.enabled = False
-        try:
-            full = via_full()
-        finally:
-            self.layer.enabled = True
-        return lean, full
+        return lean, with_layer_off(self.layer, via_full)
 
 
 @pytest.fixture
 def lean(keycard: Any) -> Iterator[Lean]:
-    layer = keycard.app.wsgi_app
-    while not isinstance(layer, LeanEndpoints):
-        layer = layer.app
-    full = layer.app
-    spy = Lean(layer)
+    spy: list[Lean] = []
 
-    def counting(environ: dict[str, Any], start_response: Any) -> Any:
-        if environ["PATH_INFO"] in ("/token", "/introspect") and layer.enabled:
-            stream = environ["wsgi.input"]  # the lean layer's copy, or the server's stream
-            body = stream.getvalue() if hasattr(stream, "getvalue") else b"(unread)"
-            spy.reached.append(body.decode("latin-1"))
-        return full(environ, start_response)
+    def reached(environ: dict[str, Any]) -> None:
+        stream = environ["wsgi.input"]  # the lean layer's copy, or the server's stream
+        body = stream.getvalue() if hasattr(stream, "getvalue") else b"(unread)"
+        spy[0].reached.append(body.decode("latin-1"))
 
-    layer.app = counting
-    yield spy
-    layer.app, layer.enabled = full, True
-
-
-def jwt_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    header, claims, _ = token.split(".")
-    return tuple(json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-                 for part in (header, claims))  # type: ignore[return-value]
+    layer, restore = spy_on_layer(keycard.app, LeanEndpoints, ("/token", "/introspect"),
+                                  reached)
+    spy.append(Lean(layer))
+    yield spy[0]
+    restore()
 
 
 def assert_same_answer(lean: requests.Response, full: requests.Response) -> None:
