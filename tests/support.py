@@ -232,7 +232,7 @@ def spy_on_layer(app: Any, layer_class: type, paths: Collection[str],
                  reached: Callable[[dict[str, Any]], None]) -> tuple[Any, Callable[[], None]]:
     """The WSGI layer of ``layer_class`` in ``app.wsgi_app``'s chain, with ``reached`` told
     of each request to ``paths`` it hands on while enabled; and the function undoing it."""
-    layer = app.wsgi_app
+    layer: Any = app.wsgi_app
     while not isinstance(layer, layer_class):
         layer = layer.app
     inner = layer.app
