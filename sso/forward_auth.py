@@ -287,7 +287,6 @@ def back() -> BaseResponse:
     return redirect(rd)
 
 
-
 # -- the everyday check without Flask ---------------------------------------------------------
 
 VERIFY_QUERY = frozenset({"aud", "allowed_roles"})

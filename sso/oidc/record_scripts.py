@@ -7,17 +7,19 @@ made, so that a refresh or a code exchange is one round trip instead of two or t
 Redis ACLs check those keys as they are touched, like declared ones.
 """
 
-# KEYS code, used; ARGV used_ttl → {1, record} first use, {2, record} replay, {0} unknown
-CONSUME_CODE = """
+# The redemption both code scripts start with: a replay or an unknown code ends here.
+_REDEEM_CODE = """
 local v = redis.call('GETDEL', KEYS[1])
-if v then
-  redis.call('SET', KEYS[2], v, 'EX', tonumber(ARGV[1]))
-  return {1, v}
+if not v then
+  local u = redis.call('GET', KEYS[2])
+  if u then return {2, u} end
+  return {0}
 end
-local u = redis.call('GET', KEYS[2])
-if u then return {2, u} end
-return {0}
+redis.call('SET', KEYS[2], v, 'EX', tonumber(ARGV[1]))
 """
+
+# KEYS code, used; ARGV used_ttl → {1, record} first use, {2, record} replay, {0} unknown
+CONSUME_CODE = _REDEEM_CODE + "return {1, v}\n"
 
 # KEYS index; ARGV ttl, grant_id. An index must outlive every grant it lists: its TTL
 # only ever grows. The indexes hold grant ids (Keys.grant builds the key from one).
@@ -62,7 +64,7 @@ return redis.call('EXISTS', KEYS[2])
 # (reuse); {0} unknown. With a client_id (the lean token path, sso/oidc/lean.py, which claims
 # only what it can finish): {3} for another client's token or one addressed to RFC 8707
 # resources; then, as for {0} and {2}, nothing changed and the full path decides.
-CLAIM_REFRESH = """
+_CLAIM = """
 local v = redis.call('GET', KEYS[1])
 if not v then return {0} end
 local rec = cjson.decode(v)
@@ -72,8 +74,8 @@ rec['r'] = 1
 local ttl = redis.call('TTL', KEYS[1])
 if ttl < 1 then ttl = 1 end
 redis.call('SET', KEYS[1], cjson.encode(rec), 'EX', ttl)
-return {1, v}
 """
+CLAIM_REFRESH = _CLAIM + "return {1, v}\n"
 
 # KEYS grant, user, new rt (or none); ARGV new record, ttl → {grant fields, profile}: a
 # refresh's second round trip in one command outside a cluster (a pipeline object cost more
@@ -131,16 +133,7 @@ end
 # the person → CLAIM_REFRESH's answers; a claim of a record naming its person and with a
 # scope still allowed also reads the grant and the profile and, when the scope holds
 # offline_access, writes the rotated token: {1, record, grant fields, profile, rotated}.
-REFRESH_ONE_TRIP = _ONE_TRIP + """
-local v = redis.call('GET', KEYS[1])
-if not v then return {0} end
-local rec = cjson.decode(v)
-if rec['c'] ~= ARGV[1] or rec['a'] then return {3} end
-if rec['r'] == 1 then return {2, v} end
-rec['r'] = 1
-local ttl = redis.call('TTL', KEYS[1])
-if ttl < 1 then ttl = 1 end
-redis.call('SET', KEYS[1], cjson.encode(rec), 'EX', ttl)
+REFRESH_ONE_TRIP = _ONE_TRIP + _CLAIM + """
 if type(rec['u']) ~= 'string' or type(rec['g']) ~= 'string' then return {1, v} end
 local words = words_of(text(rec['s']), ARGV[2])
 if not words then return {1, v} end
@@ -162,14 +155,7 @@ return {1, v, redis.call('HGETALL', key(4, rec['g'])),
 # RFC 8707 resources) also reads the session's liveness and the profile and, when live
 # with a profile, does what CREATE_GRANT_INDEXED does: {1, record, live, profile, written,
 # refresh kept}; written: 0 not (the caller decides), 1 written, 2 revoked already.
-CODE_ONE_TRIP = _ONE_TRIP + """
-local v = redis.call('GETDEL', KEYS[1])
-if not v then
-  local u = redis.call('GET', KEYS[2])
-  if u then return {2, u} end
-  return {0}
-end
-redis.call('SET', KEYS[2], v, 'EX', tonumber(ARGV[1]))
+CODE_ONE_TRIP = _ONE_TRIP + _REDEEM_CODE + """
 local r = cjson.decode(v)
 if r['c'] ~= ARGV[2] or type(r['u']) ~= 'string' or type(r['g']) ~= 'string'
     or type(r['at']) ~= 'number' or type(r['res']) ~= 'table' or next(r['res']) ~= nil then

@@ -102,7 +102,8 @@ class Records:
         self._refresh_one_trip = redis.register_script(lua.REFRESH_ONE_TRIP)
         self._refresh_and_grant = redis.register_script(lua.REFRESH_AND_GRANT)
         keys = self.keys
-        self._grant_templates = _templates(keys.grant, keys.user)  # ARGV[1..2]: the grant's
+        self._grant_template = _templates(keys.grant)
+        self._grant_templates = self._grant_template + _templates(keys.user)
         self._code_templates = _templates(
             keys.user, keys.session, keys.grant, keys.grant_tombstone, keys.user_grants,
             keys.client_grants, keys.session_grants)
@@ -365,7 +366,7 @@ class Records:
             raw = self.store.redis.get(key)
             record = json.loads(raw) if raw else None
             return record, (self.get_grant(str(record["g"])) if record else None)
-        answer = self._refresh_and_grant(keys=[key], args=self._grant_templates[:2])
+        answer = self._refresh_and_grant(keys=[key], args=self._grant_template)
         if not answer:
             return None, None
         record = json.loads(answer[0])
