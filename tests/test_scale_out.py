@@ -113,6 +113,9 @@ def test_defect_4_killing_a_granian_worker_does_not_take_the_instance_down(
     server = run_server(readme_granian_command, redis_server.url, prefix)
     main = server.proc.pid
     workers = wait_until(lambda: len(children(main)) == 2 and children(main), timeout=15)
+    # Both serving before one is killed: on a loaded machine the second worker may still be
+    # importing the app, and killing the only ready one left nobody to answer (a flake).
+    wait_until(lambda: server.stderr.read_text().count("] Started worker-") >= 2, timeout=30)
 
     outcomes: list[tuple[float, bool]] = []
     errors: list[str] = []
